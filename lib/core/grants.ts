@@ -1,0 +1,88 @@
+import { generateId, generateToken, hashToken } from './tokens.js'
+import type { ResolvedConfig } from '../options.js'
+import type { GrantRecord, TokenStore } from '../storage/types.js'
+
+export interface TokenResponse {
+  access_token: string
+  token_type: 'Bearer'
+  expires_in: number
+  refresh_token: string
+  scope: string
+}
+
+export interface NewGrant {
+  userId: string
+  email?: string
+  clientId: string
+  scopes: string[]
+  resource: string
+  upstream?: string
+  provider?: string
+}
+
+/**
+ * Creating grants and minting the tokens of their family. Plaintext tokens exist only in the
+ * value returned to the caller; the store receives hashes.
+ */
+export class GrantService {
+  readonly #store: TokenStore
+  readonly #config: ResolvedConfig
+  readonly #now: () => number
+
+  constructor (store: TokenStore, config: ResolvedConfig, now: () => number) {
+    this.#store = store
+    this.#config = config
+    this.#now = now
+  }
+
+  async createGrant (input: NewGrant): Promise<GrantRecord> {
+    const now = this.#now()
+    const grant: GrantRecord = {
+      grantId: generateId(),
+      userId: input.userId,
+      clientId: input.clientId,
+      scopes: input.scopes,
+      resource: input.resource,
+      createdAt: now,
+      expiresAt: now + this.#config.ttl.grant * 1000
+    }
+    if (input.email !== undefined) grant.email = input.email
+    if (input.upstream !== undefined) grant.upstream = input.upstream
+    if (input.provider !== undefined) grant.provider = input.provider
+    await this.#store.saveGrant(grant)
+    return grant
+  }
+
+  /** A fresh access token and refresh token for a grant (first issue after a code exchange). */
+  async issueTokens (grant: GrantRecord, scopes: string[] = grant.scopes): Promise<TokenResponse> {
+    const now = this.#now()
+    const accessToken = generateToken('accessToken')
+    const refreshToken = generateToken('refreshToken')
+    const accessExpiresAt = now + this.#config.ttl.accessToken * 1000
+    const accessRecord = {
+      grantId: grant.grantId,
+      clientId: grant.clientId,
+      userId: grant.userId,
+      scopes,
+      resource: grant.resource,
+      issuedAt: now,
+      expiresAt: accessExpiresAt,
+      ...(grant.email !== undefined ? { email: grant.email } : {})
+    }
+    await this.#store.saveAccessToken(hashToken(accessToken), accessRecord)
+    await this.#store.saveRefreshToken(hashToken(refreshToken), {
+      grantId: grant.grantId,
+      clientId: grant.clientId,
+      scopes,
+      issuedAt: now,
+      expiresAt: Math.min(now + this.#config.ttl.refreshToken * 1000, grant.expiresAt)
+    })
+    return {
+      access_token: accessToken,
+      token_type: 'Bearer',
+      expires_in: this.#config.ttl.accessToken,
+      refresh_token: refreshToken,
+      scope: scopes.join(' ')
+    }
+  }
+}

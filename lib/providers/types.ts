@@ -1,0 +1,84 @@
+/**
+ * The Provider contract: the upstream identity provider that authenticates the user. The plugin
+ * runs the upstream leg with its own, fresh PKCE verifier, state and nonce for every flow; a
+ * provider never sees anything the MCP client sent.
+ */
+
+/** Tokens the provider issued to us. They stay on the server, inside the grant. */
+export interface UpstreamTokens {
+  accessToken: string
+  tokenType?: string
+  refreshToken?: string
+  idToken?: string
+  /** Epoch ms. */
+  expiresAt?: number
+  scope?: string
+}
+
+/** The authenticated user, as the provider vouches for them. */
+export interface UpstreamUser {
+  /** Stable, provider-scoped subject (never an e-mail address, which can change hands). */
+  id: string
+  email?: string
+  emailVerified?: boolean
+  name?: string
+}
+
+export interface AuthorizationUrlInput {
+  /** Our callback, `${issuer}/oauth/callback`. */
+  redirectUri: string
+  state: string
+  /** PKCE verifier of the upstream leg; the provider derives the S256 challenge. */
+  codeVerifier: string
+  /** For OpenID Connect providers: bound into the ID token and checked at exchange. */
+  nonce: string
+}
+
+export interface ExchangeInput {
+  /** The full callback URL as the browser requested it (code, state, iss, ...). */
+  callbackUrl: URL
+  redirectUri: string
+  state: string
+  codeVerifier: string
+  nonce: string
+}
+
+export interface Provider {
+  /** Short, stable name, used in logs, metrics labels and grant records ("google", "oidc", "github"). */
+  readonly name: string
+  authorizationUrl (input: AuthorizationUrlInput): Promise<URL>
+  /** Exchange the callback's code, verify the ID token where there is one, and map the user. */
+  exchangeCode (input: ExchangeInput): Promise<{ tokens: UpstreamTokens, user: UpstreamUser }>
+  /** Refresh upstream tokens. Keeps the old refresh token when the provider does not send a new one. */
+  refresh (tokens: UpstreamTokens): Promise<UpstreamTokens>
+  /** Revoke upstream tokens (best effort); absent when the provider offers no revocation. */
+  revoke? (tokens: UpstreamTokens): Promise<void>
+}
+
+export type UpstreamErrorKind =
+  /** The user or the provider refused (access_denied, login_required, ...). */
+  | 'access_denied'
+  /** The upstream grant is dead (invalid_grant): our grant must go too. */
+  | 'invalid_grant'
+  /** Timeout, network failure, 429 or 5xx: retry later, keep everything. */
+  | 'temporary'
+  /** The answer broke the protocol (bad ID token, wrong issuer, nonce mismatch, ...). */
+  | 'invalid_response'
+  /** The user is not allowed by policy (hosted domain, organisation, unverified e-mail). */
+  | 'not_allowed'
+
+/**
+ * What every provider throws. The message is safe to show and log: never a token, code or secret,
+ * never the provider's raw response body.
+ */
+export class UpstreamError extends Error {
+  readonly kind: UpstreamErrorKind
+  readonly provider: string
+
+  constructor (provider: string, kind: UpstreamErrorKind, message: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.name = 'UpstreamError'
+    this.kind = kind
+    this.provider = provider
+  }
+}

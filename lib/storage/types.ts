@@ -1,0 +1,193 @@
+/**
+ * The storage contract. Three interfaces (tokens, clients, flows); one class may implement all
+ * three. Times are epoch milliseconds. Every operation that decides on expiry takes `now`, so the
+ * caller's clock (injected in tests) is the only clock. Credentials arrive already hashed: a store
+ * never sees a plaintext token, code or secret.
+ *
+ * Operations whose name says "take", "consume", "rotate" or "revoke" must be atomic: two callers
+ * racing on the same key must observe exactly one winner.
+ */
+
+export type ClientAuthMethod = 'none' | 'client_secret_basic' | 'client_secret_post'
+
+export interface ClientRecord {
+  clientId: string
+  /** SHA-256 of the client secret; absent for public clients. */
+  clientSecretHash?: string
+  /** Epoch seconds; 0 means the secret never expires (RFC 7591). */
+  clientSecretExpiresAt?: number
+  /** SHA-256 of the RFC 7592 registration access token. */
+  registrationTokenHash?: string
+  redirectUris: string[]
+  tokenEndpointAuthMethod: ClientAuthMethod
+  grantTypes: string[]
+  responseTypes: string[]
+  applicationType: 'web' | 'native'
+  clientName?: string
+  scope?: string
+  /** Other registered metadata, echoed back as registered (client_uri, logo_uri, contacts, ...). */
+  metadata: Record<string, unknown>
+  /** Epoch seconds. */
+  clientIdIssuedAt: number
+  /** How the client came to exist. */
+  source: 'dcr' | 'static' | 'cimd'
+  /** The address that registered it, for per-IP caps. Never exposed. */
+  registeredFrom?: string
+  /** Epoch ms; unused dynamic clients may expire. */
+  expiresAt?: number
+}
+
+/** One authorization in progress between the consent page and the upstream callback. */
+export interface FlowRecord {
+  clientId: string
+  redirectUri: string
+  /** The client's own `state`, returned to it unchanged. */
+  state?: string
+  codeChallenge: string
+  codeChallengeMethod: 'S256' | 'plain'
+  scopes: string[]
+  resource: string
+  /** Our own PKCE verifier and nonce for the upstream leg; never the client's. */
+  upstreamVerifier: string
+  upstreamNonce?: string
+  /** SHA-256 of the browser-binding secret held in the approving browser's cookie. */
+  browserBinding: string
+  createdAt: number
+  expiresAt: number
+}
+
+/** An issued authorization code, bound to everything the token request must repeat. */
+export interface CodeRecord {
+  clientId: string
+  redirectUri: string
+  codeChallenge: string
+  codeChallengeMethod: 'S256' | 'plain'
+  scopes: string[]
+  resource: string
+  grantId: string
+  userId: string
+  issuedAt: number
+  expiresAt: number
+}
+
+export type ConsumeCodeResult =
+  | { status: 'ok', code: CodeRecord }
+  /** Presented before: the caller revokes what the first use issued. */
+  | { status: 'reused', code: CodeRecord }
+  | { status: 'unknown' }
+
+/** A grant: one user's authorization of one client for one resource; also the refresh family. */
+export interface GrantRecord {
+  grantId: string
+  userId: string
+  email?: string
+  clientId: string
+  scopes: string[]
+  resource: string
+  createdAt: number
+  /** Absolute end of the family: no refresh token outlives it. */
+  expiresAt: number
+  /** Upstream provider tokens, serialised (encrypted when a key ring is configured). */
+  upstream?: string
+  /** Name of the provider that authenticated the user. */
+  provider?: string
+}
+
+/** What the guard needs, denormalised so that validation is one lookup. */
+export interface AccessTokenRecord {
+  grantId: string
+  clientId: string
+  userId: string
+  email?: string
+  scopes: string[]
+  resource: string
+  issuedAt: number
+  expiresAt: number
+}
+
+export interface RefreshTokenRecord {
+  grantId: string
+  clientId: string
+  scopes: string[]
+  issuedAt: number
+  expiresAt: number
+  /** Set once the token has been exchanged; it then only serves reuse detection and grace. */
+  rotatedAt?: number
+  /** Opaque, store-kept data about the successor (the caller decides; typically encrypted). */
+  successor?: string
+}
+
+export type RotateResult =
+  /** This call won: the old token is now rotated and the new one stored. */
+  | { status: 'rotated', previous: RefreshTokenRecord }
+  /** Somebody rotated it before; nothing was written. */
+  | { status: 'already_rotated', previous: RefreshTokenRecord }
+  /** Unknown, expired, or its family is gone; nothing was written. */
+  | { status: 'unknown' }
+
+export interface TokenStore {
+  saveGrant (grant: GrantRecord): Promise<void>
+  getGrant (grantId: string, now: number): Promise<GrantRecord | null>
+  /** Replace the upstream blob of a live grant; false when the grant is gone. */
+  updateGrantUpstream (grantId: string, upstream: string, now: number): Promise<boolean>
+
+  /** The grant must exist; the token joins its family. */
+  saveAccessToken (hash: string, token: AccessTokenRecord): Promise<void>
+  getAccessToken (hash: string, now: number): Promise<AccessTokenRecord | null>
+  deleteAccessToken (hash: string): Promise<boolean>
+
+  saveRefreshToken (hash: string, token: RefreshTokenRecord): Promise<void>
+  /** Returns rotated tokens too (with `rotatedAt`), until they expire, for reuse detection. */
+  getRefreshToken (hash: string, now: number): Promise<RefreshTokenRecord | null>
+  /**
+   * Compare-and-swap: if `oldHash` is live and not yet rotated, mark it rotated at `now` (keeping
+   * `successor`) and store `next` in the same family, atomically. N concurrent callers: one wins.
+   */
+  rotateRefreshToken (
+    oldHash: string,
+    next: { hash: string, token: RefreshTokenRecord },
+    now: number,
+    successor?: string
+  ): Promise<RotateResult>
+
+  /** Remove a grant with every access and refresh token of its family. False when already gone. */
+  revokeGrant (grantId: string): Promise<boolean>
+  /** Grant ids of one user or one client (for sign-out everywhere). */
+  listGrants (filter: { userId: string } | { clientId: string }, now: number): Promise<string[]>
+}
+
+export interface ClientStore {
+  saveClient (client: ClientRecord): Promise<void>
+  getClient (clientId: string, now: number): Promise<ClientRecord | null>
+  deleteClient (clientId: string): Promise<boolean>
+}
+
+export interface FlowStore {
+  saveFlow (key: string, flow: FlowRecord): Promise<void>
+  /** Take-once: the first caller gets the flow and it is gone for everybody else. */
+  takeFlow (key: string, now: number): Promise<FlowRecord | null>
+
+  saveCode (hash: string, code: CodeRecord): Promise<void>
+  /**
+   * Take-once with memory: the first call gets `ok`; later calls get `reused` until `retainUntil`
+   * (or the code's own expiry, whichever is later), then `unknown`.
+   */
+  consumeCode (hash: string, now: number, retainUntil: number): Promise<ConsumeCodeResult>
+}
+
+export interface StoreStats {
+  accessTokens: number
+  refreshTokens: number
+  grants: number
+  clients: number
+  flows: number
+  codes: number
+}
+
+/** The whole contract, as the plugin uses it. */
+export interface Store extends TokenStore, ClientStore, FlowStore {
+  /** Counts for gauges; may be approximate. */
+  stats? (): Promise<StoreStats>
+  /** Release timers and connections the store opened itself. Called from the plugin's onClose. */
+  close? (): Promise<void>
+}
