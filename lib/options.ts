@@ -93,7 +93,7 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
   if (!checkOptions.Check(data)) {
     const first = [...checkOptions.Errors(data)].find(e => e.keyword !== 'boolean') ?? [...checkOptions.Errors(data)][0]
     const field = first ? fieldName(first.instancePath, first.params) : '(root)'
-    throw bad(field, first?.message ?? 'invalid')
+    throw bad(field, first?.keyword === 'required' ? 'is required' : (first?.message ?? 'invalid'))
   }
 
   const warnings: string[] = []
@@ -195,7 +195,7 @@ function parseUrl (field: string, value: string): URL {
 function fieldName (instancePath: string, params: unknown): string {
   const path = instancePath.replace(/^\//, '').split('/').filter(Boolean)
     .map(p => /^\d+$/.test(p) ? `[${p}]` : `.${p}`).join('').replace(/^\./, '')
-  const extra = (params as { additionalProperties?: string[], requiredProperties?: string[] } | undefined)
+  const extra = params as { additionalProperties?: string[], requiredProperties?: string[] } | undefined
   const named = extra?.additionalProperties?.[0] ?? extra?.requiredProperties?.[0]
   if (named !== undefined) return path === '' ? named : `${path}.${named}`
   return path === '' ? '(root)' : path

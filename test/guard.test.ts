@@ -1,0 +1,142 @@
+import t from 'tap'
+import Fastify from 'fastify'
+import { mcpOAuth, MemoryStore } from '../lib/index.js'
+import { generateToken } from '../lib/core/tokens.js'
+import { buildApp, ISSUER, RESOURCE } from './helpers/app.js'
+
+const PRM = `${ISSUER}/.well-known/oauth-protected-resource/mcp`
+
+async function withToken (t: Parameters<typeof buildApp>[0], over: { scopes?: string[], resource?: string } = {}) {
+  const ctx = await buildApp(t)
+  const grant = await ctx.app.mcpOAuth.grants.createGrant({
+    userId: 'user-42',
+    email: 'ada@example.com',
+    clientId: 'client-7',
+    scopes: over.scopes ?? ['mcp:tools'],
+    resource: over.resource ?? RESOURCE
+  })
+  const tokens = await ctx.app.mcpOAuth.grants.issueTokens(grant)
+  return { ...ctx, grant, tokens }
+}
+
+t.test('no Authorization header: 401, challenge without error', async t => {
+  const { app } = await buildApp(t)
+  const res = await app.inject({ method: 'POST', url: '/mcp' })
+  t.equal(res.statusCode, 401)
+  t.equal(res.headers['www-authenticate'], `Bearer resource_metadata="${PRM}", scope="mcp:tools"`)
+  t.equal(res.headers['cache-control'], 'no-store')
+  t.notOk(res.json().error, 'no error code without credentials (RFC 6750 §3.1)')
+})
+
+t.test('another scheme counts as no token', async t => {
+  const { app } = await buildApp(t)
+  const res = await app.inject({ method: 'POST', url: '/mcp', headers: { authorization: 'Basic dXNlcjpwYXNz' } })
+  t.equal(res.statusCode, 401)
+  t.equal(res.headers['www-authenticate'], `Bearer resource_metadata="${PRM}", scope="mcp:tools"`)
+})
+
+t.test('malformed Bearer header: 400 invalid_request', async t => {
+  const { app } = await buildApp(t)
+  for (const authorization of ['Bearer', 'Bearer ', 'Bearer a b', 'Bearer ä', 'bearer "quoted"']) {
+    const res = await app.inject({ method: 'POST', url: '/mcp', headers: { authorization } })
+    t.equal(res.statusCode, 400, authorization)
+    t.match(res.headers['www-authenticate'], /^Bearer error="invalid_request", error_description="[^"]+", resource_metadata="[^"]+", scope="mcp:tools"$/)
+    t.equal(res.json().error, 'invalid_request')
+  }
+})
+
+t.test('a token in the query string is refused even when valid', async t => {
+  const { app, tokens } = await withToken(t)
+  const res = await app.inject({ method: 'POST', url: `/mcp?access_token=${tokens.access_token}` })
+  t.equal(res.statusCode, 400)
+  t.equal(res.json().error, 'invalid_request')
+  t.notMatch(res.body, tokens.access_token, 'the token is not echoed')
+})
+
+t.test('unknown token: 401 invalid_token with the exact challenge', async t => {
+  const { app } = await buildApp(t)
+  for (const token of [generateToken('accessToken'), 'not-one-of-ours', generateToken('refreshToken')]) {
+    const res = await app.inject({ method: 'POST', url: '/mcp', headers: { authorization: `Bearer ${token}` } })
+    t.equal(res.statusCode, 401)
+    t.match(res.headers['www-authenticate'], new RegExp(`^Bearer error="invalid_token", error_description="[^"]+", resource_metadata="${PRM}", scope="mcp:tools"$`))
+    t.equal(res.json().error, 'invalid_token')
+    t.notMatch(res.body, token)
+  }
+})
+
+t.test('expired token: valid until expiry, 401 from the expiry instant', async t => {
+  const { app, clock, tokens } = await withToken(t)
+  clock.advance(3600 * 1000 - 1)
+  const ok = await app.inject({ method: 'POST', url: '/mcp', headers: { authorization: `Bearer ${tokens.access_token}` } })
+  t.equal(ok.statusCode, 200)
+  clock.advance(1)
+  const res = await app.inject({ method: 'POST', url: '/mcp', headers: { authorization: `Bearer ${tokens.access_token}` } })
+  t.equal(res.statusCode, 401)
+  t.equal(res.headers['www-authenticate'],
+    `Bearer error="invalid_token", error_description="The access token is unknown, expired or revoked", resource_metadata="${PRM}", scope="mcp:tools"`)
+})
+
+t.test('token for another resource: 401 invalid_token', async t => {
+  const { app, tokens } = await withToken(t, { resource: 'https://auth.example.com/other' })
+  const res = await app.inject({ method: 'POST', url: '/mcp', headers: { authorization: `Bearer ${tokens.access_token}` } })
+  t.equal(res.statusCode, 401)
+  t.equal(res.headers['www-authenticate'],
+    `Bearer error="invalid_token", error_description="The access token was issued for another resource", resource_metadata="${PRM}", scope="mcp:tools"`)
+})
+
+t.test('missing scope: 403 insufficient_scope naming the needed scope', async t => {
+  const { app, tokens } = await withToken(t)
+  const res = await app.inject({ method: 'POST', url: '/mcp/admin', headers: { authorization: `Bearer ${tokens.access_token}` } })
+  t.equal(res.statusCode, 403)
+  t.equal(res.headers['www-authenticate'],
+    `Bearer error="insufficient_scope", error_description="The access token lacks the scope mcp:admin", resource_metadata="${PRM}", scope="mcp:tools mcp:admin"`)
+  t.equal(res.json().error, 'insufficient_scope')
+})
+
+t.test('success: request.mcpAuth holds the identity; scheme is case-insensitive', async t => {
+  const { app, tokens, grant, clock } = await withToken(t, { scopes: ['mcp:tools', 'mcp:admin'] })
+  for (const scheme of ['Bearer', 'bearer', 'BEARER']) {
+    const res = await app.inject({ method: 'POST', url: '/mcp/admin', headers: { authorization: `${scheme} ${tokens.access_token}` } })
+    t.equal(res.statusCode, 200, scheme)
+    t.same(res.json().auth, {
+      userId: 'user-42',
+      email: 'ada@example.com',
+      clientId: 'client-7',
+      scopes: ['mcp:tools', 'mcp:admin'],
+      resource: RESOURCE,
+      expiresAt: Math.floor(clock.t / 1000) + 3600,
+      grantId: grant.grantId
+    })
+  }
+  const open = await app.inject('/open')
+  t.same(open.json(), { auth: null }, 'mcpAuth is null where the guard does not run')
+})
+
+t.test('a revoked grant stops its access tokens at the guard', async t => {
+  const { app, tokens, grant } = await withToken(t)
+  await app.mcpOAuth.storage.revokeGrant(grant.grantId)
+  const res = await app.inject({ method: 'POST', url: '/mcp', headers: { authorization: `Bearer ${tokens.access_token}` } })
+  t.equal(res.statusCode, 401)
+})
+
+t.test('storage failure: 503, retryable, never a 401 that would make the client drop its tokens', async t => {
+  const store = new MemoryStore({ sweepIntervalMs: 0 })
+  store.getAccessToken = async () => { throw new Error('connection refused') }
+  const app = Fastify({ logger: false })
+  t.teardown(() => app.close())
+  await app.register(mcpOAuth, { issuer: ISSUER, resources: [RESOURCE], store })
+  app.get('/mcp', { onRequest: app.mcpOAuth.authenticate() }, async () => 'ok')
+  const res = await app.inject({ url: '/mcp', headers: { authorization: `Bearer ${generateToken('accessToken')}` } })
+  t.equal(res.statusCode, 503)
+  t.equal(res.headers['retry-after'], '1')
+  t.equal(res.json().error, 'temporarily_unavailable')
+})
+
+t.test('a route without required scopes advertises the resource scopes', async t => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(mcpOAuth, { issuer: ISSUER, resources: [RESOURCE], scopes: ['a', 'b'] })
+  app.get('/mcp', { onRequest: app.mcpOAuth.authenticate() }, async () => 'ok')
+  const res = await app.inject('/mcp')
+  t.equal(res.headers['www-authenticate'], `Bearer resource_metadata="${PRM}", scope="a b"`)
+})

@@ -1,0 +1,220 @@
+import type { Test } from 'tap'
+import type { GrantRecord, Store } from '../../lib/storage/types.js'
+import { generateId, generateToken, hashToken } from '../../lib/core/tokens.js'
+
+/**
+ * The storage contract, as tests. Every store implementation runs this suite; `make` returns a
+ * fresh, empty store (it is closed at the end of each subtest).
+ */
+export function storeContract (t: Test, make: () => Promise<Store>): void {
+  const T0 = Date.UTC(2026, 0, 1)
+  const HOUR = 3_600_000
+
+  async function fresh (tt: Test): Promise<Store> {
+    const store = await make()
+    tt.teardown(async () => { await store.close?.() })
+    return store
+  }
+
+  function grant (over: Partial<GrantRecord> = {}): GrantRecord {
+    return {
+      grantId: generateId(),
+      userId: 'user-1',
+      email: 'u@example.com',
+      clientId: 'client-1',
+      scopes: ['mcp:tools'],
+      resource: 'https://rs.example.com/mcp',
+      createdAt: T0,
+      expiresAt: T0 + 24 * HOUR,
+      ...over
+    }
+  }
+
+  function access (g: GrantRecord, expiresAt = T0 + HOUR) {
+    return { grantId: g.grantId, clientId: g.clientId, userId: g.userId, scopes: g.scopes, resource: g.resource, issuedAt: T0, expiresAt }
+  }
+
+  function refresh (g: GrantRecord, expiresAt = T0 + 12 * HOUR) {
+    return { grantId: g.grantId, clientId: g.clientId, scopes: g.scopes, issuedAt: T0, expiresAt }
+  }
+
+  t.test('grants: save, get, expire, update upstream', async t => {
+    const store = await fresh(t)
+    const g = grant({ upstream: 'blob-1' })
+    await store.saveGrant(g)
+    t.same(await store.getGrant(g.grantId, T0), g)
+    t.equal(await store.getGrant('nope', T0), null)
+    t.equal(await store.updateGrantUpstream(g.grantId, 'blob-2', T0), true)
+    t.equal((await store.getGrant(g.grantId, T0))?.upstream, 'blob-2')
+    t.equal(await store.updateGrantUpstream('nope', 'x', T0), false)
+    t.equal(await store.getGrant(g.grantId, g.expiresAt), null, 'gone at its expiry')
+    t.equal(await store.updateGrantUpstream(g.grantId, 'blob-3', g.expiresAt), false)
+  })
+
+  t.test('access tokens: save, get by hash, expiry boundary, delete', async t => {
+    const store = await fresh(t)
+    const g = grant()
+    await store.saveGrant(g)
+    const h = hashToken(generateToken('accessToken'))
+    await store.saveAccessToken(h, access(g))
+    t.same(await store.getAccessToken(h, T0), access(g))
+    t.same(await store.getAccessToken(h, T0 + HOUR - 1), access(g), 'valid until the last millisecond')
+    t.equal(await store.getAccessToken(h, T0 + HOUR), null, 'expired at expiresAt')
+    const h2 = hashToken(generateToken('accessToken'))
+    await store.saveAccessToken(h2, access(g))
+    t.equal(await store.deleteAccessToken(h2), true)
+    t.equal(await store.deleteAccessToken(h2), false)
+    t.equal(await store.getAccessToken(h2, T0), null)
+    t.equal(await store.getAccessToken(hashToken('never-issued'), T0), null)
+  })
+
+  t.test('refresh rotation is compare-and-swap', async t => {
+    const store = await fresh(t)
+    const g = grant()
+    await store.saveGrant(g)
+    const h1 = hashToken(generateToken('refreshToken'))
+    await store.saveRefreshToken(h1, refresh(g))
+    const h2 = hashToken(generateToken('refreshToken'))
+    const r1 = await store.rotateRefreshToken(h1, { hash: h2, token: refresh(g) }, T0 + 1000, 'successor-info')
+    t.equal(r1.status, 'rotated')
+    const again = await store.rotateRefreshToken(h1, { hash: hashToken('other'), token: refresh(g) }, T0 + 2000)
+    t.equal(again.status, 'already_rotated')
+    if (again.status === 'already_rotated') {
+      t.equal(again.previous.rotatedAt, T0 + 1000)
+      t.equal(again.previous.successor, 'successor-info')
+    }
+    t.equal(await store.getRefreshToken(hashToken('other'), T0), null, 'the losing successor was not stored')
+    const old = await store.getRefreshToken(h1, T0 + 2000)
+    t.equal(old?.rotatedAt, T0 + 1000, 'rotated tokens stay visible for reuse detection')
+    t.same(await store.getRefreshToken(h2, T0 + 2000), refresh(g))
+    t.same(await store.rotateRefreshToken(hashToken('unknown'), { hash: hashToken('x'), token: refresh(g) }, T0), { status: 'unknown' })
+    t.same(await store.rotateRefreshToken(h2, { hash: hashToken('y'), token: refresh(g) }, T0 + 12 * HOUR), { status: 'unknown' }, 'expired')
+  })
+
+  t.test('concurrent rotations of one token: exactly one wins', async t => {
+    const store = await fresh(t)
+    const g = grant()
+    await store.saveGrant(g)
+    const h = hashToken(generateToken('refreshToken'))
+    await store.saveRefreshToken(h, refresh(g))
+    const results = await Promise.all(Array.from({ length: 20 }, () =>
+      store.rotateRefreshToken(h, { hash: hashToken(generateToken('refreshToken')), token: refresh(g) }, T0 + 1)))
+    t.equal(results.filter(r => r.status === 'rotated').length, 1)
+    t.equal(results.filter(r => r.status === 'already_rotated').length, 19)
+  })
+
+  t.test('revokeGrant removes the whole family', async t => {
+    const store = await fresh(t)
+    const g = grant()
+    const other = grant()
+    await store.saveGrant(g)
+    await store.saveGrant(other)
+    const a = hashToken(generateToken('accessToken'))
+    const b = hashToken(generateToken('accessToken'))
+    const r = hashToken(generateToken('refreshToken'))
+    const r2 = hashToken(generateToken('refreshToken'))
+    const keep = hashToken(generateToken('accessToken'))
+    await store.saveAccessToken(a, access(g))
+    await store.saveAccessToken(b, access(g))
+    await store.saveRefreshToken(r, refresh(g))
+    await store.rotateRefreshToken(r, { hash: r2, token: refresh(g) }, T0 + 1)
+    await store.saveAccessToken(keep, access(other))
+    t.equal(await store.revokeGrant(g.grantId), true)
+    t.equal(await store.revokeGrant(g.grantId), false, 'second revocation finds nothing')
+    for (const h of [a, b]) t.equal(await store.getAccessToken(h, T0), null)
+    for (const h of [r, r2]) t.equal(await store.getRefreshToken(h, T0), null)
+    t.equal(await store.getGrant(g.grantId, T0), null)
+    t.ok(await store.getAccessToken(keep, T0), 'other grants untouched')
+    t.same(await store.rotateRefreshToken(r2, { hash: hashToken('z'), token: refresh(g) }, T0 + 2), { status: 'unknown' })
+  })
+
+  t.test('listGrants by user and by client', async t => {
+    const store = await fresh(t)
+    const a = grant({ userId: 'alice', clientId: 'c1' })
+    const b = grant({ userId: 'alice', clientId: 'c2' })
+    const c = grant({ userId: 'bob', clientId: 'c1' })
+    for (const g of [a, b, c]) await store.saveGrant(g)
+    t.same((await store.listGrants({ userId: 'alice' }, T0)).sort(), [a.grantId, b.grantId].sort())
+    t.same((await store.listGrants({ clientId: 'c1' }, T0)).sort(), [a.grantId, c.grantId].sort())
+    t.same(await store.listGrants({ userId: 'nobody' }, T0), [])
+    t.same(await store.listGrants({ userId: 'alice' }, a.expiresAt), [], 'expired grants are not listed')
+  })
+
+  t.test('clients: save, get, delete, expiry', async t => {
+    const store = await fresh(t)
+    const client = {
+      clientId: 'c-' + generateId(),
+      redirectUris: ['http://127.0.0.1/cb'],
+      tokenEndpointAuthMethod: 'none' as const,
+      grantTypes: ['authorization_code', 'refresh_token'],
+      responseTypes: ['code'],
+      applicationType: 'native' as const,
+      clientName: 'Test',
+      metadata: { client_uri: 'https://example.com' },
+      clientIdIssuedAt: T0 / 1000,
+      source: 'dcr' as const,
+      expiresAt: T0 + HOUR
+    }
+    await store.saveClient(client)
+    t.same(await store.getClient(client.clientId, T0), client)
+    t.equal(await store.getClient(client.clientId, T0 + HOUR), null, 'expired client is gone')
+    await store.saveClient({ ...client, expiresAt: undefined })
+    t.equal(await store.deleteClient(client.clientId), true)
+    t.equal(await store.deleteClient(client.clientId), false)
+    t.equal(await store.getClient(client.clientId, T0), null)
+  })
+
+  t.test('flows are take-once and expire', async t => {
+    const store = await fresh(t)
+    const flow = {
+      clientId: 'c1',
+      redirectUri: 'http://127.0.0.1/cb',
+      state: 'xyz',
+      codeChallenge: 'E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM',
+      codeChallengeMethod: 'S256' as const,
+      scopes: ['mcp:tools'],
+      resource: 'https://rs.example.com/mcp',
+      upstreamVerifier: 'v',
+      upstreamNonce: 'n',
+      browserBinding: 'b',
+      createdAt: T0,
+      expiresAt: T0 + 600_000
+    }
+    await store.saveFlow('k1', flow)
+    const taken = await Promise.all([store.takeFlow('k1', T0), store.takeFlow('k1', T0), store.takeFlow('k1', T0)])
+    t.equal(taken.filter(x => x !== null).length, 1, 'one taker among concurrent takers')
+    t.same(taken.find(x => x !== null), flow)
+    await store.saveFlow('k2', flow)
+    t.equal(await store.takeFlow('k2', T0 + 600_000), null, 'expired flow cannot be taken')
+    t.equal(await store.takeFlow('k2', T0), null, 'and it is gone')
+  })
+
+  t.test('codes: consumed once, then reported as reused, then forgotten', async t => {
+    const store = await fresh(t)
+    const code = {
+      clientId: 'c1',
+      redirectUri: 'http://127.0.0.1/cb',
+      codeChallenge: 'E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM',
+      codeChallengeMethod: 'S256' as const,
+      scopes: ['mcp:tools'],
+      resource: 'https://rs.example.com/mcp',
+      grantId: 'g1',
+      userId: 'u1',
+      issuedAt: T0,
+      expiresAt: T0 + 60_000
+    }
+    const h = hashToken(generateToken('authorizationCode'))
+    await store.saveCode(h, code)
+    const results = await Promise.all(Array.from({ length: 5 }, () => store.consumeCode(h, T0 + 10, T0 + HOUR)))
+    t.equal(results.filter(r => r.status === 'ok').length, 1, 'exactly one consumer')
+    t.equal(results.filter(r => r.status === 'reused').length, 4)
+    const later = await store.consumeCode(h, T0 + HOUR - 1, T0 + 2 * HOUR)
+    t.equal(later.status, 'reused', 'reuse still detected after the code expired')
+    if (later.status === 'reused') t.equal(later.code.grantId, 'g1')
+    t.same(await store.consumeCode(h, T0 + HOUR, T0 + 2 * HOUR), { status: 'unknown' }, 'forgotten after retainUntil')
+    const h2 = hashToken(generateToken('authorizationCode'))
+    await store.saveCode(h2, code)
+    t.same(await store.consumeCode(h2, T0 + 60_000, T0 + HOUR), { status: 'unknown' }, 'an expired code cannot be consumed')
+    t.same(await store.consumeCode(hashToken('x'), T0, T0), { status: 'unknown' })
+  })
+}

@@ -1,0 +1,56 @@
+import t from 'tap'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { MemoryStore } from '../lib/storage/memory.js'
+import { generateId, generateToken, hashToken } from '../lib/core/tokens.js'
+import { storeContract } from './helpers/store-contract.js'
+
+t.test('storage contract: MemoryStore', async t => {
+  storeContract(t, async () => new MemoryStore({ sweepIntervalMs: 0 }))
+})
+
+t.test('the sweep reclaims expired records in slices and keeps live ones', async t => {
+  let clock = Date.UTC(2026, 0, 1)
+  const store = new MemoryStore({ sweepIntervalMs: 0, now: () => clock, sweepSliceMs: 2 })
+  t.teardown(() => store.close())
+  const N = 50_000
+  const live: string[] = []
+  for (let i = 0; i < N; i++) {
+    const grantId = generateId()
+    const expiresAt = clock + (i % 2 === 0 ? 1000 : 3_600_000)
+    await store.saveGrant({ grantId, userId: 'u', clientId: 'c', scopes: [], resource: 'r', createdAt: clock, expiresAt })
+    const h = hashToken(generateToken('accessToken'))
+    await store.saveAccessToken(h, { grantId, userId: 'u', clientId: 'c', scopes: [], resource: 'r', issuedAt: clock, expiresAt })
+    await store.saveRefreshToken(hashToken(generateToken('refreshToken')), { grantId, clientId: 'c', scopes: [], issuedAt: clock, expiresAt })
+    if (i % 2 === 1) live.push(h)
+  }
+  t.same(await store.stats(), { accessTokens: N, refreshTokens: N, grants: N, clients: 0, flows: 0, codes: 0 })
+  clock += 2000
+  const delay = monitorEventLoopDelay({ resolution: 1 })
+  delay.enable()
+  let ticks = 0
+  const ticker = setInterval(() => { ticks++ }, 1)
+  await store.sweep()
+  clearInterval(ticker)
+  delay.disable()
+  t.same(await store.stats(), { accessTokens: N / 2, refreshTokens: N / 2, grants: N / 2, clients: 0, flows: 0, codes: 0 })
+  t.ok(ticks > 0, 'other work ran while the sweep was in progress')
+  for (const h of live.slice(0, 100)) t.ok(await store.getAccessToken(h, clock), 'live token survives')
+  t.comment(`sweep of ${N * 3} records; event-loop delay max ${(delay.max / 1e6).toFixed(1)} ms`)
+})
+
+t.test('a second sweep call joins the running pass; close stops everything', async t => {
+  const store = new MemoryStore({ sweepIntervalMs: 10 })
+  const a = store.sweep()
+  const b = store.sweep()
+  await Promise.all([a, b])
+  await store.close()
+  await store.sweep()
+  t.pass('no timers left after close (tap would hang otherwise)')
+})
+
+t.test('saving a token for an unknown grant is a programming error', async t => {
+  const store = new MemoryStore({ sweepIntervalMs: 0 })
+  t.teardown(() => store.close())
+  await t.rejects(store.saveAccessToken('h', { grantId: 'none', userId: 'u', clientId: 'c', scopes: [], resource: 'r', issuedAt: 0, expiresAt: 1 }))
+  await t.rejects(store.saveRefreshToken('h', { grantId: 'none', clientId: 'c', scopes: [], issuedAt: 0, expiresAt: 1 }))
+})
