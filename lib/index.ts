@@ -7,7 +7,15 @@ import { metadataRoutes } from './routes/metadata.js'
 import { TokenValidator, type McpAuthInfo } from './core/validator.js'
 import { GrantService } from './core/grants.js'
 import { MemoryStore } from './storage/memory.js'
-import type { Store } from './storage/types.js'
+import type { ClientRecord, Store } from './storage/types.js'
+import { AuthorizationFlow } from './core/authorize.js'
+import { RefreshService } from './core/refresh.js'
+import { hashToken } from './core/tokens.js'
+import { Auditor } from './security/audit.js'
+import { KeyRing } from './security/keyring.js'
+import { Signer } from './security/signing.js'
+import { oauthRoutes } from './routes/oauth.js'
+import { pageStyle } from './routes/html.js'
 
 export interface McpOAuthDecorator {
   /** An onRequest hook that admits only requests with a valid access token and the given scopes. */
@@ -20,6 +28,8 @@ export interface McpOAuthDecorator {
   config: Readonly<ResolvedConfig>
   /** Grants and token minting (used by the token endpoint; exposed for service integrations). */
   grants: GrantService
+  /** The audit event stream. */
+  auditor: Auditor
 }
 
 declare module 'fastify' {
@@ -43,15 +53,47 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   const store: Store = opts.store ?? new MemoryStore({ now })
   const validator = new TokenValidator(store, now)
   const grants = new GrantService(store, config, now)
+  const auditor = new Auditor(fastify.log, opts.auditSink)
+  const keyRing = new KeyRing(config.encryptionKeys)
+  const signer = new Signer(config.cookieSecret)
 
   for (const warning of config.warnings) fastify.log.warn({ event: 'config_weakened' }, warning)
+  if (opts.provider === undefined) {
+    fastify.log.warn({ event: 'config_weakened' }, 'no identity provider configured: the authorization endpoint cannot log anyone in')
+  }
+
+  // Clients from the options are (re)written at every start, so a changed secret takes effect.
+  const issuedAt = Math.floor(now() / 1000)
+  for (const c of config.clients) {
+    const method = c.token_endpoint_auth_method ?? (c.client_secret === undefined ? 'none' : 'client_secret_basic')
+    const record: ClientRecord = {
+      clientId: c.client_id,
+      redirectUris: c.redirect_uris,
+      tokenEndpointAuthMethod: method,
+      grantTypes: ['authorization_code', 'refresh_token'],
+      responseTypes: ['code'],
+      applicationType: c.redirect_uris.every(u => u.startsWith('https:')) ? 'web' : 'native',
+      metadata: {},
+      clientIdIssuedAt: issuedAt,
+      source: 'static'
+    }
+    if (c.client_secret !== undefined) record.clientSecretHash = hashToken(c.client_secret)
+    if (c.client_name !== undefined) record.clientName = c.client_name
+    if (c.scope !== undefined) record.scope = c.scope
+    await store.saveClient(record)
+  }
+  const findClient = (clientId: string) => store.getClient(clientId, now())
+
+  const flow = new AuthorizationFlow({ config, store, provider: opts.provider, grants, keyRing, auditor, now, findClient })
+  const refresh = new RefreshService({ config, store, auditor, now })
 
   fastify.decorate('mcpOAuth', {
     authenticate: createAuthenticate(config, validator),
     validator,
     storage: store,
     config,
-    grants
+    grants,
+    auditor
   } satisfies McpOAuthDecorator)
   fastify.decorateRequest('mcpAuth', null)
 
@@ -60,6 +102,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   })
 
   await fastify.register(metadataRoutes, { config })
+  await fastify.register(oauthRoutes, { config, flow, refresh, signer, style: pageStyle(config), now, findClient })
 }
 
 export const mcpOAuth = fp(plugin, { name: 'fastify-mcp-oauth', fastify: '5.x' })
@@ -77,3 +120,9 @@ export { TokenValidator } from './core/validator.js'
 export { GrantService } from './core/grants.js'
 export type { TokenResponse, NewGrant } from './core/grants.js'
 export { generateToken, hashToken } from './core/tokens.js'
+export { generateKey, KeyRing } from './security/keyring.js'
+export type { EncryptionKey } from './security/keyring.js'
+export { Auditor, hashUserId } from './security/audit.js'
+export type { AuditEvents, AuditEventName, AuditSink } from './security/audit.js'
+export { UpstreamError } from './providers/types.js'
+export type { Provider, UpstreamTokens, UpstreamUser, UpstreamErrorKind } from './providers/types.js'

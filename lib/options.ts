@@ -2,6 +2,8 @@ import Type, { type Static } from 'typebox'
 import { Compile } from 'typebox/compile'
 import { errors } from './errors.js'
 import type { Store } from './storage/types.js'
+import type { Provider } from './providers/types.js'
+import type { AuditSink } from './security/audit.js'
 
 const Seconds = (def: number, description: string) =>
   Type.Optional(Type.Integer({ minimum: 1, maximum: 31_536_000 * 5, default: def, description }))
@@ -13,6 +15,17 @@ const ResourceSchema = Type.Object({
   scopes: Type.Optional(Type.Array(ScopeToken, { description: 'scopes_supported of this resource (defaults to all)' })),
   name: Type.Optional(Type.String({ maxLength: 200, description: 'resource_name in its metadata' })),
   documentation: Type.Optional(Type.String({ description: 'resource_documentation URL' }))
+}, { additionalProperties: false })
+
+const StaticClientSchema = Type.Object({
+  client_id: Type.String({ minLength: 1, maxLength: 255 }),
+  client_secret: Type.Optional(Type.String({ minLength: 16 })),
+  redirect_uris: Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }),
+  client_name: Type.Optional(Type.String({ maxLength: 200 })),
+  token_endpoint_auth_method: Type.Optional(Type.Union([
+    Type.Literal('none'), Type.Literal('client_secret_basic'), Type.Literal('client_secret_post')
+  ])),
+  scope: Type.Optional(Type.String())
 }, { additionalProperties: false })
 
 /** The JSON-shaped part of the options; objects (store, provider, clock) are checked separately. */
@@ -28,17 +41,45 @@ export const OptionsSchema = Type.Object({
     code: Seconds(60, 'authorization code lifetime'),
     flow: Seconds(600, 'time a user has to consent and log in upstream')
   }, { additionalProperties: false })),
-  serviceDocumentation: Type.Optional(Type.String())
+  serviceDocumentation: Type.Optional(Type.String()),
+  clients: Type.Optional(Type.Array(StaticClientSchema, { description: 'Clients registered at start-up' })),
+  registration: Type.Optional(Type.Object({
+    mode: Type.Union([Type.Literal('off'), Type.Literal('public'), Type.Literal('token')], { default: 'off' }),
+    token: Type.Optional(Type.String({ minLength: 32, description: 'Initial access token for mode "token"' })),
+    allowPublicClients: Type.Optional(Type.Boolean({ description: 'Allow token_endpoint_auth_method "none"' }))
+  }, { additionalProperties: false })),
+  pkce: Type.Optional(Type.Object({
+    required: Type.Optional(Type.Boolean({ default: true })),
+    allowPlain: Type.Optional(Type.Boolean({ default: false }))
+  }, { additionalProperties: false })),
+  consent: Type.Optional(Type.Object({
+    title: Type.Optional(Type.String({ maxLength: 100 })),
+    accentColor: Type.Optional(Type.String({ pattern: '^#[0-9A-Fa-f]{3,8}$' })),
+    logoUrl: Type.Optional(Type.String({ maxLength: 2000 })),
+    rememberDays: Type.Optional(Type.Integer({ minimum: 0, maximum: 365 }))
+  }, { additionalProperties: false })),
+  cookieSecret: Type.Optional(Type.String({ minLength: 32, description: 'Signs consent cookies; the same on every replica' })),
+  encryption: Type.Optional(Type.Object({
+    keys: Type.Array(Type.Object({ id: Type.String(), key: Type.String() }, { additionalProperties: false }), { minItems: 1 })
+  }, { additionalProperties: false })),
+  upstreamTimeoutMs: Type.Optional(Type.Integer({ minimum: 100, maximum: 120_000 })),
+  refreshGraceSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 3600, description: 'Window in which a repeated refresh gets the same successor pair; 0 = off' }))
 }, { additionalProperties: false })
 
 export type DataOptions = Static<typeof OptionsSchema>
 export type ResourceOption = Static<typeof ResourceSchema>
 
+export type StaticClient = Static<typeof StaticClientSchema>
+
 export interface McpOAuthOptions extends DataOptions {
+  /** The upstream identity provider (googleProvider(), oidcProvider(), githubProvider(), or your own). */
+  provider?: Provider
   /** Storage for tokens, clients and flows. Default: a MemoryStore owned by the plugin. */
   store?: Store
   /** Clock in epoch ms; tests inject one. Default Date.now. */
   now?: () => number
+  /** Where audit events go. Default: the Fastify logger (user ids hashed). */
+  auditSink?: AuditSink
 }
 
 export interface ResolvedResource {
@@ -70,6 +111,16 @@ export interface ResolvedConfig {
   defaultScopes: string[]
   ttl: { accessToken: number, refreshToken: number, grant: number, code: number, flow: number }
   serviceDocumentation?: string
+  clients: StaticClient[]
+  registration: { mode: 'off' | 'public' | 'token', token?: string, allowPublicClients: boolean }
+  pkce: { required: boolean, allowPlain: boolean }
+  consent: { title: string, accentColor: string, logoUrl?: string, rememberDays: number }
+  cookieSecret?: string
+  /** Cookies get the __Host- prefix and Secure when the issuer is https. */
+  secureCookies: boolean
+  encryptionKeys: Array<{ id: string, key: string }>
+  upstreamTimeoutMs: number
+  refreshGraceSeconds: number
   /** Settings that weaken security, each a sentence for the start-up log. */
   warnings: string[]
 }
@@ -86,8 +137,10 @@ function bad (field: string, message: string): Error {
 /** Validate the options and derive every URL the plugin will serve or print. Throws naming the field. */
 export function resolveOptions (opts: unknown): ResolvedConfig {
   if (opts === null || typeof opts !== 'object') throw bad('(root)', 'options must be an object')
-  const { store, now, ...data } = opts as McpOAuthOptions
+  const { store, now, provider, auditSink, ...data } = opts as McpOAuthOptions
+  if (auditSink !== undefined && typeof auditSink !== 'function') throw bad('auditSink', 'must be a function (event, fields) => void')
   if (store !== undefined) checkStore(store)
+  if (provider !== undefined) checkProvider(provider)
   if (now !== undefined && typeof now !== 'function') throw bad('now', 'must be a function returning epoch milliseconds')
 
   if (!checkOptions.Check(data)) {
@@ -175,8 +228,50 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
     scopes,
     defaultScopes,
     ttl,
+    clients: data.clients ?? [],
+    registration: {
+      mode: data.registration?.mode ?? 'off',
+      allowPublicClients: data.registration?.allowPublicClients ?? true,
+      ...(data.registration?.token !== undefined ? { token: data.registration.token } : {})
+    },
+    pkce: { required: data.pkce?.required ?? true, allowPlain: data.pkce?.allowPlain ?? false },
+    consent: {
+      title: data.consent?.title ?? 'Authorize access',
+      accentColor: data.consent?.accentColor ?? '#2f5bd3',
+      rememberDays: data.consent?.rememberDays ?? 30,
+      ...(data.consent?.logoUrl !== undefined ? { logoUrl: parseUrl('consent.logoUrl', data.consent.logoUrl).href } : {})
+    },
+    secureCookies: issuerUrl.protocol === 'https:',
+    encryptionKeys: data.encryption?.keys ?? [],
+    upstreamTimeoutMs: data.upstreamTimeoutMs ?? 10_000,
+    refreshGraceSeconds: data.refreshGraceSeconds ?? 5,
+    ...(data.cookieSecret !== undefined ? { cookieSecret: data.cookieSecret } : {}),
     warnings
   }
+  if (config.pkce.allowPlain) warnings.push('pkce.allowPlain is on: the "plain" PKCE method protects nothing against an observer of the authorization request')
+  if (!config.pkce.required) warnings.push('pkce.required is off: clients may skip PKCE (OAuth 2.1 requires it)')
+  if (config.registration.mode === 'public') warnings.push('registration.mode is "public": anyone can register a client (normal for MCP; keep rate limits on)')
+  if (config.registration.mode === 'token' && config.registration.token === undefined) throw bad('registration.token', 'is required when registration.mode is "token"')
+  if (config.refreshGraceSeconds === 0) warnings.push('refreshGraceSeconds is 0: a client that retries a refresh after a lost response loses its whole grant')
+  if (config.refreshGraceSeconds > 60) warnings.push(`refreshGraceSeconds is ${config.refreshGraceSeconds}: a stolen, already used refresh token stays usable that long`)
+  if (config.encryptionKeys.length === 0) warnings.push('no encryption key: upstream tokens are stored unencrypted (set encryption.keys)')
+  if (config.cookieSecret === undefined) warnings.push('no cookieSecret: consent cookies are signed with a per-process key (approvals are lost on restart and do not cross replicas)')
+  const clientIds = new Set<string>()
+  config.clients.forEach((c, i) => {
+    if (clientIds.has(c.client_id)) throw bad(`clients[${i}].client_id`, `duplicate client_id "${c.client_id}"`)
+    clientIds.add(c.client_id)
+    const method = c.token_endpoint_auth_method ?? (c.client_secret === undefined ? 'none' : 'client_secret_basic')
+    if (method === 'none' && c.client_secret !== undefined) throw bad(`clients[${i}].client_secret`, 'a public client (token_endpoint_auth_method "none") has no secret')
+    if (method !== 'none' && c.client_secret === undefined) throw bad(`clients[${i}].client_secret`, `is required for ${method}`)
+    c.redirect_uris.forEach((u, j) => {
+      try {
+        const url = new URL(u)
+        if (url.hash !== '') throw new Error('fragment')
+      } catch {
+        throw bad(`clients[${i}].redirect_uris[${j}]`, 'must be an absolute URL without a fragment')
+      }
+    })
+  })
   if (data.serviceDocumentation !== undefined) config.serviceDocumentation = parseUrl('serviceDocumentation', data.serviceDocumentation).href
   return config
 }
@@ -199,6 +294,14 @@ function fieldName (instancePath: string, params: unknown): string {
   const named = extra?.additionalProperties?.[0] ?? extra?.requiredProperties?.[0]
   if (named !== undefined) return path === '' ? named : `${path}.${named}`
   return path === '' ? '(root)' : path
+}
+
+function checkProvider (provider: unknown): void {
+  if (provider === null || typeof provider !== 'object') throw bad('provider', 'must be a Provider (googleProvider(), oidcProvider(), ...)')
+  const p = provider as Record<string, unknown>
+  if (typeof p.name !== 'string' || p.name === '') throw bad('provider', 'must have a name')
+  const missing = ['authorizationUrl', 'exchangeCode', 'refresh'].filter(m => typeof p[m] !== 'function')
+  if (missing.length > 0) throw bad('provider', `does not implement ${missing.join(', ')}`)
 }
 
 function checkStore (store: unknown): void {

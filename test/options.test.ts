@@ -1,6 +1,6 @@
 import t from 'tap'
 import Fastify from 'fastify'
-import { mcpOAuth, MemoryStore } from '../lib/index.js'
+import { generateKey, mcpOAuth, MemoryStore } from '../lib/index.js'
 
 const base = { issuer: 'https://as.example.com', resources: ['https://as.example.com/mcp'] }
 
@@ -73,7 +73,13 @@ t.test('http on loopback is fine; a store passed in is used and closed with the 
   const close = store.close.bind(store)
   store.close = async () => { closed = true; await close() }
   const app = Fastify()
-  await app.register(mcpOAuth, { issuer: 'http://127.0.0.1:3000', resources: ['http://127.0.0.1:3000/mcp'], store })
+  await app.register(mcpOAuth, {
+    issuer: 'http://127.0.0.1:3000',
+    resources: ['http://127.0.0.1:3000/mcp'],
+    store,
+    cookieSecret: 'a'.repeat(32),
+    encryption: { keys: [{ id: 'k1', key: generateKey() }] }
+  })
   await app.ready()
   t.equal(app.mcpOAuth.storage, store)
   t.equal(app.mcpOAuth.config.issuer, 'http://127.0.0.1:3000')

@@ -11,6 +11,8 @@ export interface TokenResponse {
 }
 
 export interface NewGrant {
+  /** Pre-assigned id (the code exchange uses the one its code recorded); random when absent. */
+  grantId?: string
   userId: string
   email?: string
   clientId: string
@@ -38,7 +40,7 @@ export class GrantService {
   async createGrant (input: NewGrant): Promise<GrantRecord> {
     const now = this.#now()
     const grant: GrantRecord = {
-      grantId: generateId(),
+      grantId: input.grantId ?? generateId(),
       userId: input.userId,
       clientId: input.clientId,
       scopes: input.scopes,

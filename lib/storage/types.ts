@@ -64,8 +64,13 @@ export interface CodeRecord {
   codeChallengeMethod: 'S256' | 'plain'
   scopes: string[]
   resource: string
+  /** Id the grant will have once the code is exchanged; a replayed code revokes that grant. */
   grantId: string
   userId: string
+  email?: string
+  /** Upstream tokens, serialised (encrypted when a key ring is configured), moved into the grant. */
+  upstream?: string
+  provider?: string
   issuedAt: number
   expiresAt: number
 }

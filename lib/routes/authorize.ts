@@ -1,0 +1,117 @@
+import type {} from '@fastify/cookie'
+import { randomBytes } from 'node:crypto'
+import Type from 'typebox'
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import type { AuthorizationFlow, ValidatedAuthorization } from '../core/authorize.js'
+import { matchRedirectUri } from '../core/redirect.js'
+import { hashToken, safeEqual } from '../core/tokens.js'
+import type { ResolvedConfig } from '../options.js'
+import type { Signer } from '../security/signing.js'
+import type { ClientRecord } from '../storage/types.js'
+import { consentPage, errorPage, sendPage, type PageStyle } from './html.js'
+import { cookieNames, readConsent, writeConsent } from './cookies.js'
+
+export interface AuthorizeRouteDeps {
+  config: ResolvedConfig
+  flow: AuthorizationFlow
+  signer: Signer
+  style: PageStyle
+  now: () => number
+  findClient: (clientId: string) => Promise<ClientRecord | null>
+}
+
+interface SignedRequest {
+  r: ValidatedAuthorization
+  exp: number
+}
+
+const ConsentBody = Type.Object({
+  request: Type.String({ maxLength: 16384 }),
+  csrf: Type.String({ maxLength: 200 }),
+  decision: Type.Union([Type.Literal('approve'), Type.Literal('deny')])
+})
+
+/**
+ * GET /oauth/authorize validates the request and shows the consent page (or, for a client this
+ * browser approved before, goes straight upstream). POST /oauth/consent takes the decision.
+ */
+export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fastify, deps) => {
+  const { config, flow, signer, style, now } = deps
+  const names = cookieNames(config)
+  const consentAction = `${config.basePath}/oauth/consent`
+
+  const page = (reply: FastifyReply, status: number, title: string, description: string) =>
+    sendPage(reply, style, status, errorPage(style, config, title, description))
+
+  const goUpstream = async (request: FastifyRequest, reply: FastifyReply, req: ValidatedAuthorization) => {
+    const consent = readConsent(request, signer, names, now())
+    const secret = consent?.b ?? randomBytes(32).toString('base64url')
+    const approved = [req.clientId, ...(consent?.c ?? []).filter(c => c !== req.clientId)].slice(0, 20)
+    writeConsent(reply, signer, names, config, { b: secret, c: approved }, now())
+    const url = await flow.startUpstream(req, hashToken(secret))
+    return reply.code(303).header('cache-control', 'no-store').redirect(url, 303)
+  }
+
+  fastify.get(`${config.basePath}/oauth/authorize`, {
+    schema: { querystring: Type.Record(Type.String(), Type.Union([Type.String(), Type.Array(Type.String())])) }
+  }, async (request, reply) => {
+    const decision = await flow.validate(request.query as Record<string, unknown>)
+    if (decision.kind === 'page') return page(reply, decision.status, decision.title, decision.description)
+    if (decision.kind === 'redirect') return reply.header('cache-control', 'no-store').redirect(decision.url, 302)
+    const { request: req, client } = decision
+
+    const consent = readConsent(request, signer, names, now())
+    if (consent !== null && consent.c.includes(req.clientId)) return goUpstream(request, reply, req)
+
+    let csrfCookie = request.cookies[names.csrf]
+    if (csrfCookie === undefined || csrfCookie.length < 32 || csrfCookie.length > 64) {
+      csrfCookie = randomBytes(32).toString('base64url')
+      reply.setCookie(names.csrf, csrfCookie, {
+        path: '/', httpOnly: true, secure: config.secureCookies, sameSite: 'lax'
+      })
+    }
+    const signed = signer.sign('authorization-request', { r: req, exp: now() + config.ttl.flow * 1000 } satisfies SignedRequest)
+    const redirectHost = new URL(req.redirectUri).host || new URL(req.redirectUri).protocol
+    return sendPage(reply, style, 200, consentPage(style, config, {
+      clientName: client.clientName ?? client.clientId,
+      nameVerified: client.source !== 'dcr',
+      clientId: client.clientId,
+      redirectHost,
+      scopes: req.scopes,
+      resource: req.resource,
+      allLoopback: client.redirectUris.every(u => /^http:\/\/(127\.0\.0\.1|\[::1\]|localhost)[:/]/i.test(u)),
+      request: signed,
+      csrf: signer.mac('csrf', csrfCookie),
+      action: consentAction
+    }))
+  })
+
+  fastify.post(consentAction, {
+    schema: { body: ConsentBody },
+    // The page is ours: a submission from anywhere else is refused whatever it carries.
+    attachValidation: true
+  }, async (request, reply) => {
+    if (request.validationError) return page(reply, 400, 'Invalid form', 'The consent form was incomplete. Start again from the application.')
+    const site = request.headers['sec-fetch-site']
+    const origin = request.headers.origin
+    if ((site !== undefined && site !== 'same-origin') || (origin !== undefined && origin !== 'null' && origin !== config.origin)) {
+      return page(reply, 403, 'Request refused', 'The consent form was submitted from another site.')
+    }
+    const body = request.body as { request: string, csrf: string, decision: 'approve' | 'deny' }
+    const csrfCookie = request.cookies[names.csrf]
+    if (csrfCookie === undefined || !safeEqual(body.csrf, signer.mac('csrf', csrfCookie))) {
+      return page(reply, 403, 'Form expired', 'This consent form is no longer valid (cookies may be blocked). Start again from the application.')
+    }
+    const signed = signer.unsign<SignedRequest>('authorization-request', body.request)
+    if (signed === null || typeof signed.exp !== 'number' || signed.exp <= now()) {
+      return page(reply, 400, 'Form expired', 'This consent form has expired. Start again from the application.')
+    }
+    const req = signed.r
+    const client = await deps.findClient(req.clientId)
+    if (client === null || !matchRedirectUri(client.redirectUris, req.redirectUri)) {
+      return page(reply, 400, 'Unknown application', 'This application is no longer registered with this server.')
+    }
+    if (body.decision === 'deny') return reply.header('cache-control', 'no-store').redirect(flow.denied(req), 303)
+    return goUpstream(request, reply, req)
+  })
+}

@@ -1,0 +1,25 @@
+import cookie from '@fastify/cookie'
+import formbody from '@fastify/formbody'
+import type { FastifyPluginAsync } from 'fastify'
+import { oauthErrorHandler } from '../errors.js'
+import { authorizeRoutes, type AuthorizeRouteDeps } from './authorize.js'
+import { callbackRoutes } from './callback.js'
+import { tokenRoutes, type TokenRouteDeps } from './token.js'
+
+export type OAuthRouteDeps = AuthorizeRouteDeps & TokenRouteDeps
+
+/** Body limit for OAuth endpoints: their requests are a few hundred bytes. */
+const BODY_LIMIT = 64 * 1024
+
+/**
+ * The encapsulated context of every OAuth endpoint: form bodies, cookies, and the error handler that
+ * turns anything thrown (validation included) into the RFC 6749 error shape.
+ */
+export const oauthRoutes: FastifyPluginAsync<OAuthRouteDeps> = async (fastify, deps) => {
+  await fastify.register(formbody, { bodyLimit: BODY_LIMIT })
+  await fastify.register(cookie)
+  fastify.setErrorHandler(oauthErrorHandler)
+  await fastify.register(authorizeRoutes, deps)
+  await fastify.register(callbackRoutes, deps)
+  await fastify.register(tokenRoutes, deps)
+}

@@ -1,0 +1,63 @@
+import { createHash } from 'node:crypto'
+
+/** Every security-relevant event, with the fields each one carries. Never a secret. */
+export interface AuditEvents {
+  token_issued: { clientId: string, userId: string, grantId: string, grantType: 'authorization_code' | 'refresh_token' }
+  token_refreshed: { clientId: string, userId: string, grantId: string }
+  token_revoked: { clientId: string, grantId?: string, tokenType: 'access_token' | 'refresh_token' }
+  code_reuse: { clientId: string, grantId: string }
+  refresh_reuse: { clientId: string, grantId: string }
+  pkce_failure: { clientId: string }
+  client_registered: { clientId: string, source: 'dcr' | 'static' | 'cimd' }
+  client_deleted: { clientId: string }
+  invalid_redirect: { clientId: string }
+  consent_approved: { clientId: string }
+  consent_denied: { clientId: string }
+  login_succeeded: { clientId: string, userId: string, provider: string }
+  upstream_failure: { provider: string, kind: string, step: 'authorize' | 'callback' | 'refresh' | 'revoke' }
+  browser_mismatch: { clientId: string }
+  rate_limited: { route: string }
+  config_weakened: { setting: string }
+}
+
+export type AuditEventName = keyof AuditEvents
+export type AuditSink = <E extends AuditEventName>(event: E, fields: AuditEvents[E]) => void
+
+const WARN: ReadonlySet<AuditEventName> = new Set<AuditEventName>([
+  'code_reuse', 'refresh_reuse', 'pkce_failure', 'invalid_redirect', 'upstream_failure', 'browser_mismatch', 'rate_limited', 'config_weakened'
+])
+
+interface Logger {
+  info (obj: object, msg?: string): void
+  warn (obj: object, msg?: string): void
+}
+
+/** User ids are personal data: logs get a short, stable hash instead. */
+export function hashUserId (userId: string): string {
+  return createHash('sha256').update('mcp-oauth-user\0' + userId).digest('base64url').slice(0, 16)
+}
+
+/**
+ * The audit stream. The default sink writes one pino line per event (`event` field stable, user ids
+ * hashed); a custom sink receives the same events unhashed, to store as it sees fit.
+ */
+export class Auditor {
+  readonly #sink: AuditSink
+
+  constructor (logger: Logger, sink?: AuditSink) {
+    this.#sink = sink ?? ((event, fields) => {
+      const line: Record<string, unknown> = { event, ...fields }
+      if ('userId' in line && typeof line.userId === 'string') line.userId = hashUserId(line.userId)
+      if (WARN.has(event)) logger.warn(line, `audit: ${event}`)
+      else logger.info(line, `audit: ${event}`)
+    })
+  }
+
+  emit<E extends AuditEventName> (event: E, fields: AuditEvents[E]): void {
+    try {
+      this.#sink(event, fields)
+    } catch {
+      // An audit sink must never break the request that emitted the event.
+    }
+  }
+}
