@@ -10,6 +10,7 @@ import { MemoryStore } from './storage/memory.js'
 import type { ClientRecord, Store } from './storage/types.js'
 import { AuthorizationFlow } from './core/authorize.js'
 import { RefreshService } from './core/refresh.js'
+import { RegistrationService } from './core/registration.js'
 import { hashToken } from './core/tokens.js'
 import { Auditor } from './security/audit.js'
 import { KeyRing } from './security/keyring.js'
@@ -86,6 +87,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
 
   const flow = new AuthorizationFlow({ config, store, provider: opts.provider, grants, keyRing, auditor, now, findClient })
   const refresh = new RefreshService({ config, store, auditor, now })
+  const registration = new RegistrationService({ config, store, auditor, now })
 
   fastify.decorate('mcpOAuth', {
     authenticate: createAuthenticate(config, validator),
@@ -102,7 +104,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   })
 
   await fastify.register(metadataRoutes, { config })
-  await fastify.register(oauthRoutes, { config, flow, refresh, signer, style: pageStyle(config), now, findClient })
+  await fastify.register(oauthRoutes, { config, flow, refresh, signer, style: pageStyle(config), now, findClient, registration })
 }
 
 export const mcpOAuth = fp(plugin, { name: 'fastify-mcp-oauth', fastify: '5.x' })

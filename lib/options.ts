@@ -4,6 +4,7 @@ import { errors } from './errors.js'
 import type { Store } from './storage/types.js'
 import type { Provider } from './providers/types.js'
 import type { AuditSink } from './security/audit.js'
+import { DEFAULT_CUSTOM_SCHEMES, type RedirectPolicy } from './core/redirect.js'
 
 const Seconds = (def: number, description: string) =>
   Type.Optional(Type.Integer({ minimum: 1, maximum: 31_536_000 * 5, default: def, description }))
@@ -46,7 +47,17 @@ export const OptionsSchema = Type.Object({
   registration: Type.Optional(Type.Object({
     mode: Type.Union([Type.Literal('off'), Type.Literal('public'), Type.Literal('token')], { default: 'off' }),
     token: Type.Optional(Type.String({ minLength: 32, description: 'Initial access token for mode "token"' })),
-    allowPublicClients: Type.Optional(Type.Boolean({ description: 'Allow token_endpoint_auth_method "none"' }))
+    allowPublicClients: Type.Optional(Type.Boolean({ description: 'Allow token_endpoint_auth_method "none"' })),
+    trustedSchemes: Type.Optional(Type.Array(Type.String({ pattern: '^[a-z][a-z0-9+.-]*$' }), {
+      description: 'In mode "token": clients whose redirect URIs all use one of these schemes may register without the token'
+    }))
+  }, { additionalProperties: false })),
+  redirects: Type.Optional(Type.Object({
+    allowHttp: Type.Optional(Type.Boolean({ description: 'http redirects on non-loopback hosts (development only)' })),
+    allowPrivateHosts: Type.Optional(Type.Boolean({ description: 'https redirects to private / link-local addresses' })),
+    customSchemes: Type.Optional(Type.Array(Type.String({ pattern: '^([a-z][a-z0-9+.-]*|\\*\\.\\*)$' }), {
+      description: 'Allowed private-use schemes for native apps; "*.*" = any reverse-domain scheme'
+    }))
   }, { additionalProperties: false })),
   pkce: Type.Optional(Type.Object({
     required: Type.Optional(Type.Boolean({ default: true })),
@@ -112,7 +123,8 @@ export interface ResolvedConfig {
   ttl: { accessToken: number, refreshToken: number, grant: number, code: number, flow: number }
   serviceDocumentation?: string
   clients: StaticClient[]
-  registration: { mode: 'off' | 'public' | 'token', token?: string, allowPublicClients: boolean }
+  registration: { mode: 'off' | 'public' | 'token', token?: string, allowPublicClients: boolean, trustedSchemes: string[] }
+  redirects: RedirectPolicy
   pkce: { required: boolean, allowPlain: boolean }
   consent: { title: string, accentColor: string, logoUrl?: string, rememberDays: number }
   cookieSecret?: string
@@ -232,7 +244,13 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
     registration: {
       mode: data.registration?.mode ?? 'off',
       allowPublicClients: data.registration?.allowPublicClients ?? true,
+      trustedSchemes: data.registration?.trustedSchemes ?? [],
       ...(data.registration?.token !== undefined ? { token: data.registration.token } : {})
+    },
+    redirects: {
+      allowHttp: data.redirects?.allowHttp ?? false,
+      allowPrivateHosts: data.redirects?.allowPrivateHosts ?? false,
+      customSchemes: data.redirects?.customSchemes ?? [...DEFAULT_CUSTOM_SCHEMES]
     },
     pkce: { required: data.pkce?.required ?? true, allowPlain: data.pkce?.allowPlain ?? false },
     consent: {
@@ -254,6 +272,8 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
   if (config.registration.mode === 'token' && config.registration.token === undefined) throw bad('registration.token', 'is required when registration.mode is "token"')
   if (config.refreshGraceSeconds === 0) warnings.push('refreshGraceSeconds is 0: a client that retries a refresh after a lost response loses its whole grant')
   if (config.refreshGraceSeconds > 60) warnings.push(`refreshGraceSeconds is ${config.refreshGraceSeconds}: a stolen, already used refresh token stays usable that long`)
+  if (config.redirects.allowHttp) warnings.push('redirects.allowHttp is on: authorization codes may be sent over plain http')
+  if (config.redirects.allowPrivateHosts) warnings.push('redirects.allowPrivateHosts is on: clients may redirect to private network addresses')
   if (config.encryptionKeys.length === 0) warnings.push('no encryption key: upstream tokens are stored unencrypted (set encryption.keys)')
   if (config.cookieSecret === undefined) warnings.push('no cookieSecret: consent cookies are signed with a per-process key (approvals are lost on restart and do not cross replicas)')
   const clientIds = new Set<string>()

@@ -5,8 +5,9 @@ import { oauthErrorHandler } from '../errors.js'
 import { authorizeRoutes, type AuthorizeRouteDeps } from './authorize.js'
 import { callbackRoutes } from './callback.js'
 import { tokenRoutes, type TokenRouteDeps } from './token.js'
+import { registerRoutes, type RegisterRouteDeps } from './register.js'
 
-export type OAuthRouteDeps = AuthorizeRouteDeps & TokenRouteDeps
+export type OAuthRouteDeps = AuthorizeRouteDeps & TokenRouteDeps & RegisterRouteDeps
 
 /** Body limit for OAuth endpoints: their requests are a few hundred bytes. */
 const BODY_LIMIT = 64 * 1024
@@ -22,4 +23,5 @@ export const oauthRoutes: FastifyPluginAsync<OAuthRouteDeps> = async (fastify, d
   await fastify.register(authorizeRoutes, deps)
   await fastify.register(callbackRoutes, deps)
   await fastify.register(tokenRoutes, deps)
+  if (deps.config.registration.mode !== 'off') await fastify.register(registerRoutes, deps)
 }

@@ -1,0 +1,305 @@
+import { OAuthError } from '../errors.js'
+import type { ResolvedConfig } from '../options.js'
+import type { Auditor } from '../security/audit.js'
+import type { ClientAuthMethod, ClientRecord, Store } from '../storage/types.js'
+import { checkRedirectUri, type RedirectKind } from './redirect.js'
+import { generateId, generateToken, hashToken, looksLike, safeEqual } from './tokens.js'
+
+export interface RegistrationDeps {
+  config: ResolvedConfig
+  store: Store
+  auditor: Auditor
+  now: () => number
+}
+
+/** RFC 7591 §3.2.1 client information response (plus RFC 7592 management fields). */
+export interface ClientInformation {
+  client_id: string
+  client_id_issued_at: number
+  client_secret?: string
+  client_secret_expires_at?: number
+  registration_access_token?: string
+  registration_client_uri: string
+  redirect_uris: string[]
+  token_endpoint_auth_method: ClientAuthMethod
+  grant_types: string[]
+  response_types: string[]
+  application_type: 'web' | 'native'
+  client_name?: string
+  scope?: string
+  [key: string]: unknown
+}
+
+/** Optional metadata echoed as registered: URLs are checked, strings bounded. */
+const URL_FIELDS = ['client_uri', 'logo_uri', 'tos_uri', 'policy_uri'] as const
+const STRING_FIELDS = ['software_id', 'software_version'] as const
+const MAX_STRING = 2000
+const MAX_REDIRECTS = 20
+
+function bad (description: string): OAuthError {
+  return new OAuthError('invalid_client_metadata', description)
+}
+
+export interface ValidatedMetadata {
+  redirectUris: string[]
+  tokenEndpointAuthMethod: ClientAuthMethod
+  grantTypes: string[]
+  responseTypes: string[]
+  applicationType: 'web' | 'native'
+  clientName?: string
+  scope?: string
+  metadata: Record<string, unknown>
+  redirectKinds: RedirectKind[]
+}
+
+/** Validate RFC 7591 client metadata. Throws invalid_client_metadata / invalid_redirect_uri (400). */
+export function validateClientMetadata (input: unknown, config: ResolvedConfig): ValidatedMetadata {
+  if (input === null || typeof input !== 'object' || Array.isArray(input)) throw bad('The body must be a JSON object of client metadata')
+  const body = input as Record<string, unknown>
+
+  const uris = body.redirect_uris
+  if (!Array.isArray(uris) || uris.length === 0) throw new OAuthError('invalid_redirect_uri', 'redirect_uris must be a non-empty array')
+  if (uris.length > MAX_REDIRECTS) throw new OAuthError('invalid_redirect_uri', `At most ${MAX_REDIRECTS} redirect_uris`)
+  const redirectKinds: RedirectKind[] = []
+  uris.forEach((u, i) => {
+    if (typeof u !== 'string') throw new OAuthError('invalid_redirect_uri', `redirect_uris[${i}] must be a string`)
+    const check = checkRedirectUri(u, config.redirects)
+    if (!check.ok) throw new OAuthError('invalid_redirect_uri', `redirect_uris[${i}] ${check.reason}`)
+    redirectKinds.push(check.kind)
+  })
+  const redirectUris = [...new Set(uris as string[])]
+
+  const method = body.token_endpoint_auth_method ?? 'client_secret_basic'
+  if (method !== 'none' && method !== 'client_secret_basic' && method !== 'client_secret_post') {
+    throw bad('token_endpoint_auth_method must be none, client_secret_basic or client_secret_post')
+  }
+  if (method === 'none' && !config.registration.allowPublicClients) throw bad('Public clients (token_endpoint_auth_method "none") are not accepted here')
+
+  const grantTypes = stringArray(body.grant_types, 'grant_types') ?? ['authorization_code']
+  const unknownGrant = grantTypes.find(g => g !== 'authorization_code' && g !== 'refresh_token')
+  if (unknownGrant !== undefined) throw bad(`Unsupported grant type: ${unknownGrant.slice(0, 50)}`)
+  if (!grantTypes.includes('authorization_code')) throw bad('grant_types must include authorization_code')
+  // Every code exchange returns a refresh token, so the client is registered for using it.
+  if (!grantTypes.includes('refresh_token')) grantTypes.push('refresh_token')
+  const responseTypes = stringArray(body.response_types, 'response_types') ?? ['code']
+  if (responseTypes.length !== 1 || responseTypes[0] !== 'code') throw bad('response_types must be ["code"]')
+
+  const native = redirectKinds.some(k => k === 'loopback' || k === 'custom')
+  const appType = body.application_type ?? (native ? 'native' : 'web')
+  if (appType !== 'web' && appType !== 'native') throw bad('application_type must be web or native')
+  if (appType === 'web' && native) {
+    throw new OAuthError('invalid_redirect_uri', 'A web application must use https redirect URIs (loopback and custom schemes are for native apps)')
+  }
+
+  const metadata: Record<string, unknown> = {}
+  for (const field of URL_FIELDS) {
+    const v = body[field]
+    if (v === undefined) continue
+    if (typeof v !== 'string' || v.length > MAX_STRING) throw bad(`${field} must be a URL`)
+    let url: URL
+    try {
+      url = new URL(v)
+    } catch {
+      throw bad(`${field} must be a URL`)
+    }
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw bad(`${field} must be an http(s) URL`)
+    metadata[field] = v
+  }
+  for (const field of STRING_FIELDS) {
+    const v = body[field]
+    if (v === undefined) continue
+    if (typeof v !== 'string' || v.length > 200) throw bad(`${field} must be a string of at most 200 characters`)
+    metadata[field] = v
+  }
+  const contacts = stringArray(body.contacts, 'contacts')
+  if (contacts !== undefined) {
+    if (contacts.length > 10 || contacts.some(c => c.length > 320)) throw bad('contacts: at most 10 addresses')
+    metadata.contacts = contacts
+  }
+  if (body.jwks !== undefined || body.jwks_uri !== undefined) throw bad('jwks and jwks_uri are not supported (no private_key_jwt)')
+
+  const name = body.client_name
+  if (name !== undefined && (typeof name !== 'string' || name.length > 200)) throw bad('client_name must be a string of at most 200 characters')
+  let scope: string | undefined
+  if (body.scope !== undefined) {
+    if (typeof body.scope !== 'string' || body.scope.length > MAX_STRING) throw bad('scope must be a space-separated string')
+    const kept = body.scope.split(' ').filter(s => config.scopes.includes(s))
+    scope = kept.length > 0 ? [...new Set(kept)].join(' ') : undefined
+  }
+
+  const result: ValidatedMetadata = {
+    redirectUris,
+    tokenEndpointAuthMethod: method,
+    grantTypes: [...new Set(grantTypes)],
+    responseTypes,
+    applicationType: appType,
+    metadata,
+    redirectKinds
+  }
+  if (typeof name === 'string' && name.trim() !== '') result.clientName = name.trim()
+  if (scope !== undefined) result.scope = scope
+  return result
+}
+
+function stringArray (v: unknown, field: string): string[] | undefined {
+  if (v === undefined) return undefined
+  if (!Array.isArray(v) || v.some(x => typeof x !== 'string' || x.length > MAX_STRING) || v.length > 50) {
+    throw bad(`${field} must be an array of strings`)
+  }
+  return [...v] as string[]
+}
+
+/**
+ * RFC 7591 dynamic registration and RFC 7592 management. Secrets and registration access tokens are
+ * shown once and stored as SHA-256 hashes; reads and updates rotate the registration access token
+ * (RFC 7592 §3 allows it), since the old one cannot be shown again.
+ */
+export class RegistrationService {
+  readonly #d: RegistrationDeps
+
+  constructor (deps: RegistrationDeps) {
+    this.#d = deps
+  }
+
+  /** Is this caller allowed to register, given the mode, its bearer token and the redirect URIs? */
+  authorize (authorization: string | undefined, body: unknown): void {
+    const { registration } = this.#d.config
+    if (registration.mode === 'public') return
+    const m = authorization === undefined ? null : /^bearer +(\S+) *$/i.exec(authorization)
+    if (m !== null && registration.token !== undefined && safeEqual(m[1] as string, registration.token)) return
+    if (m === null && registration.trustedSchemes.length > 0 && body !== null && typeof body === 'object') {
+      const uris = (body as { redirect_uris?: unknown }).redirect_uris
+      const trusted = Array.isArray(uris) && uris.length > 0 && uris.every(u => typeof u === 'string' &&
+        registration.trustedSchemes.some(s => u.toLowerCase().startsWith(`${s}:`)))
+      if (trusted) return
+    }
+    throw new OAuthError('invalid_token', m === null ? 'Registration requires an initial access token' : 'The initial access token is invalid', {
+      headers: { 'www-authenticate': 'Bearer error="invalid_token"' }
+    })
+  }
+
+  async register (body: unknown, registeredFrom: string): Promise<ClientInformation> {
+    const meta = validateClientMetadata(body, this.#d.config)
+    const now = this.#d.now()
+    const registrationToken = generateToken('registrationToken')
+    const secret = meta.tokenEndpointAuthMethod === 'none' ? undefined : generateToken('clientSecret')
+    const record: ClientRecord = {
+      clientId: `mcp_${generateId()}`,
+      redirectUris: meta.redirectUris,
+      tokenEndpointAuthMethod: meta.tokenEndpointAuthMethod,
+      grantTypes: meta.grantTypes,
+      responseTypes: meta.responseTypes,
+      applicationType: meta.applicationType,
+      metadata: meta.metadata,
+      clientIdIssuedAt: Math.floor(now / 1000),
+      source: 'dcr',
+      registeredFrom,
+      registrationTokenHash: hashToken(registrationToken)
+    }
+    if (secret !== undefined) {
+      record.clientSecretHash = hashToken(secret)
+      record.clientSecretExpiresAt = 0
+    }
+    if (meta.clientName !== undefined) record.clientName = meta.clientName
+    if (meta.scope !== undefined) record.scope = meta.scope
+    await this.#d.store.saveClient(record)
+    this.#d.auditor.emit('client_registered', { clientId: record.clientId, source: 'dcr' })
+    return this.#information(record, registrationToken, secret)
+  }
+
+  async read (clientId: string, authorization: string | undefined): Promise<ClientInformation> {
+    const client = await this.#managed(clientId, authorization)
+    const registrationToken = generateToken('registrationToken')
+    const updated = { ...client, registrationTokenHash: hashToken(registrationToken) }
+    await this.#d.store.saveClient(updated)
+    return this.#information(updated, registrationToken)
+  }
+
+  async update (clientId: string, authorization: string | undefined, body: unknown): Promise<ClientInformation> {
+    const client = await this.#managed(clientId, authorization)
+    if (body === null || typeof body !== 'object' || Array.isArray(body)) throw bad('The body must be a JSON object of client metadata')
+    const b = body as Record<string, unknown>
+    if (b.client_id !== clientId) throw new OAuthError('invalid_request', 'client_id in the body must equal the client being updated')
+    for (const f of ['registration_access_token', 'registration_client_uri', 'client_secret_expires_at', 'client_id_issued_at']) {
+      if (b[f] !== undefined) throw new OAuthError('invalid_request', `${f} must not be sent in an update`)
+    }
+    if (b.client_secret !== undefined) {
+      if (typeof b.client_secret !== 'string' || client.clientSecretHash === undefined || !safeEqual(hashToken(b.client_secret), client.clientSecretHash)) {
+        throw new OAuthError('invalid_request', 'client_secret does not match')
+      }
+    }
+    const meta = validateClientMetadata(body, this.#d.config)
+    const changingAuth = meta.tokenEndpointAuthMethod !== client.tokenEndpointAuthMethod
+    let secret: string | undefined
+    const registrationToken = generateToken('registrationToken')
+    const updated: ClientRecord = {
+      clientId,
+      redirectUris: meta.redirectUris,
+      tokenEndpointAuthMethod: meta.tokenEndpointAuthMethod,
+      grantTypes: meta.grantTypes,
+      responseTypes: meta.responseTypes,
+      applicationType: meta.applicationType,
+      metadata: meta.metadata,
+      clientIdIssuedAt: client.clientIdIssuedAt,
+      source: client.source,
+      registrationTokenHash: hashToken(registrationToken)
+    }
+    if (client.registeredFrom !== undefined) updated.registeredFrom = client.registeredFrom
+    if (meta.tokenEndpointAuthMethod !== 'none') {
+      if (changingAuth || client.clientSecretHash === undefined) {
+        secret = generateToken('clientSecret')
+        updated.clientSecretHash = hashToken(secret)
+      } else {
+        updated.clientSecretHash = client.clientSecretHash
+      }
+      updated.clientSecretExpiresAt = 0
+    }
+    if (meta.clientName !== undefined) updated.clientName = meta.clientName
+    if (meta.scope !== undefined) updated.scope = meta.scope
+    await this.#d.store.saveClient(updated)
+    return this.#information(updated, registrationToken, secret)
+  }
+
+  async delete (clientId: string, authorization: string | undefined): Promise<void> {
+    await this.#managed(clientId, authorization)
+    const grants = await this.#d.store.listGrants({ clientId }, this.#d.now())
+    for (const grantId of grants) await this.#d.store.revokeGrant(grantId)
+    await this.#d.store.deleteClient(clientId)
+    this.#d.auditor.emit('client_deleted', { clientId })
+  }
+
+  /** RFC 7592 §2: a wrong token and an unknown client look the same (401 invalid_token). */
+  async #managed (clientId: string, authorization: string | undefined): Promise<ClientRecord> {
+    const m = authorization === undefined ? null : /^bearer +(\S+) *$/i.exec(authorization)
+    const deny = new OAuthError('invalid_token', 'The registration access token is invalid for this client', {
+      headers: { 'www-authenticate': 'Bearer error="invalid_token"' }
+    })
+    if (m === null || !looksLike('registrationToken', m[1] as string)) throw deny
+    const client = clientId.length > 255 ? null : await this.#d.store.getClient(clientId, this.#d.now())
+    if (client === null || client.source !== 'dcr' || client.registrationTokenHash === undefined ||
+      !safeEqual(hashToken(m[1] as string), client.registrationTokenHash)) throw deny
+    return client
+  }
+
+  #information (client: ClientRecord, registrationToken: string, secret?: string): ClientInformation {
+    const info: ClientInformation = {
+      client_id: client.clientId,
+      client_id_issued_at: client.clientIdIssuedAt,
+      registration_access_token: registrationToken,
+      registration_client_uri: `${this.#d.config.issuer}/oauth/register/${encodeURIComponent(client.clientId)}`,
+      redirect_uris: client.redirectUris,
+      token_endpoint_auth_method: client.tokenEndpointAuthMethod,
+      grant_types: client.grantTypes,
+      response_types: client.responseTypes,
+      application_type: client.applicationType,
+      ...client.metadata
+    }
+    if (secret !== undefined) {
+      info.client_secret = secret
+      info.client_secret_expires_at = client.clientSecretExpiresAt ?? 0
+    }
+    if (client.clientName !== undefined) info.client_name = client.clientName
+    if (client.scope !== undefined) info.scope = client.scope
+    return info
+  }
+}

@@ -1,0 +1,86 @@
+import Type from 'typebox'
+import type { FastifyPluginAsync } from 'fastify'
+import type { RegistrationService } from '../core/registration.js'
+import type { ResolvedConfig } from '../options.js'
+import { OAuthError } from '../errors.js'
+
+export interface RegisterRouteDeps {
+  config: ResolvedConfig
+  registration: RegistrationService
+}
+
+const Str = Type.String()
+const ClientInformation = Type.Object({
+  client_id: Str,
+  client_id_issued_at: Type.Integer(),
+  client_secret: Type.Optional(Str),
+  client_secret_expires_at: Type.Optional(Type.Integer()),
+  registration_access_token: Type.Optional(Str),
+  registration_client_uri: Str,
+  redirect_uris: Type.Array(Str),
+  token_endpoint_auth_method: Str,
+  grant_types: Type.Array(Str),
+  response_types: Type.Array(Str),
+  application_type: Str,
+  client_name: Type.Optional(Str),
+  scope: Type.Optional(Str),
+  client_uri: Type.Optional(Str),
+  logo_uri: Type.Optional(Str),
+  tos_uri: Type.Optional(Str),
+  policy_uri: Type.Optional(Str),
+  software_id: Type.Optional(Str),
+  software_version: Type.Optional(Str),
+  contacts: Type.Optional(Type.Array(Str))
+})
+
+const Params = Type.Object({ clientId: Type.String({ minLength: 1, maxLength: 255 }) })
+
+/** RFC 7591 §3.1: the metadata is a JSON document. */
+function requireJson (contentType: string | undefined): void {
+  if (contentType === undefined || !/^application\/json\s*(;|$)/i.test(contentType)) {
+    throw new OAuthError('invalid_client_metadata', 'Client metadata must be sent as application/json')
+  }
+}
+
+/** Registration bodies are small JSON documents. */
+const BODY_LIMIT = 16 * 1024
+
+/** RFC 7591 POST /oauth/register and RFC 7592 GET/PUT/DELETE /oauth/register/:clientId. */
+export const registerRoutes: FastifyPluginAsync<RegisterRouteDeps> = async (fastify, { config, registration }) => {
+  const path = `${config.basePath}/oauth/register`
+  const noStore = { 'cache-control': 'no-store', pragma: 'no-cache' }
+
+  fastify.post(path, {
+    bodyLimit: BODY_LIMIT,
+    schema: { response: { 201: ClientInformation } }
+  }, async (request, reply) => {
+    requireJson(request.headers['content-type'])
+    registration.authorize(request.headers.authorization, request.body)
+    const info = await registration.register(request.body, request.ip)
+    return reply.code(201).headers(noStore).send(info)
+  })
+
+  fastify.get(`${path}/:clientId`, {
+    schema: { params: Params, response: { 200: ClientInformation } }
+  }, async (request, reply) => {
+    const { clientId } = request.params as { clientId: string }
+    return reply.headers(noStore).send(await registration.read(clientId, request.headers.authorization))
+  })
+
+  fastify.put(`${path}/:clientId`, {
+    bodyLimit: BODY_LIMIT,
+    schema: { params: Params, response: { 200: ClientInformation } }
+  }, async (request, reply) => {
+    const { clientId } = request.params as { clientId: string }
+    requireJson(request.headers['content-type'])
+    return reply.headers(noStore).send(await registration.update(clientId, request.headers.authorization, request.body))
+  })
+
+  fastify.delete(`${path}/:clientId`, {
+    schema: { params: Params }
+  }, async (request, reply) => {
+    const { clientId } = request.params as { clientId: string }
+    await registration.delete(clientId, request.headers.authorization)
+    return reply.code(204).headers(noStore).send()
+  })
+}
