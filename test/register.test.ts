@@ -153,7 +153,9 @@ t.test('RFC 7592: read, update, delete with the registration access token', asyn
   t.equal((await app.inject({ url, headers: auth(created.registration_access_token) })).statusCode, 401, 'old token retired')
 
   const update = await app.inject({
-    method: 'PUT', url, headers: auth(token2),
+    method: 'PUT',
+    url,
+    headers: auth(token2),
     payload: { client_id: created.client_id, redirect_uris: ['https://b.example.com/cb'], client_name: 'Two', client_secret: created.client_secret }
   })
   t.equal(update.statusCode, 200)
