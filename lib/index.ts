@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import type { FastifyPluginAsync, onRequestHookHandler } from 'fastify'
+import type { FastifyPluginAsync, FastifyRequest, onRequestHookHandler } from 'fastify'
 import { errors } from './errors.js'
 import { createAuthenticate, type AuthenticateOptions } from './guard.js'
 import { resolveOptions, type McpOAuthOptions, type ResolvedConfig } from './options.js'
@@ -11,6 +11,8 @@ import type { ClientRecord, Store } from './storage/types.js'
 import { AuthorizationFlow } from './core/authorize.js'
 import { RefreshService } from './core/refresh.js'
 import { RegistrationService } from './core/registration.js'
+import { RevocationService } from './core/revocation.js'
+import { UpstreamTokenService, UpstreamTokenError, type UpstreamAccess } from './core/upstream.js'
 import { hashToken } from './core/tokens.js'
 import { Auditor } from './security/audit.js'
 import { KeyRing } from './security/keyring.js'
@@ -31,6 +33,17 @@ export interface McpOAuthDecorator {
   grants: GrantService
   /** The audit event stream. */
   auditor: Auditor
+  /**
+   * A valid upstream (identity provider) access token for the grant behind this request, refreshed
+   * when close to expiry. Throws UpstreamTokenError (`retryable` tells whether to try again).
+   */
+  getUpstreamToken (request: FastifyRequest): Promise<UpstreamAccess>
+  /** Sign a user out everywhere: every grant of theirs, with its tokens. Returns how many grants went. */
+  revokeUser (userId: string): Promise<number>
+  /** Remove every grant of one client. */
+  revokeClient (clientId: string): Promise<number>
+  /** Remove one grant (refresh family) and its access tokens. */
+  revokeGrant (grantId: string): Promise<boolean>
 }
 
 declare module 'fastify' {
@@ -85,8 +98,21 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   }
   const findClient = (clientId: string) => store.getClient(clientId, now())
 
-  const flow = new AuthorizationFlow({ config, store, provider: opts.provider, grants, keyRing, auditor, now, findClient })
-  const refresh = new RefreshService({ config, store, auditor, now })
+  // Background work (upstream revocation retries) runs on unref'd timers released on close.
+  const timers = new Set<NodeJS.Timeout>()
+  const schedule = (ms: number, fn: () => void) => {
+    const timer = setTimeout(() => { timers.delete(timer); fn() }, ms)
+    timer.unref()
+    timers.add(timer)
+  }
+  const provider = opts.provider
+  const revocation = new RevocationService({ config, store, provider, keyRing, auditor, now, schedule })
+  const revokeGrant = (grantId: string) => revocation.revokeGrant(grantId)
+  const upstream = new UpstreamTokenService({
+    store, provider, keyRing, auditor, now, revokeGrant, thresholdMs: config.upstreamRefreshThresholdSeconds * 1000
+  })
+  const flow = new AuthorizationFlow({ config, store, provider, grants, keyRing, auditor, now, findClient, revokeGrant })
+  const refresh = new RefreshService({ config, store, auditor, now, revokeGrant })
   const registration = new RegistrationService({ config, store, auditor, now })
 
   fastify.decorate('mcpOAuth', {
@@ -95,16 +121,26 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
     storage: store,
     config,
     grants,
-    auditor
+    auditor,
+    getUpstreamToken: async (request: FastifyRequest) => {
+      const auth = request.mcpAuth
+      if (auth === null) throw new UpstreamTokenError('The request was not authenticated by the guard', false)
+      return upstream.get(auth.grantId)
+    },
+    revokeUser: (userId: string) => revocation.revokeUser(userId),
+    revokeClient: (clientId: string) => revocation.revokeClient(clientId),
+    revokeGrant
   } satisfies McpOAuthDecorator)
   fastify.decorateRequest('mcpAuth', null)
 
   fastify.addHook('onClose', async () => {
+    for (const timer of timers) clearTimeout(timer)
+    timers.clear()
     await store.close?.()
   })
 
   await fastify.register(metadataRoutes, { config })
-  await fastify.register(oauthRoutes, { config, flow, refresh, signer, style: pageStyle(config), now, findClient, registration })
+  await fastify.register(oauthRoutes, { config, flow, refresh, signer, style: pageStyle(config), now, findClient, registration, revocation })
 }
 
 export const mcpOAuth = fp(plugin, { name: 'fastify-mcp-oauth', fastify: '5.x' })
@@ -120,6 +156,8 @@ export type { AuthenticateOptions } from './guard.js'
 export type { McpAuthInfo, ValidationResult } from './core/validator.js'
 export { TokenValidator } from './core/validator.js'
 export { GrantService } from './core/grants.js'
+export { UpstreamTokenError } from './core/upstream.js'
+export type { UpstreamAccess } from './core/upstream.js'
 export type { TokenResponse, NewGrant } from './core/grants.js'
 export { generateToken, hashToken } from './core/tokens.js'
 export { generateKey, KeyRing } from './security/keyring.js'

@@ -74,6 +74,13 @@ export const OptionsSchema = Type.Object({
     keys: Type.Array(Type.Object({ id: Type.String(), key: Type.String() }, { additionalProperties: false }), { minItems: 1 })
   }, { additionalProperties: false })),
   upstreamTimeoutMs: Type.Optional(Type.Integer({ minimum: 100, maximum: 120_000 })),
+  introspection: Type.Optional(Type.Object({
+    resourceServers: Type.Optional(Type.Array(Type.Object({
+      id: Type.String({ minLength: 1, maxLength: 255 }),
+      secret: Type.String({ minLength: 32 })
+    }, { additionalProperties: false })))
+  }, { additionalProperties: false })),
+  upstreamRefreshThresholdSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 86400, description: 'Refresh upstream tokens this close to expiry' })),
   refreshGraceSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 3600, description: 'Window in which a repeated refresh gets the same successor pair; 0 = off' }))
 }, { additionalProperties: false })
 
@@ -114,6 +121,8 @@ export interface ResolvedConfig {
     authorization: string
     token: string
     callback: string
+    revocation: string
+    introspection: string
   }
   /** Where RFC 8414 metadata is served (path-inserted first). */
   asMetadataPaths: string[]
@@ -133,6 +142,8 @@ export interface ResolvedConfig {
   encryptionKeys: Array<{ id: string, key: string }>
   upstreamTimeoutMs: number
   refreshGraceSeconds: number
+  introspection: { resourceServers: Array<{ id: string, secret: string }> }
+  upstreamRefreshThresholdSeconds: number
   /** Settings that weaken security, each a sentence for the start-up log. */
   warnings: string[]
 }
@@ -233,7 +244,9 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
     endpoints: {
       authorization: `${data.issuer}/oauth/authorize`,
       token: `${data.issuer}/oauth/token`,
-      callback: `${data.issuer}/oauth/callback`
+      callback: `${data.issuer}/oauth/callback`,
+      revocation: `${data.issuer}/oauth/revoke`,
+      introspection: `${data.issuer}/oauth/introspect`
     },
     asMetadataPaths,
     resources,
@@ -263,6 +276,8 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
     encryptionKeys: data.encryption?.keys ?? [],
     upstreamTimeoutMs: data.upstreamTimeoutMs ?? 10_000,
     refreshGraceSeconds: data.refreshGraceSeconds ?? 5,
+    introspection: { resourceServers: data.introspection?.resourceServers ?? [] },
+    upstreamRefreshThresholdSeconds: data.upstreamRefreshThresholdSeconds ?? 300,
     ...(data.cookieSecret !== undefined ? { cookieSecret: data.cookieSecret } : {}),
     warnings
   }

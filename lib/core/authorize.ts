@@ -43,6 +43,8 @@ export interface FlowDeps {
   keyRing: KeyRing
   auditor: Auditor
   now: () => number
+  /** Family revocation, including the upstream grant. */
+  revokeGrant: (grantId: string) => Promise<boolean>
   /** Resolves a client id (store, then client ID metadata documents when enabled). */
   findClient: (clientId: string) => Promise<ClientRecord | null>
 }
@@ -292,7 +294,7 @@ export class AuthorizationFlow {
     if (result.status === 'unknown') throw new OAuthError('invalid_grant', 'The authorization code is invalid, expired or already used')
     const record = result.code
     if (result.status === 'reused') {
-      await store.revokeGrant(record.grantId)
+      await this.#d.revokeGrant(record.grantId)
       this.#d.auditor.emit('code_reuse', { clientId: record.clientId, grantId: record.grantId })
       throw new OAuthError('invalid_grant', 'The authorization code is invalid, expired or already used')
     }

@@ -13,6 +13,8 @@ export interface RefreshDeps {
   store: Store
   auditor: Auditor
   now: () => number
+  /** Family revocation, including the upstream grant. */
+  revokeGrant: (grantId: string) => Promise<boolean>
 }
 
 /**
@@ -124,7 +126,7 @@ export class RefreshService {
       const pair = openSuccessor(token, record.successor)
       if (pair !== null) return pair
     }
-    await this.#d.store.revokeGrant(record.grantId)
+    await this.#d.revokeGrant(record.grantId)
     this.#d.auditor.emit('refresh_reuse', { clientId: record.clientId, grantId: record.grantId })
     throw new OAuthError('invalid_grant', 'The refresh token was already used; the grant has been revoked')
   }

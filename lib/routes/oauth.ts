@@ -6,8 +6,10 @@ import { authorizeRoutes, type AuthorizeRouteDeps } from './authorize.js'
 import { callbackRoutes } from './callback.js'
 import { tokenRoutes, type TokenRouteDeps } from './token.js'
 import { registerRoutes, type RegisterRouteDeps } from './register.js'
+import { revokeRoutes, type RevokeRouteDeps } from './revoke.js'
+import { introspectRoutes } from './introspect.js'
 
-export type OAuthRouteDeps = AuthorizeRouteDeps & TokenRouteDeps & RegisterRouteDeps
+export type OAuthRouteDeps = AuthorizeRouteDeps & TokenRouteDeps & RegisterRouteDeps & RevokeRouteDeps
 
 /** Body limit for OAuth endpoints: their requests are a few hundred bytes. */
 const BODY_LIMIT = 64 * 1024
@@ -23,5 +25,7 @@ export const oauthRoutes: FastifyPluginAsync<OAuthRouteDeps> = async (fastify, d
   await fastify.register(authorizeRoutes, deps)
   await fastify.register(callbackRoutes, deps)
   await fastify.register(tokenRoutes, deps)
+  await fastify.register(revokeRoutes, deps)
+  await fastify.register(introspectRoutes, deps)
   if (deps.config.registration.mode !== 'off') await fastify.register(registerRoutes, deps)
 }

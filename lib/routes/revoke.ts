@@ -1,0 +1,33 @@
+import Type from 'typebox'
+import type { FastifyPluginAsync } from 'fastify'
+import { authenticateClient } from '../core/clients.js'
+import type { RevocationService } from '../core/revocation.js'
+import type { ResolvedConfig } from '../options.js'
+import type { ClientRecord } from '../storage/types.js'
+
+export interface RevokeRouteDeps {
+  config: ResolvedConfig
+  revocation: RevocationService
+  now: () => number
+  findClient: (clientId: string) => Promise<ClientRecord | null>
+}
+
+const Param = Type.String({ maxLength: 4096 })
+const RevokeBody = Type.Object({
+  token: Param,
+  token_type_hint: Type.Optional(Type.String({ maxLength: 100 })),
+  client_id: Type.Optional(Param),
+  client_secret: Type.Optional(Param)
+})
+
+/** RFC 7009 POST /oauth/revoke. */
+export const revokeRoutes: FastifyPluginAsync<RevokeRouteDeps> = async (fastify, { config, revocation, now, findClient }) => {
+  fastify.post(`${config.basePath}/oauth/revoke`, {
+    schema: { body: RevokeBody }
+  }, async (request, reply) => {
+    const body = request.body as Record<string, unknown>
+    const client = await authenticateClient({ authorization: request.headers.authorization, body }, findClient, now())
+    await revocation.revoke(client, body)
+    return reply.code(200).header('cache-control', 'no-store').send()
+  })
+}
