@@ -18,6 +18,7 @@ import { Auditor } from './security/audit.js'
 import { KeyRing } from './security/keyring.js'
 import { Signer } from './security/signing.js'
 import { oauthRoutes } from './routes/oauth.js'
+import { CimdResolver } from './security/cimd.js'
 import { pageStyle } from './routes/html.js'
 
 export interface McpOAuthDecorator {
@@ -96,7 +97,21 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
     if (c.scope !== undefined) record.scope = c.scope
     await store.saveClient(record)
   }
-  const findClient = (clientId: string) => store.getClient(clientId, now())
+  const cimd = config.cimd.enabled
+    ? new CimdResolver({
+      redirectPolicy: config.redirects,
+      timeoutMs: config.cimd.timeoutMs,
+      minCacheSeconds: config.cimd.minCacheSeconds,
+      maxCacheSeconds: config.cimd.maxCacheSeconds,
+      allowPrivateAddresses: config.cimd.allowPrivateAddresses,
+      now,
+      ...(opts.cimdTestHooks ?? {})
+    })
+    : undefined
+  const findClient = async (clientId: string): Promise<ClientRecord | null> => {
+    if (cimd !== undefined && CimdResolver.isCimdClientId(clientId)) return cimd.resolve(clientId)
+    return store.getClient(clientId, now())
+  }
 
   // Background work (upstream revocation retries) runs on unref'd timers released on close.
   const timers = new Set<NodeJS.Timeout>()
@@ -134,6 +149,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   fastify.decorateRequest('mcpAuth', null)
 
   fastify.addHook('onClose', async () => {
+    cimd?.close()
     for (const timer of timers) clearTimeout(timer)
     timers.clear()
     await store.close?.()

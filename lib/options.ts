@@ -4,6 +4,7 @@ import { errors } from './errors.js'
 import type { Store } from './storage/types.js'
 import type { Provider } from './providers/types.js'
 import type { AuditSink } from './security/audit.js'
+import type { CimdResolverOptions } from './security/cimd.js'
 import { DEFAULT_CUSTOM_SCHEMES, type RedirectPolicy } from './core/redirect.js'
 
 const Seconds = (def: number, description: string) =>
@@ -81,6 +82,13 @@ export const OptionsSchema = Type.Object({
     }, { additionalProperties: false })))
   }, { additionalProperties: false })),
   upstreamRefreshThresholdSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 86400, description: 'Refresh upstream tokens this close to expiry' })),
+  clientIdMetadataDocuments: Type.Optional(Type.Object({
+    enabled: Type.Optional(Type.Boolean({ default: true })),
+    timeoutMs: Type.Optional(Type.Integer({ minimum: 100, maximum: 30_000 })),
+    minCacheSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 86400 })),
+    maxCacheSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 7 * 86400 })),
+    allowPrivateAddresses: Type.Optional(Type.Boolean({ description: 'TESTS ONLY: fetch documents from private/loopback addresses' }))
+  }, { additionalProperties: false })),
   refreshGraceSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 3600, description: 'Window in which a repeated refresh gets the same successor pair; 0 = off' }))
 }, { additionalProperties: false })
 
@@ -98,6 +106,8 @@ export interface McpOAuthOptions extends DataOptions {
   now?: () => number
   /** Where audit events go. Default: the Fastify logger (user ids hashed). */
   auditSink?: AuditSink
+  /** TESTS ONLY: DNS lookup and trusted CA for client ID metadata document fetches. */
+  cimdTestHooks?: Pick<CimdResolverOptions, 'lookup' | 'ca'>
 }
 
 export interface ResolvedResource {
@@ -142,6 +152,7 @@ export interface ResolvedConfig {
   encryptionKeys: Array<{ id: string, key: string }>
   upstreamTimeoutMs: number
   refreshGraceSeconds: number
+  cimd: { enabled: boolean, timeoutMs: number, minCacheSeconds: number, maxCacheSeconds: number, allowPrivateAddresses: boolean }
   introspection: { resourceServers: Array<{ id: string, secret: string }> }
   upstreamRefreshThresholdSeconds: number
   /** Settings that weaken security, each a sentence for the start-up log. */
@@ -160,7 +171,7 @@ function bad (field: string, message: string): Error {
 /** Validate the options and derive every URL the plugin will serve or print. Throws naming the field. */
 export function resolveOptions (opts: unknown): ResolvedConfig {
   if (opts === null || typeof opts !== 'object') throw bad('(root)', 'options must be an object')
-  const { store, now, provider, auditSink, ...data } = opts as McpOAuthOptions
+  const { store, now, provider, auditSink, cimdTestHooks: _hooks, ...data } = opts as McpOAuthOptions
   if (auditSink !== undefined && typeof auditSink !== 'function') throw bad('auditSink', 'must be a function (event, fields) => void')
   if (store !== undefined) checkStore(store)
   if (provider !== undefined) checkProvider(provider)
@@ -276,6 +287,13 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
     encryptionKeys: data.encryption?.keys ?? [],
     upstreamTimeoutMs: data.upstreamTimeoutMs ?? 10_000,
     refreshGraceSeconds: data.refreshGraceSeconds ?? 5,
+    cimd: {
+      enabled: data.clientIdMetadataDocuments?.enabled ?? true,
+      timeoutMs: data.clientIdMetadataDocuments?.timeoutMs ?? 5000,
+      minCacheSeconds: data.clientIdMetadataDocuments?.minCacheSeconds ?? 60,
+      maxCacheSeconds: data.clientIdMetadataDocuments?.maxCacheSeconds ?? 86400,
+      allowPrivateAddresses: data.clientIdMetadataDocuments?.allowPrivateAddresses ?? false
+    },
     introspection: { resourceServers: data.introspection?.resourceServers ?? [] },
     upstreamRefreshThresholdSeconds: data.upstreamRefreshThresholdSeconds ?? 300,
     ...(data.cookieSecret !== undefined ? { cookieSecret: data.cookieSecret } : {}),
@@ -289,6 +307,8 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
   if (config.refreshGraceSeconds > 60) warnings.push(`refreshGraceSeconds is ${config.refreshGraceSeconds}: a stolen, already used refresh token stays usable that long`)
   if (config.redirects.allowHttp) warnings.push('redirects.allowHttp is on: authorization codes may be sent over plain http')
   if (config.redirects.allowPrivateHosts) warnings.push('redirects.allowPrivateHosts is on: clients may redirect to private network addresses')
+  if (config.cimd.allowPrivateAddresses) warnings.push('clientIdMetadataDocuments.allowPrivateAddresses is on: client metadata may be fetched from private addresses (SSRF); for tests only')
+  if (config.cimd.minCacheSeconds > config.cimd.maxCacheSeconds) throw bad('clientIdMetadataDocuments.minCacheSeconds', 'must not exceed maxCacheSeconds')
   if (config.encryptionKeys.length === 0) warnings.push('no encryption key: upstream tokens are stored unencrypted (set encryption.keys)')
   if (config.cookieSecret === undefined) warnings.push('no cookieSecret: consent cookies are signed with a per-process key (approvals are lost on restart and do not cross replicas)')
   const clientIds = new Set<string>()

@@ -24,7 +24,8 @@ t.test('RFC 8414 authorization server metadata', async t => {
     introspection_endpoint: `${ISSUER}/oauth/introspect`,
     introspection_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
     code_challenge_methods_supported: ['S256'],
-    authorization_response_iss_parameter_supported: true
+    authorization_response_iss_parameter_supported: true,
+    client_id_metadata_document_supported: true
   })
   t.notOk('registration_endpoint' in body, 'endpoints that are not enabled are not listed')
 })

@@ -305,7 +305,7 @@ export class AuthorizationFlow {
     }
     if (typeof verifier !== 'string' || verifier === '') {
       this.#d.auditor.emit('pkce_failure', { clientId: client.clientId })
-      throw new OAuthError('invalid_grant', 'code_verifier is required')
+      throw new OAuthError('invalid_request', 'code_verifier is required (PKCE)')
     }
     if (!verifyPkce(verifier, record.codeChallenge, record.codeChallengeMethod)) {
       this.#d.auditor.emit('pkce_failure', { clientId: client.clientId })

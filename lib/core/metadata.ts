@@ -18,6 +18,7 @@ export function authorizationServerMetadata (config: ResolvedConfig): Record<str
     code_challenge_methods_supported: ['S256'],
     authorization_response_iss_parameter_supported: true
   }
+  if (config.cimd.enabled) metadata.client_id_metadata_document_supported = true
   if (config.registration.mode !== 'off') metadata.registration_endpoint = `${config.issuer}/oauth/register`
   if (config.serviceDocumentation !== undefined) metadata.service_documentation = config.serviceDocumentation
   return metadata

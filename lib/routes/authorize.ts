@@ -75,6 +75,7 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
     return sendPage(reply, style, 200, consentPage(style, config, {
       clientName: client.clientName ?? client.clientId,
       nameVerified: client.source !== 'dcr',
+      ...(client.source === 'cimd' ? { verifiedHost: new URL(client.clientId).host } : {}),
       clientId: client.clientId,
       redirectHost,
       scopes: req.scopes,

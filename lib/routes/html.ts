@@ -13,7 +13,7 @@ main{max-width:30rem;margin:4rem auto;background:#fff;border-radius:12px;padding
 h1{font-size:1.35rem;margin:0 0 1rem}.logo{max-height:48px;margin-bottom:1rem}
 .muted{color:#5f6673;font-size:.9rem}.warn{background:#fff4e5;border:1px solid #f0b35b;border-radius:8px;padding:.75rem;margin:1rem 0}
 ul{padding-left:1.2rem}code{background:#f0f1f3;padding:.1rem .3rem;border-radius:4px;word-break:break-all}
-.buttons{display:flex;gap:.75rem;margin-top:1.5rem}button{flex:1;font:inherit;padding:.7rem;border-radius:8px;border:1px solid #c8ccd2;background:#fff;cursor:pointer}
+.buttons{display:flex;flex-direction:row-reverse;gap:.75rem;margin-top:1.5rem}button{flex:1;font:inherit;padding:.7rem;border-radius:8px;border:1px solid #c8ccd2;background:#fff;cursor:pointer}
 button.primary{background:${accent};border-color:${accent};color:#fff}`
 }
 
@@ -64,8 +64,10 @@ export function errorPage (style: PageStyle, config: ResolvedConfig, title: stri
 
 export interface ConsentView {
   clientName: string
-  /** True when the name comes from a verified source (a client ID metadata document's host). */
+  /** True when the name comes from a verified source (configuration, or a metadata document). */
   nameVerified: boolean
+  /** For a client ID metadata document: the host that published it (verified by TLS). */
+  verifiedHost?: string
   clientId: string
   redirectHost: string
   scopes: string[]
@@ -78,7 +80,9 @@ export interface ConsentView {
 
 export function consentPage (style: PageStyle, config: ResolvedConfig, view: ConsentView): string {
   const scopes = view.scopes.map(s => `<li><code>${escapeHtml(s)}</code></li>`).join('')
-  const provenance = view.nameVerified ? '' : ' <span class="muted">(name given by the application itself, not verified)</span>'
+  const provenance = view.verifiedHost !== undefined
+    ? ` <span class="muted">(published by <strong>${escapeHtml(view.verifiedHost)}</strong>, verified)</span>`
+    : view.nameVerified ? '' : ' <span class="muted">(name given by the application itself, not verified)</span>'
   const loopback = view.allLoopback
     ? `<div class="warn">This application only receives authorization on this computer (a loopback address).
 Approve only if you started this sign-in yourself, from an application you trust.</div>`
@@ -92,8 +96,8 @@ Client ID: <code>${escapeHtml(view.clientId)}</code></p>
 <form method="post" action="${escapeHtml(view.action)}">
 <input type="hidden" name="request" value="${escapeHtml(view.request)}">
 <input type="hidden" name="csrf" value="${escapeHtml(view.csrf)}">
-<div class="buttons"><button type="submit" name="decision" value="deny">Deny</button>
-<button class="primary" type="submit" name="decision" value="approve">Approve</button></div>
+<div class="buttons"><button class="primary" type="submit" name="decision" value="approve">Approve</button>
+<button type="submit" name="decision" value="deny">Deny</button></div>
 </form>`
   return layout(style, config, config.consent.title, body)
 }

@@ -3,7 +3,8 @@ import type { IncomingHttpHeaders } from 'node:http'
 import { request as httpsRequest } from 'node:https'
 import { isIP, type LookupFunction } from 'node:net'
 import { OAuthError } from '../errors.js'
-import { checkRedirectUri, isPrivateHost, isSpecialIPv4, isSpecialIPv6, type RedirectPolicy } from '../core/redirect.js'
+import { checkRedirectUri, isForbiddenAddress, isPrivateHost, type RedirectPolicy } from '../core/redirect.js'
+export { isForbiddenAddress } from '../core/redirect.js'
 import type { ClientRecord } from '../storage/types.js'
 
 /**
@@ -165,7 +166,7 @@ export class CimdResolver {
       return record
     } catch (err) {
       if (err instanceof OAuthError) throw err
-      throw fail('the document could not be fetched', err)
+      throw netFailure('the document could not be fetched', err)
     } finally {
       clearTimeout(timer)
       this.#controllers.delete(controller)
@@ -174,10 +175,9 @@ export class CimdResolver {
 
   #remember (clientId: string, record: ClientRecord, expiresAt: number): void {
     this.#cache.delete(clientId)
-    while (this.#cache.size >= this.#maxCacheEntries) {
-      const oldest = this.#cache.keys().next()
-      if (oldest.done === true) break
-      this.#cache.delete(oldest.value)
+    for (const oldest of this.#cache.keys()) {
+      if (this.#cache.size < this.#maxCacheEntries) break
+      this.#cache.delete(oldest)
     }
     this.#cache.set(clientId, { record, expiresAt })
   }
@@ -196,7 +196,7 @@ export class CimdResolver {
         found = await abortable(this.#lookup(host), signal)
       } catch (err) {
         if (signal.aborted) throw signal.reason
-        throw fail('the host name could not be resolved', err)
+        throw netFailure('the host name could not be resolved', err)
       }
       if (!Array.isArray(found) || found.length === 0) throw fail('the host name has no address')
       addresses = found.map(a => {
@@ -216,10 +216,8 @@ export class CimdResolver {
     const host = bareHost(url.hostname)
     // The socket connects to the checked addresses only; TLS still verifies the certificate
     // against the real host name (SNI and Host header stay the name from the URL).
-    const pinned: LookupFunction = (hostname, options, callback) => {
-      if (hostname !== host) {
-        callback(Object.assign(new Error('unexpected host name lookup'), { code: 'ENOTFOUND' }), '', 0)
-      } else if (options.all === true) {
+    const pinned: LookupFunction = (_hostname, options, callback) => {
+      if (options.all === true) {
         callback(null, addresses.map(a => ({ address: a.address, family: a.family })))
       } else {
         const first = addresses[0] as ResolvedAddress
@@ -260,9 +258,9 @@ export class CimdResolver {
         maxHeaderSize: 16384
       })
       signal.addEventListener('abort', onAbort, { once: true })
-      req.on('error', err => done(fail(`the document could not be fetched (${errorCode(err)})`, err)))
+      req.on('error', err => done(netFailure('the document could not be fetched', err)))
       req.on('response', res => {
-        res.on('error', err => done(fail(`the connection failed while reading the document (${errorCode(err)})`, err)))
+        res.on('error', err => done(netFailure('the connection failed while reading the document', err)))
         const status = res.statusCode ?? 0
         if (status >= 300 && status < 400) {
           done(fail(`the server answered with a redirect (HTTP ${status}); redirects are not followed`))
@@ -368,6 +366,13 @@ function errorCode (err: unknown): string {
   return typeof code === 'string' && /^[A-Z0-9_]{1,64}$/.test(code) ? code : 'network error'
 }
 
+/** A network error reduced to message and code: parser errors carry the raw bytes received. */
+function netFailure (reason: string, err: unknown): OAuthError {
+  const code = errorCode(err)
+  const message = err instanceof Error ? err.message : String(err)
+  return fail(`${reason} (${code})`, Object.assign(new Error(message), { code }))
+}
+
 function bareHost (hostname: string): string {
   return hostname.startsWith('[') && hostname.endsWith(']') ? hostname.slice(1, -1) : hostname
 }
@@ -403,55 +408,6 @@ function parseClientIdUrl (clientId: string): URL {
     throw fail('the client_id URL must be in canonical form (lower-case host, no default port, normalised percent-encoding)')
   }
   return url
-}
-
-/**
- * An address this fetcher never connects to. Builds on the redirect policy's checks and also
- * catches IPv6 spellings that prefix tests miss (uncompressed zeros, IPv4-compatible, zone ids).
- */
-function isForbiddenAddress (address: string): boolean {
-  const family = isIP(address)
-  if (family === 4) return isSpecialIPv4(address)
-  if (family !== 6 || address.includes('%')) return true
-  if (isSpecialIPv6(address)) return true
-  const h = expandIPv6(address)
-  if (h === null) return true
-  const [h0, h1, h2, h3, h4, h5, h6, h7] = h as [number, number, number, number, number, number, number, number]
-  if (h0 === 0 && h1 === 0 && h2 === 0 && h3 === 0 && h4 === 0 && h5 === 0xffff) {
-    return isSpecialIPv4(`${h6 >> 8}.${h6 & 255}.${h7 >> 8}.${h7 & 255}`) // IPv4-mapped
-  }
-  return h0 < 0x0100 || // ::/8: unspecified, loopback, IPv4-compatible, IPv4-translated
-    (h0 === 0x0100 && h1 === 0 && h2 === 0 && h3 === 0) || // 100::/64 discard
-    (h0 === 0x0064 && h1 === 0xff9b) || // NAT64
-    (h0 === 0x2001 && h1 < 0x0200) || // 2001::/23 IETF protocol assignments (Teredo, ORCHID, ...)
-    (h0 === 0x2001 && h1 === 0x0db8) || // documentation
-    (h0 === 0x3fff && h1 < 0x1000) || // 3fff::/20 documentation
-    h0 === 0x2002 || // 6to4
-    (h0 & 0xfe00) === 0xfc00 || (h0 & 0xffc0) === 0xfe80 || (h0 & 0xffc0) === 0xfec0 || (h0 & 0xff00) === 0xff00
-}
-
-/** Eight 16-bit groups, or null when the text is not a plain IPv6 address. */
-function expandIPv6 (address: string): number[] | null {
-  let text = address.toLowerCase()
-  const tail: number[] = []
-  const dotted = /^(.*:)(\d+\.\d+\.\d+\.\d+)$/.exec(text)
-  if (dotted !== null) {
-    const v4 = dotted[2] as string
-    if (isIP(v4) !== 4) return null
-    const [a, b, c, d] = v4.split('.').map(Number) as [number, number, number, number]
-    tail.push((a << 8) | b, (c << 8) | d)
-    text = dotted[1] as string
-    if (!text.endsWith('::')) text = text.slice(0, -1)
-  }
-  const halves = text.split('::')
-  if (halves.length > 2) return null
-  const parse = (part: string): number[] => part === '' ? [] : part.split(':').map(g => /^[0-9a-f]{1,4}$/.test(g) ? parseInt(g, 16) : NaN)
-  const head = parse(halves[0] as string)
-  const back = halves.length === 2 ? parse(halves[1] as string) : []
-  const missing = 8 - tail.length - head.length - back.length
-  if (halves.length === 1 ? missing !== 0 : missing < 1) return null
-  const all = [...head, ...new Array<number>(missing).fill(0), ...back, ...tail]
-  return all.every(g => !Number.isNaN(g)) ? all : null
 }
 
 function contentTypeProblem (header: string | undefined): string | null {
