@@ -1,0 +1,99 @@
+import { createServer } from 'node:net'
+import Fastify, { type FastifyInstance } from 'fastify'
+import { mcpOAuth, type McpOAuthOptions } from '../../lib/index.js'
+import { oidcProvider } from '../../lib/providers/oidc.js'
+import { startDevIdp, type DevIdp } from '../../example/dev-idp.js'
+import { s256 } from '../../lib/core/pkce.js'
+import { Browser } from './browser.js'
+
+export interface LoginHarness {
+  app: FastifyInstance
+  idp: DevIdp
+  issuer: string
+  resource: string
+}
+
+/** A free loopback port (the issuer must be known before the plugin is registered). */
+export async function freePort (): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer()
+    srv.once('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number }
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+/**
+ * The plugin on a real loopback socket, logging users in through a real oidc-provider (the
+ * development IdP of the example), with one guarded route POST /mcp returning request.mcpAuth.
+ */
+export async function startLogin (t: { teardown (fn: () => unknown): void }, opts: Partial<McpOAuthOptions> = {}): Promise<LoginHarness> {
+  const port = await freePort()
+  const issuer = `http://127.0.0.1:${port}`
+  const idp = await startDevIdp({
+    clients: [{ client_id: 'mcp-proxy', client_secret: 'proxy-secret-proxy-secret-proxy-secret', redirect_uris: [`${issuer}/oauth/callback`] }]
+  })
+  t.teardown(() => idp.close())
+  const app = Fastify({ logger: false })
+  await app.register(mcpOAuth, {
+    issuer,
+    resources: [`${issuer}/mcp`],
+    provider: oidcProvider({ issuer: idp.issuer, clientId: 'mcp-proxy', clientSecret: 'proxy-secret-proxy-secret-proxy-secret', timeoutMs: 5000 }),
+    registration: { mode: 'public' },
+    cookieSecret: 'cookie-secret-cookie-secret-cookie-secret',
+    ...opts
+  })
+  app.post('/mcp', { onRequest: app.mcpOAuth.authenticate({ scopes: ['mcp:tools'] }) }, async (request) => ({ auth: request.mcpAuth }))
+  await app.listen({ port, host: '127.0.0.1' })
+  t.teardown(() => app.close())
+  return { app, idp, issuer, resource: `${issuer}/mcp` }
+}
+
+export const REDIRECT = 'http://127.0.0.1:9/callback'
+
+/** Register a public client the way an MCP client does. */
+export async function registerClient (h: LoginHarness, body: Record<string, unknown> = {}): Promise<Record<string, string>> {
+  const res = await fetch(`${h.issuer}/oauth/register`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ redirect_uris: [REDIRECT], token_endpoint_auth_method: 'none', client_name: 'Test MCP client', ...body })
+  })
+  if (res.status !== 201) throw new Error(`registration failed: ${res.status} ${await res.text()}`)
+  return await res.json() as Record<string, string>
+}
+
+export function authorizeUrl (h: LoginHarness, clientId: string, verifier: string, extra: Record<string, string> = {}): URL {
+  const url = new URL(`${h.issuer}/oauth/authorize`)
+  url.search = new URLSearchParams({
+    response_type: 'code',
+    client_id: clientId,
+    redirect_uri: REDIRECT,
+    code_challenge: s256(verifier),
+    code_challenge_method: 'S256',
+    state: 'client-state-1',
+    resource: h.resource,
+    scope: 'mcp:tools',
+    ...extra
+  }).toString()
+  return url
+}
+
+/** Drive a browser through consent and the IdP's login; returns the redirect to the client. */
+export async function login (h: LoginHarness, url: URL, browser = new Browser(), user = 'alice'): Promise<URL> {
+  const page = await browser.drive(url, {
+    stopAt: u => u.href.startsWith(REDIRECT),
+    fields: { login: user, password: 'any' }
+  })
+  return page.stoppedAt as URL
+}
+
+export async function token (h: LoginHarness, body: Record<string, string>, headers: Record<string, string> = {}): Promise<{ status: number, body: Record<string, unknown>, headers: Headers }> {
+  const res = await fetch(`${h.issuer}/oauth/token`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers },
+    body: new URLSearchParams(body)
+  })
+  return { status: res.status, body: await res.json() as Record<string, unknown>, headers: res.headers }
+}
