@@ -44,7 +44,7 @@ t.test('rotation chain of 10: every use rotates, every pair works, old access to
     t.equal(r.status, 200, `refresh ${i + 1}`)
     t.equal(r.headers['cache-control'], 'no-store')
     t.match(r.body, { access_token: /^mcpat_/, refresh_token: /^mcprt_/, token_type: 'Bearer', expires_in: 3600, scope: 'mcp:tools mcp:admin' })
-    t.notOk(seen.has(r.body.refresh_token), 'a new refresh token every time')
+    t.notOk(seen.has(r.body.refresh_token as string), 'a new refresh token every time')
     seen.add(r.body.refresh_token as string)
     current = r.body.refresh_token as string
     access.push(r.body.access_token as string)
