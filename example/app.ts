@@ -1,7 +1,10 @@
 import Fastify, { type FastifyInstance, type FastifyPluginAsync, type FastifyServerOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { mcpOAuth } from '../lib/index.js'
+import { randomBytes } from 'node:crypto'
 import type { Provider } from '../lib/providers/types.js'
+import { googleProvider, oidcProvider } from '../lib/providers/index.js'
+import { startDevIdp } from './dev-idp.js'
 import { mcpRoutes } from './mcp.js'
 
 /**
@@ -9,7 +12,10 @@ import { mcpRoutes } from './mcp.js'
  *
  *   npm run build && fastify start --options dist/example/app.js
  *
- * Environment: PORT (3000), HOST (127.0.0.1), MCP_OAUTH_ISSUER (http://HOST:PORT), LOG_LEVEL (info).
+ * Environment: PORT (3000), HOST (127.0.0.1), MCP_OAUTH_ISSUER (http://HOST:PORT), LOG_LEVEL (info);
+ * GOOGLE_CLIENT_ID/GOOGLE_CLIENT_SECRET (GOOGLE_HOSTED_DOMAIN), or OIDC_ISSUER/OIDC_CLIENT_ID/
+ * OIDC_CLIENT_SECRET; MCP_OAUTH_REGISTRATION_TOKEN or MCP_OAUTH_PUBLIC_REGISTRATION=true;
+ * MCP_OAUTH_COOKIE_SECRET; MCP_OAUTH_ENCRYPTION_KEY (from generateKey()).
  * Fastify CLI itself listens on PORT; give it the address with `--address` or FASTIFY_ADDRESS.
  */
 
@@ -34,15 +40,65 @@ export function configFromEnv (env: ExampleEnv = process.env): ExampleConfig {
   return { port, host, issuer, resource: `${issuer}/mcp`, scopes: ['mcp:tools'] }
 }
 
+/** How users log in: the identity provider chosen from the environment. */
+export interface Upstream {
+  provider: Provider
+  /** A human-readable description for the log and the help page. */
+  description: string
+  /** True for the embedded development IdP (public registration on, loud warnings). */
+  development: boolean
+  close (): Promise<void>
+}
+
 /**
- * The upstream identity provider that logs users in, chosen from the environment: Google when
- * GOOGLE_CLIENT_ID and GOOGLE_CLIENT_SECRET are set, any OpenID Connect provider when OIDC_ISSUER,
- * OIDC_CLIENT_ID and OIDC_CLIENT_SECRET are set, and otherwise an embedded development IdP.
- * It returns undefined while no provider is wired in, so the server can still validate tokens
- * but nobody can log in through it.
+ * Google when GOOGLE_CLIENT_ID and GOOGLE_CLIENT_SECRET are set, any OpenID Connect provider when
+ * OIDC_ISSUER, OIDC_CLIENT_ID (and OIDC_CLIENT_SECRET) are set, and otherwise an embedded development
+ * IdP (oidc-provider on a loopback port, any user name accepted), which production refuses.
  */
-export function upstreamFromEnv (_env: ExampleEnv): Provider | undefined {
-  return undefined
+export async function upstreamFromEnv (env: ExampleEnv, issuer: string): Promise<Upstream> {
+  if (env.GOOGLE_CLIENT_ID !== undefined && env.GOOGLE_CLIENT_ID !== '') {
+    if (env.GOOGLE_CLIENT_SECRET === undefined || env.GOOGLE_CLIENT_SECRET === '') throw new Error('GOOGLE_CLIENT_SECRET is required with GOOGLE_CLIENT_ID')
+    const hostedDomain = env.GOOGLE_HOSTED_DOMAIN
+    return {
+      provider: googleProvider({
+        clientId: env.GOOGLE_CLIENT_ID,
+        clientSecret: env.GOOGLE_CLIENT_SECRET,
+        ...(hostedDomain !== undefined && hostedDomain !== '' ? { hostedDomain } : {})
+      }),
+      description: 'Google',
+      development: false,
+      close: async () => {}
+    }
+  }
+  if (env.OIDC_ISSUER !== undefined && env.OIDC_ISSUER !== '') {
+    if (env.OIDC_CLIENT_ID === undefined || env.OIDC_CLIENT_ID === '') throw new Error('OIDC_CLIENT_ID is required with OIDC_ISSUER')
+    const secret = env.OIDC_CLIENT_SECRET
+    return {
+      provider: oidcProvider({
+        issuer: env.OIDC_ISSUER,
+        clientId: env.OIDC_CLIENT_ID,
+        ...(secret !== undefined && secret !== '' ? { clientSecret: secret } : {})
+      }),
+      description: `OpenID Connect (${env.OIDC_ISSUER})`,
+      development: false,
+      close: async () => {}
+    }
+  }
+  if (env.NODE_ENV === 'production') {
+    throw new Error('No identity provider configured (set GOOGLE_CLIENT_ID/GOOGLE_CLIENT_SECRET or OIDC_ISSUER/OIDC_CLIENT_ID/OIDC_CLIENT_SECRET); ' +
+      'the embedded development IdP is refused when NODE_ENV=production')
+  }
+  const secret = randomBytes(24).toString('base64url')
+  const idp = await startDevIdp({
+    port: env.DEV_IDP_PORT === undefined ? 0 : Number(env.DEV_IDP_PORT),
+    clients: [{ client_id: 'mcp-oauth-example', client_secret: secret, redirect_uris: [`${issuer}/oauth/callback`] }]
+  })
+  return {
+    provider: oidcProvider({ issuer: idp.issuer, clientId: 'mcp-oauth-example', clientSecret: secret, name: 'dev-idp' }),
+    description: `embedded development IdP at ${idp.issuer} (any user name logs in)`,
+    development: true,
+    close: () => idp.close()
+  }
 }
 
 export interface ExampleAppOptions {
@@ -54,12 +110,29 @@ export interface ExampleAppOptions {
 const exampleApp: FastifyPluginAsync<ExampleAppOptions> = async (fastify, opts) => {
   const env = opts.env ?? process.env
   const config = configFromEnv(env)
-  const upstream = upstreamFromEnv(env)
+  const upstream = await upstreamFromEnv(env, config.issuer)
+  fastify.addHook('onClose', () => upstream.close())
+  if (upstream.development) {
+    fastify.log.warn('*** DEVELOPMENT MODE: users log in at an embedded identity provider that accepts ANY user name; ' +
+      'public client registration is on. Set GOOGLE_* or OIDC_* (see README) for real logins. ***')
+  } else {
+    fastify.log.info(`users log in with ${upstream.description}`)
+  }
 
   await fastify.register(mcpOAuth, {
     issuer: config.issuer,
     resources: [config.resource],
-    scopes: config.scopes
+    scopes: config.scopes,
+    provider: upstream.provider,
+    registration: upstream.development || env.MCP_OAUTH_PUBLIC_REGISTRATION === 'true'
+      ? { mode: 'public' }
+      : env.MCP_OAUTH_REGISTRATION_TOKEN !== undefined && env.MCP_OAUTH_REGISTRATION_TOKEN !== ''
+        ? { mode: 'token', token: env.MCP_OAUTH_REGISTRATION_TOKEN }
+        : { mode: 'off' },
+    ...(env.MCP_OAUTH_COOKIE_SECRET !== undefined && env.MCP_OAUTH_COOKIE_SECRET !== '' ? { cookieSecret: env.MCP_OAUTH_COOKIE_SECRET } : {}),
+    ...(env.MCP_OAUTH_ENCRYPTION_KEY !== undefined && env.MCP_OAUTH_ENCRYPTION_KEY !== ''
+      ? { encryption: { keys: [{ id: 'k1', key: env.MCP_OAUTH_ENCRYPTION_KEY }] } }
+      : {})
   })
   await fastify.register(mcpRoutes, { scopes: config.scopes })
 
@@ -69,7 +142,7 @@ const exampleApp: FastifyPluginAsync<ExampleAppOptions> = async (fastify, opts) 
     issuer: resolved.issuer,
     mcp: config.resource,
     scopes: resolved.scopes,
-    login: upstream?.name ?? null,
+    login: upstream.description,
     metadata: {
       authorizationServer: resolved.origin + resolved.asMetadataPaths[0],
       protectedResource: resolved.resources.map(r => r.metadataUrl)
