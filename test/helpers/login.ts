@@ -2,7 +2,7 @@ import { createServer } from 'node:net'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { mcpOAuth, type McpOAuthOptions } from '../../lib/index.js'
 import { oidcProvider } from '../../lib/providers/oidc.js'
-import { startDevIdp, type DevIdp } from '../../example/dev-idp.js'
+import { startDevIdp, type DevIdp, type DevIdpOptions } from '../../example/dev-idp.js'
 import { s256 } from '../../lib/core/pkce.js'
 import { Browser } from './browser.js'
 
@@ -29,10 +29,15 @@ export async function freePort (): Promise<number> {
  * The plugin on a real loopback socket, logging users in through a real oidc-provider (the
  * development IdP of the example), with one guarded route POST /mcp returning request.mcpAuth.
  */
-export async function startLogin (t: { teardown (fn: () => unknown): void }, opts: Partial<McpOAuthOptions> = {}): Promise<LoginHarness> {
+export async function startLogin (
+  t: { teardown (fn: () => unknown): void },
+  opts: Partial<McpOAuthOptions> = {},
+  idpOptions: Partial<DevIdpOptions> = {}
+): Promise<LoginHarness> {
   const port = await freePort()
   const issuer = `http://127.0.0.1:${port}`
   const idp = await startDevIdp({
+    ...idpOptions,
     clients: [{ client_id: 'mcp-proxy', client_secret: 'proxy-secret-proxy-secret-proxy-secret', redirect_uris: [`${issuer}/oauth/callback`] }]
   })
   t.teardown(() => idp.close())
@@ -46,6 +51,15 @@ export async function startLogin (t: { teardown (fn: () => unknown): void }, opt
     ...opts
   })
   app.post('/mcp', { onRequest: app.mcpOAuth.authenticate({ scopes: ['mcp:tools'] }) }, async (request) => ({ auth: request.mcpAuth }))
+  // What an MCP tool that calls the provider's APIs does: ask for the upstream token.
+  app.post('/mcp/upstream', { onRequest: app.mcpOAuth.authenticate({ scopes: ['mcp:tools'] }) }, async (request, reply) => {
+    try {
+      return await app.mcpOAuth.getUpstreamToken(request)
+    } catch (err) {
+      const e = err as { retryable?: boolean, message: string }
+      return reply.code(e.retryable === true ? 503 : 401).send({ error: e.retryable === true ? 'temporarily_unavailable' : 'invalid_token', error_description: e.message })
+    }
+  })
   await app.listen({ port, host: '127.0.0.1' })
   t.teardown(() => app.close())
   return { app, idp, issuer, resource: `${issuer}/mcp` }
@@ -78,6 +92,16 @@ export function authorizeUrl (h: LoginHarness, clientId: string, verifier: strin
     ...extra
   }).toString()
   return url
+}
+
+/** Register, log in as `user`, and exchange the code: the tokens an MCP client would hold. */
+export async function loginTokens (h: LoginHarness, user = 'alice'): Promise<Record<string, string>> {
+  const client = await registerClient(h)
+  const verifier = 'v'.repeat(43)
+  const back = await login(h, authorizeUrl(h, client.client_id as string, verifier), new Browser(), user)
+  const res = await token(h, { grant_type: 'authorization_code', code: back.searchParams.get('code') as string, code_verifier: verifier, redirect_uri: REDIRECT, client_id: client.client_id as string })
+  if (res.status !== 200) throw new Error(`code exchange failed: ${JSON.stringify(res.body)}`)
+  return { ...res.body as Record<string, string>, client_id: client.client_id as string }
 }
 
 /** Drive a browser through consent and the IdP's login; returns the redirect to the client. */
