@@ -100,6 +100,38 @@ class RefreshCmd implements fc.AsyncCommand<Model, Real> {
   toString (): string { return `refresh(f${this.family}, back ${this.back})` }
 }
 
+/** A client that sends the same refresh twice at once (a retry racing the original). */
+class DoubleRefreshCmd implements fc.AsyncCommand<Model, Real> {
+  constructor (readonly family: number) {}
+  check (m: Model): boolean { return m.families.length > 0 }
+  async run (m: Model, r: Real): Promise<void> {
+    const fam = m.families[this.family % m.families.length] as Family
+    const entry = fam.chain[fam.chain.length - 1] as Issued
+    const body = { grant_type: 'refresh_token', refresh_token: entry.refresh, client_id: CLIENT.client_id }
+    const [a, b] = await Promise.all([post(r.ctx, '/oauth/token', body), post(r.ctx, '/oauth/token', body)])
+    const t1 = now(r)
+    const live = fam.alive && t1 < fam.grantExpiresAt && t1 < entry.refreshExpiresAt && entry.rotatedAt === undefined
+    if (!live) {
+      if (a.status === 200 && entry.rotatedAt !== undefined && t1 - entry.rotatedAt <= GRACE * 1000) return
+      if (a.status !== 400 || b.status !== 400) throw new Error('dead or retired token refreshed twice')
+      if (entry.rotatedAt !== undefined && fam.alive && t1 < fam.grantExpiresAt) fam.alive = false
+      return
+    }
+    if (a.status !== 200 || b.status !== 200) throw new Error(`concurrent retry refused: ${a.status} ${b.status}`)
+    if (a.body.refresh_token !== b.body.refresh_token) throw new Error('two successors for one token')
+    entry.rotatedAt = t1
+    entry.successor = { access: a.body.access_token as string, refresh: a.body.refresh_token as string }
+    fam.chain.push({
+      refresh: a.body.refresh_token as string,
+      access: a.body.access_token as string,
+      accessExpiresAt: t1 + TTL.accessToken * 1000,
+      refreshExpiresAt: Math.min(t1 + TTL.refreshToken * 1000, fam.grantExpiresAt)
+    })
+  }
+
+  toString (): string { return `double-refresh(f${this.family})` }
+}
+
 class RevokeCmd implements fc.AsyncCommand<Model, Real> {
   constructor (readonly family: number, readonly refresh: boolean) {}
   check (m: Model): boolean { return m.families.length > 0 }
@@ -144,6 +176,7 @@ t.test('issue / refresh / replay / revoke / expire sequences agree with the mode
   const commands = [
     fc.constant(new IssueCmd()),
     fc.tuple(fc.nat(4), fc.nat(2)).map(([f, b]) => new RefreshCmd(f, b)),
+    fc.nat(4).map(f => new DoubleRefreshCmd(f)),
     fc.tuple(fc.nat(4), fc.boolean()).map(([f, rf]) => new RevokeCmd(f, rf)),
     fc.oneof(fc.integer({ min: 0, max: 6000 }), fc.integer({ min: 0, max: 400_000 })).map(ms => new AdvanceCmd(ms)),
     fc.tuple(fc.nat(4), fc.nat(2)).map(([f, b]) => new CallCmd(f, b))
