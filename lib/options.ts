@@ -49,6 +49,8 @@ export const OptionsSchema = Type.Object({
     mode: Type.Union([Type.Literal('off'), Type.Literal('public'), Type.Literal('token')], { default: 'off' }),
     token: Type.Optional(Type.String({ minLength: 32, description: 'Initial access token for mode "token"' })),
     allowPublicClients: Type.Optional(Type.Boolean({ description: 'Allow token_endpoint_auth_method "none"' })),
+    maxClientsPerIp: Type.Optional(Type.Integer({ minimum: 0, description: 'Live dynamic clients one address may hold; 0 = no cap' })),
+    unusedClientTtlSeconds: Type.Optional(Type.Integer({ minimum: 0, description: 'Remove dynamic clients unused this long (never while they have live grants); 0 = never' })),
     trustedSchemes: Type.Optional(Type.Array(Type.String({ pattern: '^[a-z][a-z0-9+.-]*$' }), {
       description: 'In mode "token": clients whose redirect URIs all use one of these schemes may register without the token'
     }))
@@ -142,7 +144,14 @@ export interface ResolvedConfig {
   ttl: { accessToken: number, refreshToken: number, grant: number, code: number, flow: number }
   serviceDocumentation?: string
   clients: StaticClient[]
-  registration: { mode: 'off' | 'public' | 'token', token?: string, allowPublicClients: boolean, trustedSchemes: string[] }
+  registration: {
+    mode: 'off' | 'public' | 'token'
+    token?: string
+    allowPublicClients: boolean
+    trustedSchemes: string[]
+    maxClientsPerIp: number
+    unusedClientTtlSeconds: number
+  }
   redirects: RedirectPolicy
   pkce: { required: boolean, allowPlain: boolean }
   consent: { title: string, accentColor: string, logoUrl?: string, rememberDays: number }
@@ -269,6 +278,8 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
       mode: data.registration?.mode ?? 'off',
       allowPublicClients: data.registration?.allowPublicClients ?? true,
       trustedSchemes: data.registration?.trustedSchemes ?? [],
+      maxClientsPerIp: data.registration?.maxClientsPerIp ?? 0,
+      unusedClientTtlSeconds: data.registration?.unusedClientTtlSeconds ?? 0,
       ...(data.registration?.token !== undefined ? { token: data.registration.token } : {})
     },
     redirects: {
@@ -362,7 +373,7 @@ function checkProvider (provider: unknown): void {
 function checkStore (store: unknown): void {
   const required = ['saveGrant', 'getGrant', 'updateGrantUpstream', 'saveAccessToken', 'getAccessToken',
     'deleteAccessToken', 'saveRefreshToken', 'getRefreshToken', 'rotateRefreshToken', 'revokeGrant',
-    'listGrants', 'saveClient', 'getClient', 'deleteClient', 'saveFlow', 'takeFlow', 'saveCode', 'consumeCode']
+    'listGrants', 'saveClient', 'getClient', 'deleteClient', 'countClientsFrom', 'saveFlow', 'takeFlow', 'saveCode', 'consumeCode']
   if (store === null || typeof store !== 'object') throw bad('store', 'must be an object implementing the storage contract')
   const missing = required.filter(m => typeof (store as Record<string, unknown>)[m] !== 'function')
   if (missing.length > 0) throw bad('store', `does not implement ${missing.join(', ')}`)

@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { randomBytes } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
@@ -16,9 +16,6 @@ import { freePort } from './helpers/login.js'
  * through our consent page and the example's development IdP, exchanges the code, calls the tools
  * and, when its access token is refused, refreshes it on its own.
  */
-
-interface Test { teardown (fn: () => unknown): void }
-type Tap = Test & { ok (value: unknown, message?: string): boolean }
 
 interface Server {
   app: FastifyInstance
@@ -187,7 +184,7 @@ async function callbackUrl (): Promise<string> {
 }
 
 /** tap matches an expected error class by name, which the SDK's UnauthorizedError does not set. */
-async function rejectsUnauthorized (t: Tap, promise: Promise<unknown>, message: string): Promise<void> {
+async function rejectsUnauthorized (t: Test, promise: Promise<unknown>, message: string): Promise<void> {
   const err = await promise.then(() => undefined, (e: unknown) => e)
   t.ok(err instanceof UnauthorizedError, `${message} (${String(err)})`)
 }

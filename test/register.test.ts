@@ -183,3 +183,32 @@ t.test('claude.ai registering twice gets two independent clients', async t => {
   t.not(a.client_id, b.client_id)
   t.not(a.client_secret, b.client_secret)
 })
+
+t.test('hygiene: active clients per address are capped', async t => {
+  const { app, clock } = await buildApp(t, { registration: { mode: 'public', maxClientsPerIp: 2, unusedClientTtlSeconds: 3600 } })
+  const body = { redirect_uris: ['http://127.0.0.1/cb'], token_endpoint_auth_method: 'none' }
+  t.equal((await register(app, body)).statusCode, 201)
+  t.equal((await register(app, body)).statusCode, 201)
+  const third = await register(app, body)
+  t.equal(third.statusCode, 429)
+  t.equal(third.json().error, 'slow_down')
+  clock.advance(3600 * 1000)
+  t.equal((await register(app, body)).statusCode, 201, 'unused clients expired, so the address may register again')
+})
+
+t.test('hygiene: unused dynamic clients expire, but never while they have grants', async t => {
+  const { app, clock } = await buildApp(t, { registration: { mode: 'public', unusedClientTtlSeconds: 3600 }, ttl: { grant: 7200, refreshToken: 7200 } })
+  const idle = (await register(app, { redirect_uris: ['http://127.0.0.1/cb'], token_endpoint_auth_method: 'none' })).json()
+  const used = (await register(app, { redirect_uris: ['http://127.0.0.1/cb'], token_endpoint_auth_method: 'none' })).json()
+  t.equal((await app.mcpOAuth.storage.getClient(idle.client_id, clock.t))?.expiresAt, clock.t + 3600_000)
+  const grant = await app.mcpOAuth.grants.createGrant({ userId: 'u', clientId: used.client_id, scopes: ['mcp:tools'], resource: 'https://auth.example.com/mcp' })
+  const tokens = await app.mcpOAuth.grants.issueTokens(grant)
+  clock.advance(1800_000)
+  const r = await app.inject({ method: 'POST', url: '/oauth/token', payload: { grant_type: 'refresh_token', refresh_token: tokens.refresh_token, client_id: used.client_id } })
+  t.equal(r.statusCode, 200)
+  clock.advance(1800_000)
+  t.equal(await app.mcpOAuth.storage.getClient(idle.client_id, clock.t), null, 'the unused client is gone')
+  t.ok(await app.mcpOAuth.storage.getClient(used.client_id, clock.t), 'the used client lives on')
+  clock.advance(7200_000)
+  t.ok(await app.mcpOAuth.storage.getClient(used.client_id, clock.t), 'still there while its grant could live')
+})

@@ -181,6 +181,10 @@ export class RegistrationService {
   async register (body: unknown, registeredFrom: string): Promise<ClientInformation> {
     const meta = validateClientMetadata(body, this.#d.config)
     const now = this.#d.now()
+    const { maxClientsPerIp, unusedClientTtlSeconds } = this.#d.config.registration
+    if (maxClientsPerIp > 0 && await this.#d.store.countClientsFrom(registeredFrom, now) >= maxClientsPerIp) {
+      throw new OAuthError('slow_down', 'Too many clients registered from this address; try again later', { statusCode: 429 })
+    }
     const registrationToken = generateToken('registrationToken')
     const secret = meta.tokenEndpointAuthMethod === 'none' ? undefined : generateToken('clientSecret')
     const record: ClientRecord = {
@@ -196,6 +200,7 @@ export class RegistrationService {
       registeredFrom,
       registrationTokenHash: hashToken(registrationToken)
     }
+    if (unusedClientTtlSeconds > 0) record.expiresAt = now + unusedClientTtlSeconds * 1000
     if (secret !== undefined) {
       record.clientSecretHash = hashToken(secret)
       record.clientSecretExpiresAt = 0
@@ -245,6 +250,7 @@ export class RegistrationService {
       registrationTokenHash: hashToken(registrationToken)
     }
     if (client.registeredFrom !== undefined) updated.registeredFrom = client.registeredFrom
+    if (client.expiresAt !== undefined) updated.expiresAt = client.expiresAt
     if (meta.tokenEndpointAuthMethod !== 'none') {
       if (changingAuth || client.clientSecretHash === undefined) {
         secret = generateToken('clientSecret')
@@ -266,6 +272,20 @@ export class RegistrationService {
     for (const grantId of grants) await this.#d.store.revokeGrant(grantId)
     await this.#d.store.deleteClient(clientId)
     this.#d.auditor.emit('client_deleted', { clientId })
+  }
+
+  /**
+   * A dynamic client with an unused-expiry lives at least as long as its newest grant plus the
+   * unused period: it is never removed while it has live grants. Written only when it moves a lot.
+   */
+  async keepAlive (client: ClientRecord, grantExpiresAt: number): Promise<void> {
+    const ttl = this.#d.config.registration.unusedClientTtlSeconds * 1000
+    if (client.source !== 'dcr' || client.expiresAt === undefined || ttl === 0) return
+    const wanted = grantExpiresAt + ttl
+    if (client.expiresAt >= wanted - ttl / 2) return
+    const current = await this.#d.store.getClient(client.clientId, this.#d.now())
+    if (current === null) return
+    await this.#d.store.saveClient({ ...current, expiresAt: Math.max(wanted, current.expiresAt ?? 0) })
   }
 
   /** RFC 7592 §2: a wrong token and an unknown client look the same (401 invalid_token). */

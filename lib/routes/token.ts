@@ -6,6 +6,7 @@ import { OAuthError } from '../errors.js'
 import type { ResolvedConfig } from '../options.js'
 import type { ClientRecord } from '../storage/types.js'
 import type { RefreshService } from '../core/refresh.js'
+import type { RegistrationService } from '../core/registration.js'
 
 export interface TokenRouteDeps {
   config: ResolvedConfig
@@ -13,6 +14,7 @@ export interface TokenRouteDeps {
   refresh: RefreshService
   now: () => number
   findClient: (clientId: string) => Promise<ClientRecord | null>
+  registration: RegistrationService
 }
 
 const Param = Type.String({ maxLength: 4096 })
@@ -38,7 +40,7 @@ const TokenResponse = Type.Object({
   scope: Type.String()
 })
 
-export const tokenRoutes: FastifyPluginAsync<TokenRouteDeps> = async (fastify, { config, flow, refresh, now, findClient }) => {
+export const tokenRoutes: FastifyPluginAsync<TokenRouteDeps> = async (fastify, { config, flow, refresh, now, findClient, registration }) => {
   fastify.post(`${config.basePath}/oauth/token`, {
     schema: { body: TokenBody, response: { 200: TokenResponse } }
   }, async (request, reply) => {
@@ -54,6 +56,7 @@ export const tokenRoutes: FastifyPluginAsync<TokenRouteDeps> = async (fastify, {
     const tokens = grantType === 'authorization_code'
       ? await flow.exchangeCode(client, body)
       : await refresh.refresh(client, body)
+    await registration.keepAlive(client, now() + config.ttl.grant * 1000)
     reply.header('cache-control', 'no-store').header('pragma', 'no-cache')
     return tokens
   })

@@ -39,6 +39,8 @@ export class MemoryStore implements Store {
   readonly #access = new Map<string, AccessTokenRecord>()
   readonly #refresh = new Map<string, RefreshTokenRecord>()
   readonly #clients = new Map<string, ClientRecord>()
+  /** registeredFrom -> client ids, for per-address caps. */
+  readonly #clientsFrom = new Map<string, Set<string>>()
   readonly #flows = new Map<string, FlowRecord>()
   readonly #codes = new Map<string, CodeEntry>()
 
@@ -160,21 +162,50 @@ export class MemoryStore implements Store {
   // ---- clients --------------------------------------------------------------------------
 
   async saveClient (client: ClientRecord): Promise<void> {
+    const previous = this.#clients.get(client.clientId)
+    if (previous !== undefined) this.#unindexClient(previous)
     this.#clients.set(client.clientId, client)
+    if (client.registeredFrom !== undefined) {
+      let ids = this.#clientsFrom.get(client.registeredFrom)
+      if (ids === undefined) this.#clientsFrom.set(client.registeredFrom, ids = new Set())
+      ids.add(client.clientId)
+    }
+  }
+
+  async countClientsFrom (address: string, now: number): Promise<number> {
+    const ids = this.#clientsFrom.get(address)
+    if (ids === undefined) return 0
+    let n = 0
+    for (const id of ids) if (await this.getClient(id, now) !== null) n++
+    return n
+  }
+
+  #unindexClient (client: ClientRecord): void {
+    if (client.registeredFrom === undefined) return
+    const ids = this.#clientsFrom.get(client.registeredFrom)
+    ids?.delete(client.clientId)
+    if (ids?.size === 0) this.#clientsFrom.delete(client.registeredFrom)
+  }
+
+  #dropClient (clientId: string): boolean {
+    const client = this.#clients.get(clientId)
+    if (client === undefined) return false
+    this.#unindexClient(client)
+    return this.#clients.delete(clientId)
   }
 
   async getClient (clientId: string, now: number): Promise<ClientRecord | null> {
     const client = this.#clients.get(clientId)
     if (!client) return null
     if (client.expiresAt !== undefined && client.expiresAt <= now) {
-      this.#clients.delete(clientId)
+      this.#dropClient(clientId)
       return null
     }
     return client
   }
 
   async deleteClient (clientId: string): Promise<boolean> {
-    return this.#clients.delete(clientId)
+    return this.#dropClient(clientId)
   }
 
   // ---- flows and codes ------------------------------------------------------------------
@@ -299,7 +330,7 @@ export class MemoryStore implements Store {
       yield
     }
     for (const [id, client] of this.#clients) {
-      if (client.expiresAt !== undefined && client.expiresAt <= now) this.#clients.delete(id)
+      if (client.expiresAt !== undefined && client.expiresAt <= now) this.#dropClient(id)
       yield
     }
   }

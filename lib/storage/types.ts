@@ -165,6 +165,8 @@ export interface ClientStore {
   saveClient (client: ClientRecord): Promise<void>
   getClient (clientId: string, now: number): Promise<ClientRecord | null>
   deleteClient (clientId: string): Promise<boolean>
+  /** Live clients registered from this address (per-IP cap on dynamic registration). */
+  countClientsFrom (address: string, now: number): Promise<number>
 }
 
 export interface FlowStore {

@@ -164,6 +164,33 @@ export function storeContract (t: Test, make: () => Promise<Store>): void {
     t.equal(await store.getClient(client.clientId, T0), null)
   })
 
+  t.test('clients counted per registering address', async t => {
+    const store = await fresh(t)
+    const base = {
+      redirectUris: ['https://a.example.com/cb'],
+      tokenEndpointAuthMethod: 'none' as const,
+      grantTypes: ['authorization_code'],
+      responseTypes: ['code'],
+      applicationType: 'web' as const,
+      metadata: {},
+      clientIdIssuedAt: T0 / 1000,
+      source: 'dcr' as const
+    }
+    await store.saveClient({ ...base, clientId: 'a1', registeredFrom: '192.0.2.1' })
+    await store.saveClient({ ...base, clientId: 'a2', registeredFrom: '192.0.2.1', expiresAt: T0 + HOUR })
+    await store.saveClient({ ...base, clientId: 'b1', registeredFrom: '2001:db8::1' })
+    await store.saveClient({ ...base, clientId: 'static' })
+    t.equal(await store.countClientsFrom('192.0.2.1', T0), 2)
+    t.equal(await store.countClientsFrom('2001:db8::1', T0), 1)
+    t.equal(await store.countClientsFrom('198.51.100.7', T0), 0)
+    await store.deleteClient('a1')
+    t.equal(await store.countClientsFrom('192.0.2.1', T0), 1)
+    await store.saveClient({ ...base, clientId: 'b1', registeredFrom: '192.0.2.1' })
+    t.equal(await store.countClientsFrom('2001:db8::1', T0), 0, 'a re-saved client moves with its address')
+    t.equal(await store.countClientsFrom('192.0.2.1', T0), 2)
+    t.equal(await store.countClientsFrom('192.0.2.1', T0 + HOUR), 1, 'expired clients do not count')
+  })
+
   t.test('flows are take-once and expire', async t => {
     const store = await fresh(t)
     const flow = {
