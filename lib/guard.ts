@@ -2,6 +2,7 @@ import type { FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify
 import { errors } from './errors.js'
 import type { TokenValidator } from './core/validator.js'
 import type { ResolvedConfig, ResolvedResource } from './options.js'
+import type { LimiterHolder } from './routes/oauth.js'
 
 export interface AuthenticateOptions {
   /** Every one of these scopes must be granted to the token. */
@@ -23,7 +24,7 @@ function quote (value: string): string {
  * access token for this resource that carries the required scopes, and answers otherwise with the
  * RFC 6750 / RFC 9728 challenge MCP clients use to discover the authorization server.
  */
-export function createAuthenticate (config: ResolvedConfig, validator: TokenValidator) {
+export function createAuthenticate (config: ResolvedConfig, validator: TokenValidator, limiter: LimiterHolder = {}) {
   return function authenticate (opts: AuthenticateOptions = {}): onRequestHookHandler {
     const resource = pickResource(config, opts.resource)
     const required = opts.scopes ?? []
@@ -80,6 +81,17 @@ export function createAuthenticate (config: ResolvedConfig, validator: TokenVali
         return fail(reply, 403, challenge('insufficient_scope', d, required.join(' ')), { error: 'insufficient_scope', error_description: d })
       }
       request.mcpAuth = result.auth
+      // Per-user budget, after the guard: keyed by who the token says, not by IP.
+      if (limiter.perUser !== undefined) {
+        try {
+          await limiter.perUser(request, reply)
+        } catch (err) {
+          const e = err as { statusCode?: number, message?: string }
+          if (e.statusCode !== 429) throw err
+          return reply.code(429).header('cache-control', 'no-store')
+            .send({ error: 'temporarily_unavailable', error_description: e.message ?? 'Too many requests' })
+        }
+      }
     }
   }
 }

@@ -3,7 +3,6 @@ import type { FastifyPluginAsync, FastifyRequest, onRequestHookHandler } from 'f
 import { errors } from './errors.js'
 import { createAuthenticate, type AuthenticateOptions } from './guard.js'
 import { resolveOptions, type McpOAuthOptions, type ResolvedConfig } from './options.js'
-import { metadataRoutes } from './routes/metadata.js'
 import { TokenValidator, type McpAuthInfo } from './core/validator.js'
 import { GrantService } from './core/grants.js'
 import { MemoryStore } from './storage/memory.js'
@@ -17,7 +16,9 @@ import { hashToken } from './core/tokens.js'
 import { Auditor } from './security/audit.js'
 import { KeyRing } from './security/keyring.js'
 import { Signer } from './security/signing.js'
-import { oauthRoutes } from './routes/oauth.js'
+import { oauthRoutes, type LimiterHolder } from './routes/oauth.js'
+import { corsOptions } from './routes/cors.js'
+import cors from '@fastify/cors'
 import { CimdResolver } from './security/cimd.js'
 import { pageStyle } from './routes/html.js'
 
@@ -67,6 +68,9 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   const now = opts.now ?? Date.now
   const store: Store = opts.store ?? new MemoryStore({ now })
   const validator = new TokenValidator(store, now)
+  const limiter: LimiterHolder = {}
+  // A store that can share its Redis connection lets rate limits hold across replicas.
+  const rateLimitRedis = (store as { rateLimitRedis?: unknown }).rateLimitRedis
   const grants = new GrantService(store, config, now)
   const auditor = new Auditor(fastify.log, opts.auditSink)
   const keyRing = new KeyRing(config.encryptionKeys)
@@ -131,7 +135,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   const registration = new RegistrationService({ config, store, auditor, now })
 
   fastify.decorate('mcpOAuth', {
-    authenticate: createAuthenticate(config, validator),
+    authenticate: createAuthenticate(config, validator, limiter),
     validator,
     storage: store,
     config,
@@ -155,8 +159,21 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
     await store.close?.()
   })
 
-  await fastify.register(metadataRoutes, { config })
-  await fastify.register(oauthRoutes, { config, flow, refresh, signer, style: pageStyle(config), now, findClient, registration, revocation })
+  if (config.cors !== null) await fastify.register(cors, corsOptions(config))
+  await fastify.register(oauthRoutes, {
+    config,
+    flow,
+    refresh,
+    signer,
+    style: pageStyle(config),
+    now,
+    findClient,
+    registration,
+    revocation,
+    auditor,
+    limiter,
+    ...(rateLimitRedis !== undefined ? { rateLimitRedis } : {})
+  })
 }
 
 export const mcpOAuth = fp(plugin, { name: 'fastify-mcp-oauth', fastify: '5.x' })

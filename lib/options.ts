@@ -19,6 +19,24 @@ const ResourceSchema = Type.Object({
   documentation: Type.Optional(Type.String({ description: 'resource_documentation URL' }))
 }, { additionalProperties: false })
 
+/** A rate-limit budget: `max` requests per `windowSeconds`, per client IP (per user on MCP routes). */
+const Budget = Type.Object({
+  max: Type.Integer({ minimum: 1 }),
+  windowSeconds: Type.Integer({ minimum: 1, maximum: 86400 })
+}, { additionalProperties: false })
+
+/** Defaults generous enough for hosted clients (claude.ai, ChatGPT) whose users share egress IPs. */
+export const DEFAULT_RATE_LIMITS = {
+  metadata: { max: 600, windowSeconds: 60 },
+  authorize: { max: 120, windowSeconds: 60 },
+  token: { max: 300, windowSeconds: 60 },
+  register: { max: 300, windowSeconds: 3600 },
+  revocation: { max: 300, windowSeconds: 60 },
+  mcp: { max: 600, windowSeconds: 60 }
+} as const
+
+export type RateLimitName = keyof typeof DEFAULT_RATE_LIMITS
+
 const StaticClientSchema = Type.Object({
   client_id: Type.String({ minLength: 1, maxLength: 255 }),
   client_secret: Type.Optional(Type.String({ minLength: 16 })),
@@ -91,6 +109,19 @@ export const OptionsSchema = Type.Object({
     maxCacheSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 7 * 86400 })),
     allowPrivateAddresses: Type.Optional(Type.Boolean({ description: 'TESTS ONLY: fetch documents from private/loopback addresses' }))
   }, { additionalProperties: false })),
+  rateLimit: Type.Optional(Type.Object({
+    enabled: Type.Optional(Type.Boolean({ default: true })),
+    metadata: Type.Optional(Budget),
+    authorize: Type.Optional(Budget),
+    token: Type.Optional(Budget),
+    register: Type.Optional(Budget),
+    revocation: Type.Optional(Budget),
+    mcp: Type.Optional(Budget)
+  }, { additionalProperties: false })),
+  cors: Type.Optional(Type.Object({
+    origins: Type.Union([Type.Array(Type.String({ minLength: 1 })), Type.Literal('*')]),
+    credentials: Type.Optional(Type.Boolean())
+  }, { additionalProperties: false })),
   refreshGraceSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 3600, description: 'Window in which a repeated refresh gets the same successor pair; 0 = off' }))
 }, { additionalProperties: false })
 
@@ -161,6 +192,10 @@ export interface ResolvedConfig {
   encryptionKeys: Array<{ id: string, key: string }>
   upstreamTimeoutMs: number
   refreshGraceSeconds: number
+  rateLimits: { enabled: boolean } & Record<RateLimitName, { max: number, windowSeconds: number }>
+  cors: { origins: string[] | '*', credentials: boolean } | null
+  /** Send Strict-Transport-Security (issuer is https). */
+  hsts: boolean
   cimd: { enabled: boolean, timeoutMs: number, minCacheSeconds: number, maxCacheSeconds: number, allowPrivateAddresses: boolean }
   introspection: { resourceServers: Array<{ id: string, secret: string }> }
   upstreamRefreshThresholdSeconds: number
@@ -298,6 +333,17 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
     encryptionKeys: data.encryption?.keys ?? [],
     upstreamTimeoutMs: data.upstreamTimeoutMs ?? 10_000,
     refreshGraceSeconds: data.refreshGraceSeconds ?? 5,
+    rateLimits: {
+      enabled: data.rateLimit?.enabled ?? true,
+      metadata: data.rateLimit?.metadata ?? DEFAULT_RATE_LIMITS.metadata,
+      authorize: data.rateLimit?.authorize ?? DEFAULT_RATE_LIMITS.authorize,
+      token: data.rateLimit?.token ?? DEFAULT_RATE_LIMITS.token,
+      register: data.rateLimit?.register ?? DEFAULT_RATE_LIMITS.register,
+      revocation: data.rateLimit?.revocation ?? DEFAULT_RATE_LIMITS.revocation,
+      mcp: data.rateLimit?.mcp ?? DEFAULT_RATE_LIMITS.mcp
+    },
+    cors: data.cors === undefined ? null : { origins: data.cors.origins, credentials: data.cors.credentials ?? false },
+    hsts: issuerUrl.protocol === 'https:',
     cimd: {
       enabled: data.clientIdMetadataDocuments?.enabled ?? true,
       timeoutMs: data.clientIdMetadataDocuments?.timeoutMs ?? 5000,
@@ -320,6 +366,16 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
   if (config.redirects.allowPrivateHosts) warnings.push('redirects.allowPrivateHosts is on: clients may redirect to private network addresses')
   if (config.cimd.allowPrivateAddresses) warnings.push('clientIdMetadataDocuments.allowPrivateAddresses is on: client metadata may be fetched from private addresses (SSRF); for tests only')
   if (config.cimd.minCacheSeconds > config.cimd.maxCacheSeconds) throw bad('clientIdMetadataDocuments.minCacheSeconds', 'must not exceed maxCacheSeconds')
+  if (!config.rateLimits.enabled) warnings.push('rateLimit.enabled is off: no endpoint is rate limited')
+  if (config.cors?.origins === '*') warnings.push('cors.origins is "*": any web page may call the OAuth endpoints from a browser')
+  if (config.cors?.origins === '*' && config.cors.credentials) throw bad('cors.credentials', 'cannot be combined with origins "*"')
+  if (Array.isArray(config.cors?.origins)) {
+    config.cors.origins.forEach((o, i) => {
+      let url: URL | undefined
+      try { url = new URL(o) } catch {}
+      if (url === undefined || url.origin !== o) throw bad(`cors.origins[${i}]`, `"${o}" is not an origin (scheme://host[:port], no path)`)
+    })
+  }
   if (config.encryptionKeys.length === 0) warnings.push('no encryption key: upstream tokens are stored unencrypted (set encryption.keys)')
   if (config.cookieSecret === undefined) warnings.push('no cookieSecret: consent cookies are signed with a per-process key (approvals are lost on restart and do not cross replicas)')
   const clientIds = new Set<string>()

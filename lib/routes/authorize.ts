@@ -10,6 +10,7 @@ import type { Signer } from '../security/signing.js'
 import type { ClientRecord } from '../storage/types.js'
 import { consentPage, errorPage, sendPage, type PageStyle } from './html.js'
 import { cookieNames, readConsent, writeConsent } from './cookies.js'
+import { routeLimit } from './oauth.js'
 
 export interface AuthorizeRouteDeps {
   config: ResolvedConfig
@@ -53,7 +54,8 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
   }
 
   fastify.get(`${config.basePath}/oauth/authorize`, {
-    schema: { querystring: Type.Record(Type.String(), Type.Union([Type.String(), Type.Array(Type.String())])) }
+    schema: { querystring: Type.Record(Type.String(), Type.Union([Type.String(), Type.Array(Type.String())])) },
+    config: routeLimit(config, 'authorize')
   }, async (request, reply) => {
     const decision = await flow.validate(request.query as Record<string, unknown>)
     if (decision.kind === 'page') return page(reply, decision.status, decision.title, decision.description)
@@ -89,6 +91,7 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
 
   fastify.post(consentAction, {
     schema: { body: ConsentBody },
+    config: routeLimit(config, 'authorize'),
     // The page is ours: a submission from anywhere else is refused whatever it carries.
     attachValidation: true
   }, async (request, reply) => {

@@ -5,6 +5,7 @@ import type { ResolvedConfig } from '../options.js'
 import type { Signer } from '../security/signing.js'
 import { errorPage, sendPage, type PageStyle } from './html.js'
 import { cookieNames, readConsent } from './cookies.js'
+import { routeLimit } from './oauth.js'
 
 export interface CallbackRouteDeps {
   config: ResolvedConfig
@@ -18,7 +19,8 @@ export interface CallbackRouteDeps {
 export const callbackRoutes: FastifyPluginAsync<CallbackRouteDeps> = async (fastify, { config, flow, signer, style, now }) => {
   const names = cookieNames(config)
   fastify.get(`${config.basePath}/oauth/callback`, {
-    schema: { querystring: Type.Record(Type.String(), Type.Union([Type.String(), Type.Array(Type.String())])) }
+    schema: { querystring: Type.Record(Type.String(), Type.Union([Type.String(), Type.Array(Type.String())])) },
+    config: routeLimit(config, 'authorize')
   }, async (request, reply) => {
     const consent = readConsent(request, signer, names, now())
     const url = new URL(request.url, config.origin)

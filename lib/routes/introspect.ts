@@ -6,6 +6,7 @@ import { hashToken, safeEqual } from '../core/tokens.js'
 import { OAuthError } from '../errors.js'
 import type { ResolvedConfig } from '../options.js'
 import type { ClientRecord } from '../storage/types.js'
+import { routeLimit } from './oauth.js'
 
 export interface IntrospectRouteDeps {
   config: ResolvedConfig
@@ -38,7 +39,8 @@ export const introspectRoutes: FastifyPluginAsync<IntrospectRouteDeps> = async (
   const servers = config.introspection.resourceServers.map(s => ({ id: s.id, secretHash: hashToken(s.secret) }))
 
   fastify.post(`${config.basePath}/oauth/introspect`, {
-    schema: { body: IntrospectBody, response: { 200: IntrospectResponse } }
+    schema: { body: IntrospectBody, response: { 200: IntrospectResponse } },
+    config: routeLimit(config, 'revocation')
   }, async (request, reply) => {
     const body = request.body as Record<string, unknown>
     const header = request.headers.authorization

@@ -2,6 +2,7 @@ import Type from 'typebox'
 import type { FastifyPluginAsync } from 'fastify'
 import { authorizationServerMetadata, protectedResourceMetadata } from '../core/metadata.js'
 import type { ResolvedConfig } from '../options.js'
+import { routeLimit } from './oauth.js'
 
 const StringArray = Type.Array(Type.String())
 
@@ -42,7 +43,8 @@ export const metadataRoutes: FastifyPluginAsync<{ config: ResolvedConfig }> = as
   const asBody = authorizationServerMetadata(config)
   for (const url of config.asMetadataPaths) {
     fastify.get(url, {
-      schema: { response: { 200: AuthorizationServerMetadata } }
+      schema: { response: { 200: AuthorizationServerMetadata } },
+      config: routeLimit(config, 'metadata')
     }, async (_request, reply) => {
       reply.header('cache-control', CACHE)
       return asBody
@@ -53,7 +55,8 @@ export const metadataRoutes: FastifyPluginAsync<{ config: ResolvedConfig }> = as
   const serve = (url: string, body: Record<string, unknown>) => {
     served.add(url)
     fastify.get(url, {
-      schema: { response: { 200: ProtectedResourceMetadata } }
+      schema: { response: { 200: ProtectedResourceMetadata } },
+      config: routeLimit(config, 'metadata')
     }, async (_request, reply) => {
       reply.header('cache-control', CACHE)
       return body

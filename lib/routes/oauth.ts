@@ -1,31 +1,86 @@
 import cookie from '@fastify/cookie'
 import formbody from '@fastify/formbody'
-import type { FastifyPluginAsync } from 'fastify'
-import { oauthErrorHandler } from '../errors.js'
+import rateLimit from '@fastify/rate-limit'
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
+import { OAuthError, oauthErrorHandler } from '../errors.js'
+import type { Auditor } from '../security/audit.js'
+import type { ResolvedConfig, RateLimitName } from '../options.js'
 import { authorizeRoutes, type AuthorizeRouteDeps } from './authorize.js'
 import { callbackRoutes } from './callback.js'
 import { tokenRoutes, type TokenRouteDeps } from './token.js'
 import { registerRoutes, type RegisterRouteDeps } from './register.js'
 import { revokeRoutes, type RevokeRouteDeps } from './revoke.js'
 import { introspectRoutes } from './introspect.js'
+import { metadataRoutes } from './metadata.js'
 
-export type OAuthRouteDeps = AuthorizeRouteDeps & TokenRouteDeps & RegisterRouteDeps & RevokeRouteDeps
+/** The per-user limiter of guarded routes, handed back to the guard once the scope exists. */
+export interface LimiterHolder {
+  perUser?: (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>
+}
+
+export type OAuthRouteDeps = AuthorizeRouteDeps & TokenRouteDeps & RegisterRouteDeps & RevokeRouteDeps & {
+  auditor: Auditor
+  limiter: LimiterHolder
+  /** An ioredis client shared with the store, so limits hold across replicas. */
+  rateLimitRedis?: unknown
+}
 
 /** Body limit for OAuth endpoints: their requests are a few hundred bytes. */
 const BODY_LIMIT = 64 * 1024
 
+/** `config` for a route with the named budget (empty when rate limiting is off). */
+export function routeLimit (config: ResolvedConfig, name: RateLimitName): { rateLimit?: { max: number, timeWindow: number } } {
+  if (!config.rateLimits.enabled) return {}
+  const budget = config.rateLimits[name]
+  return { rateLimit: { max: budget.max, timeWindow: budget.windowSeconds * 1000 } }
+}
+
 /**
- * The encapsulated context of every OAuth endpoint: form bodies, cookies, and the error handler that
- * turns anything thrown (validation included) into the RFC 6749 error shape.
+ * The encapsulated scope of every endpoint the plugin serves: rate limits, security headers, body
+ * limits, form bodies, cookies, and the error handler that turns anything thrown (validation and
+ * rate limiting included) into the RFC 6749 error shape. A route added here gets all of it.
  */
 export const oauthRoutes: FastifyPluginAsync<OAuthRouteDeps> = async (fastify, deps) => {
+  const { config, auditor } = deps
+  fastify.setErrorHandler(oauthErrorHandler)
+
+  fastify.addHook('onRoute', (route: RouteOptions) => {
+    route.bodyLimit ??= BODY_LIMIT
+  })
+  fastify.addHook('onSend', async (_request, reply, payload) => {
+    reply.header('x-content-type-options', 'nosniff')
+    reply.header('referrer-policy', 'no-referrer')
+    if (config.hsts) reply.header('strict-transport-security', 'max-age=31536000')
+    if (!reply.hasHeader('cache-control')) reply.header('cache-control', 'no-store')
+    return payload
+  })
+
+  await fastify.register(rateLimit, {
+    global: false,
+    enableDraftSpec: true,
+    ...(deps.rateLimitRedis !== undefined ? { redis: deps.rateLimitRedis as never, nameSpace: 'mcp-oauth-rate:' } : {}),
+    errorResponseBuilder: (_request, ctx) =>
+      new OAuthError('temporarily_unavailable', `Too many requests; retry in ${ctx.after}`, { statusCode: 429 }),
+    onExceeded: (request) => {
+      auditor.emit('rate_limited', { route: request.routeOptions.url ?? request.url })
+    }
+  })
+  if (config.rateLimits.enabled) {
+    const budget = config.rateLimits.mcp
+    deps.limiter.perUser = fastify.rateLimit({
+      max: budget.max,
+      timeWindow: budget.windowSeconds * 1000,
+      keyGenerator: (request: FastifyRequest) => `user:${request.mcpAuth?.userId ?? request.ip}`
+    })
+  }
+
   await fastify.register(formbody, { bodyLimit: BODY_LIMIT })
   await fastify.register(cookie)
-  fastify.setErrorHandler(oauthErrorHandler)
+  await fastify.register(metadataRoutes, { config })
   await fastify.register(authorizeRoutes, deps)
   await fastify.register(callbackRoutes, deps)
   await fastify.register(tokenRoutes, deps)
   await fastify.register(revokeRoutes, deps)
   await fastify.register(introspectRoutes, deps)
-  if (deps.config.registration.mode !== 'off') await fastify.register(registerRoutes, deps)
+  if (config.registration.mode !== 'off') await fastify.register(registerRoutes, deps)
 }

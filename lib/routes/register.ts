@@ -3,6 +3,7 @@ import type { FastifyPluginAsync } from 'fastify'
 import type { RegistrationService } from '../core/registration.js'
 import type { ResolvedConfig } from '../options.js'
 import { OAuthError } from '../errors.js'
+import { routeLimit } from './oauth.js'
 
 export interface RegisterRouteDeps {
   config: ResolvedConfig
@@ -52,7 +53,8 @@ export const registerRoutes: FastifyPluginAsync<RegisterRouteDeps> = async (fast
 
   fastify.post(path, {
     bodyLimit: BODY_LIMIT,
-    schema: { response: { 201: ClientInformation } }
+    schema: { response: { 201: ClientInformation } },
+    config: routeLimit(config, 'register')
   }, async (request, reply) => {
     requireJson(request.headers['content-type'])
     registration.authorize(request.headers.authorization, request.body)
@@ -61,7 +63,8 @@ export const registerRoutes: FastifyPluginAsync<RegisterRouteDeps> = async (fast
   })
 
   fastify.get(`${path}/:clientId`, {
-    schema: { params: Params, response: { 200: ClientInformation } }
+    schema: { params: Params, response: { 200: ClientInformation } },
+    config: routeLimit(config, 'register')
   }, async (request, reply) => {
     const { clientId } = request.params as { clientId: string }
     return reply.headers(noStore).send(await registration.read(clientId, request.headers.authorization))

@@ -4,6 +4,7 @@ import { authenticateClient } from '../core/clients.js'
 import type { RevocationService } from '../core/revocation.js'
 import type { ResolvedConfig } from '../options.js'
 import type { ClientRecord } from '../storage/types.js'
+import { routeLimit } from './oauth.js'
 
 export interface RevokeRouteDeps {
   config: ResolvedConfig
@@ -23,7 +24,8 @@ const RevokeBody = Type.Object({
 /** RFC 7009 POST /oauth/revoke. */
 export const revokeRoutes: FastifyPluginAsync<RevokeRouteDeps> = async (fastify, { config, revocation, now, findClient }) => {
   fastify.post(`${config.basePath}/oauth/revoke`, {
-    schema: { body: RevokeBody }
+    schema: { body: RevokeBody },
+    config: routeLimit(config, 'revocation')
   }, async (request, reply) => {
     const body = request.body as Record<string, unknown>
     const client = await authenticateClient({ authorization: request.headers.authorization, body }, findClient, now())

@@ -7,6 +7,7 @@ import type { ResolvedConfig } from '../options.js'
 import type { ClientRecord } from '../storage/types.js'
 import type { RefreshService } from '../core/refresh.js'
 import type { RegistrationService } from '../core/registration.js'
+import { routeLimit } from './oauth.js'
 
 export interface TokenRouteDeps {
   config: ResolvedConfig
@@ -42,7 +43,8 @@ const TokenResponse = Type.Object({
 
 export const tokenRoutes: FastifyPluginAsync<TokenRouteDeps> = async (fastify, { config, flow, refresh, now, findClient, registration }) => {
   fastify.post(`${config.basePath}/oauth/token`, {
-    schema: { body: TokenBody, response: { 200: TokenResponse } }
+    schema: { body: TokenBody, response: { 200: TokenResponse } },
+    config: routeLimit(config, 'token')
   }, async (request, reply) => {
     const body = request.body as Record<string, unknown>
     const client = await authenticateClient({ authorization: request.headers.authorization, body }, findClient, now())
