@@ -1,4 +1,5 @@
 import createError from '@fastify/error'
+import { StoreUnavailableError } from './storage/types.js'
 
 /**
  * Configuration and programming errors: one row each. They are thrown at registration or by
@@ -116,6 +117,9 @@ export function toOAuthError (err: unknown): OAuthError {
   if (e?.validation !== undefined) {
     return new OAuthError('invalid_request', `Invalid request: ${String(e.message ?? 'validation failed')}`)
   }
+  if (err instanceof StoreUnavailableError) {
+    return new OAuthError('temporarily_unavailable', 'Storage is unavailable; retry shortly', { headers: { 'retry-after': '1' }, cause: err })
+  }
   const status = typeof e?.statusCode === 'number' ? e.statusCode : 500
   if (status >= 400 && status < 500) {
     // Fastify's own 4xx (bad JSON, wrong media type, body too large, ...): the request is at fault.
@@ -138,6 +142,7 @@ const clientErrorDescriptions: Record<string, string> = {
 /** Error handler installed on every OAuth route context. */
 export function oauthErrorHandler (err: unknown, request: RequestLike, reply: ReplyLike): unknown {
   const oauth = toOAuthError(err)
-  if (oauth.statusCode >= 500) request.log.error({ err }, 'OAuth endpoint failed')
+  if (oauth.statusCode >= 500 && oauth.statusCode !== 503) request.log.error({ err }, 'OAuth endpoint failed')
+  else if (oauth.statusCode === 503) request.log.warn({ err: { name: (err as Error).name, message: (err as Error).message } }, 'OAuth endpoint: dependency unavailable')
   return sendOAuthError(reply, oauth)
 }

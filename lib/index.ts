@@ -76,10 +76,8 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   const keyRing = new KeyRing(config.encryptionKeys)
   const signer = new Signer(config.cookieSecret)
 
-  for (const warning of config.warnings) fastify.log.warn({ event: 'config_weakened' }, warning)
-  if (opts.provider === undefined) {
-    fastify.log.warn({ event: 'config_weakened' }, 'no identity provider configured: the authorization endpoint cannot log anyone in')
-  }
+  if (opts.provider === undefined) config.warnings.push('no identity provider configured: the authorization endpoint cannot log anyone in')
+  for (const warning of config.warnings) auditor.emit('config_weakened', { setting: warning })
 
   // Clients from the options are (re)written at every start, so a changed secret takes effect.
   const issuedAt = Math.floor(now() / 1000)
@@ -184,6 +182,7 @@ export type { OAuthErrorCode } from './errors.js'
 export { MemoryStore } from './storage/memory.js'
 export type { MemoryStoreOptions } from './storage/memory.js'
 export type * from './storage/types.js'
+export { StoreUnavailableError } from './storage/types.js'
 export type { McpOAuthOptions, ResolvedConfig, ResolvedResource } from './options.js'
 export type { AuthenticateOptions } from './guard.js'
 export type { McpAuthInfo, ValidationResult } from './core/validator.js'

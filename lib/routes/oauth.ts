@@ -58,6 +58,8 @@ export const oauthRoutes: FastifyPluginAsync<OAuthRouteDeps> = async (fastify, d
   await fastify.register(rateLimit, {
     global: false,
     enableDraftSpec: true,
+    // With a shared Redis down, limiting fails open: the endpoint's own store call answers 503.
+    skipOnError: true,
     ...(deps.rateLimitRedis !== undefined ? { redis: deps.rateLimitRedis as never, nameSpace: 'mcp-oauth-rate:' } : {}),
     errorResponseBuilder: (_request, ctx) =>
       new OAuthError('temporarily_unavailable', `Too many requests; retry in ${ctx.after}`, { statusCode: 429 }),

@@ -48,8 +48,9 @@ export class Auditor {
     this.#sink = sink ?? ((event, fields) => {
       const line: Record<string, unknown> = { event, ...fields }
       if ('userId' in line && typeof line.userId === 'string') line.userId = hashUserId(line.userId)
-      if (WARN.has(event)) logger.warn(line, `audit: ${event}`)
-      else logger.info(line, `audit: ${event}`)
+      const msg = event === 'config_weakened' ? String((fields as { setting: string }).setting) : `audit: ${event}`
+      if (WARN.has(event)) logger.warn(line, msg)
+      else logger.info(line, msg)
     })
   }
 

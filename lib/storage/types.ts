@@ -8,6 +8,14 @@
  * racing on the same key must observe exactly one winner.
  */
 
+/**
+ * Thrown by a store whose backend is unreachable, slow or failing. Endpoints answer it with
+ * 503 temporarily_unavailable (never invalid_grant: a client would throw its tokens away).
+ */
+export class StoreUnavailableError extends Error {
+  override name = 'StoreUnavailableError'
+}
+
 export type ClientAuthMethod = 'none' | 'client_secret_basic' | 'client_secret_post'
 
 export interface ClientRecord {
