@@ -380,6 +380,7 @@ export class RedisStore implements Store {
   get rateLimitRedis (): Redis {
     return this.#client
   }
+
   readonly #owned: boolean
   readonly #prefix: string
   readonly #timeoutMs: number
