@@ -166,6 +166,7 @@ export class AuthorizationFlow {
       resource
     }
     if (stateValue !== undefined) request.state = stateValue
+    this.#d.auditor.emit('authorization_started', { clientId: client.clientId })
     return { kind: 'ok', request, client }
   }
 
@@ -229,8 +230,10 @@ export class AuthorizationFlow {
       this.#d.auditor.emit('browser_mismatch', { clientId: flow.clientId })
       return page('Sign-in refused', 'This sign-in was started in another browser. Start again from the application in this browser.', 403)
     }
-    const back = (params: Record<string, string | undefined>): CallbackDecision =>
-      ({ kind: 'redirect', url: clientRedirect(flow.redirectUri, { ...params, state: flow.state, iss: config.issuer }) })
+    const back = (params: Record<string, string | undefined>): CallbackDecision => {
+      this.#d.auditor.emit('callback_processed', { clientId: flow.clientId, outcome: params.code === undefined ? 'error' : 'success' })
+      return { kind: 'redirect', url: clientRedirect(flow.redirectUri, { ...params, state: flow.state, iss: config.issuer }) }
+    }
     if (provider === undefined) return back({ error: 'server_error', error_description: 'No identity provider is configured' })
 
     let tokens: UpstreamTokens

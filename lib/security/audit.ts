@@ -2,6 +2,8 @@ import { createHash } from 'node:crypto'
 
 /** Every security-relevant event, with the fields each one carries. Never a secret. */
 export interface AuditEvents {
+  authorization_started: { clientId: string }
+  callback_processed: { clientId: string, outcome: 'success' | 'error' }
   token_issued: { clientId: string, userId: string, grantId: string, grantType: 'authorization_code' | 'refresh_token' }
   token_refreshed: { clientId: string, userId: string, grantId: string }
   token_revoked: { clientId: string, grantId?: string, tokenType: 'access_token' | 'refresh_token' }
@@ -23,11 +25,15 @@ export interface AuditEvents {
 export type AuditEventName = keyof AuditEvents
 export type AuditSink = <E extends AuditEventName>(event: E, fields: AuditEvents[E]) => void
 
+/** Routine events that the default sink logs at debug, not info (one per request would be noise). */
+const DEBUG: ReadonlySet<AuditEventName> = new Set<AuditEventName>(['authorization_started', 'callback_processed'])
+
 const WARN: ReadonlySet<AuditEventName> = new Set<AuditEventName>([
   'code_reuse', 'refresh_reuse', 'pkce_failure', 'invalid_redirect', 'upstream_failure', 'browser_mismatch', 'rate_limited', 'config_weakened'
 ])
 
 interface Logger {
+  debug (obj: object, msg?: string): void
   info (obj: object, msg?: string): void
   warn (obj: object, msg?: string): void
 }
@@ -43,6 +49,7 @@ export function hashUserId (userId: string): string {
  */
 export class Auditor {
   readonly #sink: AuditSink
+  readonly #listeners: AuditSink[] = []
 
   constructor (logger: Logger, sink?: AuditSink) {
     this.#sink = sink ?? ((event, fields) => {
@@ -50,15 +57,23 @@ export class Auditor {
       if ('userId' in line && typeof line.userId === 'string') line.userId = hashUserId(line.userId)
       const msg = event === 'config_weakened' ? String((fields as { setting: string }).setting) : `audit: ${event}`
       if (WARN.has(event)) logger.warn(line, msg)
+      else if (DEBUG.has(event)) logger.debug(line, msg)
       else logger.info(line, msg)
     })
   }
 
+  /** Another consumer of the same events (metrics, for one). Listeners get the raw fields. */
+  subscribe (listener: AuditSink): void {
+    this.#listeners.push(listener)
+  }
+
   emit<E extends AuditEventName> (event: E, fields: AuditEvents[E]): void {
-    try {
-      this.#sink(event, fields)
-    } catch {
-      // An audit sink must never break the request that emitted the event.
+    for (const fn of [this.#sink, ...this.#listeners]) {
+      try {
+        fn(event, fields)
+      } catch {
+        // An audit sink must never break the request that emitted the event.
+      }
     }
   }
 }
