@@ -2,7 +2,7 @@
 // tap writes the summary; this reads it. Raise the numbers as the suite grows, never lower them.
 import { readFileSync } from 'node:fs'
 
-const THRESHOLDS = { statements: 90, branches: 85, functions: 90, lines: 90 }
+const THRESHOLDS = { statements: 94, branches: 86, functions: 94, lines: 94 }
 const file = new URL('../../.tap/report/coverage-summary.json', import.meta.url)
 
 let summary
