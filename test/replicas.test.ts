@@ -1,0 +1,141 @@
+import t from 'tap'
+import Fastify, { type FastifyInstance } from 'fastify'
+import { mcpOAuth, type McpOAuthOptions } from '../lib/index.js'
+import { RedisStore } from '../lib/storage/redis.js'
+import { redisServerAvailable, startRedisServer, type RedisServer } from './helpers/redis.js'
+
+/**
+ * Two replicas behind one issuer, sharing one real redis-server: what one issues the other honours,
+ * reuse detection and rotation hold across them, rate limits count across them, and a Redis outage
+ * gives fast, retryable answers and heals by itself.
+ */
+
+const ISSUER = 'https://auth.example.com'
+const RESOURCE = `${ISSUER}/mcp`
+const CLIENT = { client_id: 'app', redirect_uris: ['http://127.0.0.1/cb'] }
+
+if (!redisServerAvailable()) {
+  if (process.env.CI) t.fail('redis-server is not on the PATH but CI is set: install it (apt-get install -y redis-server)')
+  else t.test('replicas', { skip: 'redis-server not installed: Redis tests skipped' }, () => {})
+} else {
+  const server = await startRedisServer({ appendonly: true })
+  t.teardown(() => server.destroy())
+  replicaTests(server)
+}
+
+async function replica (t: { teardown (fn: () => unknown): void }, server: RedisServer, prefix: string, opts: Partial<McpOAuthOptions> = {}): Promise<FastifyInstance> {
+  const app = Fastify({ logger: false })
+  const store = new RedisStore({ url: server.url, prefix, commandTimeoutMs: 300 })
+  await app.register(mcpOAuth, {
+    issuer: ISSUER,
+    resources: [RESOURCE],
+    store,
+    clients: [CLIENT],
+    cookieSecret: 'shared-cookie-secret-shared-cookie-secret',
+    ...opts
+  })
+  app.post('/mcp', { onRequest: app.mcpOAuth.authenticate({ scopes: ['mcp:tools'] }) }, async (request) => ({ user: request.mcpAuth?.userId }))
+  await app.ready()
+  t.teardown(() => app.close())
+  return app
+}
+
+function refresh (app: FastifyInstance, token: string) {
+  return app.inject({ method: 'POST', url: '/oauth/token', payload: { grant_type: 'refresh_token', refresh_token: token, client_id: CLIENT.client_id } })
+}
+
+function call (app: FastifyInstance, token: string) {
+  return app.inject({ method: 'POST', url: '/mcp', headers: { authorization: `Bearer ${token}` } })
+}
+
+async function issue (app: FastifyInstance, userId = 'alice') {
+  const grant = await app.mcpOAuth.grants.createGrant({ userId, clientId: CLIENT.client_id, scopes: ['mcp:tools'], resource: RESOURCE })
+  return app.mcpOAuth.grants.issueTokens(grant)
+}
+
+function replicaTests (server: RedisServer): void {
+  let n = 0
+  const prefix = () => `replicas-${++n}:`
+
+  t.test('a token issued by one replica works at the other', async t => {
+    const p = prefix()
+    const a = await replica(t, server, p)
+    const b = await replica(t, server, p)
+    const tokens = await issue(a)
+    const res = await call(b, tokens.access_token)
+    t.equal(res.statusCode, 200)
+    t.same(res.json(), { user: 'alice' })
+    const r = await refresh(b, tokens.refresh_token)
+    t.equal(r.statusCode, 200, 'refresh at the other replica')
+    t.equal((await call(a, r.json().access_token)).statusCode, 200)
+  })
+
+  t.test('refresh on one, replay on the other: reuse detected, family revoked everywhere', async t => {
+    const p = prefix()
+    const a = await replica(t, server, p, { refreshGraceSeconds: 0 })
+    const b = await replica(t, server, p, { refreshGraceSeconds: 0 })
+    const tokens = await issue(a)
+    const next = (await refresh(a, tokens.refresh_token)).json()
+    const replay = await refresh(b, tokens.refresh_token)
+    t.equal(replay.statusCode, 400)
+    t.equal(replay.json().error, 'invalid_grant')
+    t.equal((await call(a, next.access_token)).statusCode, 401, 'the family is gone at A')
+    t.equal((await call(b, next.access_token)).statusCode, 401, 'and at B')
+  })
+
+  t.test('20 concurrent refreshes split across both keep exactly one family', async t => {
+    const p = prefix()
+    const a = await replica(t, server, p)
+    const b = await replica(t, server, p)
+    const tokens = await issue(a, 'carol')
+    const issued = await a.mcpOAuth.validator.validate(tokens.access_token)
+    const grantId = issued.valid ? issued.auth.grantId : 'none'
+    const results = await Promise.all(Array.from({ length: 20 }, (_, i) => refresh(i % 2 === 0 ? a : b, tokens.refresh_token)))
+    t.notOk(results.some(r => r.statusCode >= 500), 'no 5xx')
+    const ok = results.filter(r => r.statusCode === 200)
+    t.ok(results.every(r => r.statusCode === 200 || r.json().error === 'invalid_grant'))
+    t.equal(new Set(ok.map(r => r.json().refresh_token)).size, 1, 'one successor, whichever replica answered')
+    t.same(await a.mcpOAuth.storage.listGrants({ userId: 'carol' }, Date.now()), [grantId], 'exactly one family continues')
+    t.equal((await refresh(b, ok[0]?.json().refresh_token)).statusCode, 200)
+  })
+
+  t.test('a rate limit counts across both replicas', async t => {
+    const p = prefix()
+    const opts = { rateLimit: { metadata: { max: 4, windowSeconds: 60 } } }
+    const a = await replica(t, server, p, opts)
+    const b = await replica(t, server, p, opts)
+    const statuses: number[] = []
+    for (const app of [a, b, a, b, a, b]) statuses.push((await app.inject('/.well-known/oauth-authorization-server')).statusCode)
+    t.same(statuses, [200, 200, 200, 200, 429, 429])
+  })
+
+  t.test('Redis down: fast retryable errors, never invalid_grant; back up: everything committed still works', async t => {
+    const p = prefix()
+    const a = await replica(t, server, p)
+    const tokens = await issue(a, 'dave')
+    const before = (await refresh(a, tokens.refresh_token)).json()
+    t.ok(before.refresh_token)
+    await server.stop()
+    const started = Date.now()
+    const guard = await call(a, before.access_token)
+    t.equal(guard.statusCode, 503, 'guarded route: 503, not 401')
+    t.equal(guard.json().error, 'temporarily_unavailable')
+    const token = await refresh(a, before.refresh_token)
+    t.equal(token.statusCode, 503, 'token endpoint: 503')
+    t.equal(token.json().error, 'temporarily_unavailable', 'never invalid_grant: the client keeps its tokens')
+    t.ok(token.headers['retry-after'])
+    const meta = await a.inject('/.well-known/oauth-authorization-server')
+    t.equal(meta.statusCode, 200, 'metadata does not need Redis')
+    const elapsed = Date.now() - started
+    t.ok(elapsed < 5000, `three requests answered in ${elapsed} ms, no hang`)
+    await server.start()
+    let healed = false
+    for (let i = 0; i < 40 && !healed; i++) {
+      await new Promise(resolve => setTimeout(resolve, 100))
+      healed = (await call(a, before.access_token)).statusCode === 200
+    }
+    t.ok(healed, 'the guard recovers by itself')
+    const after = await refresh(a, before.refresh_token)
+    t.equal(after.statusCode, 200, 'the refresh token committed before the outage still works')
+  })
+}
