@@ -126,7 +126,8 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   const revocation = new RevocationService({ config, store, provider, keyRing, auditor, now, schedule })
   const revokeGrant = (grantId: string) => revocation.revokeGrant(grantId)
   const upstream = new UpstreamTokenService({
-    store, provider, keyRing, auditor, now, revokeGrant, thresholdMs: config.upstreamRefreshThresholdSeconds * 1000
+    store, provider, keyRing, auditor, now, revokeGrant, thresholdMs: config.upstreamRefreshThresholdSeconds * 1000,
+    lockWaitMs: config.upstreamTimeoutMs + 2000
   })
   const flow = new AuthorizationFlow({ config, store, provider, grants, keyRing, auditor, now, findClient, revokeGrant })
   const refresh = new RefreshService({ config, store, auditor, now, revokeGrant })

@@ -3,6 +3,8 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { mcpOAuth, type McpOAuthOptions } from '../lib/index.js'
 import { RedisStore } from '../lib/storage/redis.js'
 import { redisServerAvailable, startRedisServer, type RedisServer } from './helpers/redis.js'
+import { loginTokens, startLogin } from './helpers/login.js'
+import { oidcProvider } from '../lib/providers/oidc.js'
 
 /**
  * Two replicas behind one issuer, sharing one real redis-server: what one issues the other honours,
@@ -107,6 +109,36 @@ function replicaTests (server: RedisServer): void {
     const statuses: number[] = []
     for (const app of [a, b, a, b, a, b]) statuses.push((await app.inject('/.well-known/oauth-authorization-server')).statusCode)
     t.same(statuses, [200, 200, 200, 200, 429, 429])
+  })
+
+  t.test('upstream refresh single flight across replicas: one upstream refresh for 40 callers on two replicas', async t => {
+    const p = prefix()
+    const h = await startLogin(t, { store: new RedisStore({ url: server.url, prefix: p }) })
+    const tokens = await loginTokens(h)
+    const b = Fastify({ logger: false })
+    await b.register(mcpOAuth, {
+      issuer: h.issuer,
+      resources: [h.resource],
+      store: new RedisStore({ url: server.url, prefix: p }),
+      provider: oidcProvider({ issuer: h.idp.issuer, clientId: 'mcp-proxy', clientSecret: 'proxy-secret-proxy-secret-proxy-secret' })
+    })
+    b.post('/mcp/upstream', { onRequest: b.mcpOAuth.authenticate({ scopes: ['mcp:tools'] }) }, async (request) => b.mcpOAuth.getUpstreamToken(request))
+    await b.ready()
+    t.teardown(() => b.close())
+    // Make the stored upstream token look nearly expired (as if an hour had passed).
+    const auth = await h.app.mcpOAuth.validator.validate(tokens.access_token as string)
+    if (!auth.valid) throw new Error('token should be valid')
+    const grant = await h.app.mcpOAuth.storage.getGrant(auth.auth.grantId, Date.now())
+    const stored = JSON.parse(Buffer.from(String(grant?.upstream).slice(3), 'base64url').toString('utf8')) as Record<string, unknown>
+    await h.app.mcpOAuth.storage.updateGrantUpstream(auth.auth.grantId,
+      'p1.' + Buffer.from(JSON.stringify({ ...stored, expiresAt: Date.now() + 1000 })).toString('base64url'), Date.now())
+    const headers = { authorization: `Bearer ${tokens.access_token as string}` }
+    const results = await Promise.all(Array.from({ length: 40 }, (_, i) => i % 2 === 0
+      ? fetch(`${h.issuer}/mcp/upstream`, { method: 'POST', headers }).then(async r => ({ status: r.status, token: (await r.json() as { accessToken: string }).accessToken }))
+      : b.inject({ method: 'POST', url: '/mcp/upstream', headers }).then(r => ({ status: r.statusCode, token: r.json().accessToken as string }))))
+    t.ok(results.every(r => r.status === 200), 'every caller on both replicas got a token')
+    t.equal(h.idp.refreshCount(), 1, 'the identity provider saw one refresh')
+    t.equal(new Set(results.map(r => r.token)).size, 1, 'and everybody got its result')
   })
 
   t.test('Redis down: fast retryable errors, never invalid_grant; back up: everything committed still works', async t => {

@@ -31,6 +31,8 @@ export interface UpstreamDeps {
   /** Refresh when the upstream token expires within this many ms. */
   thresholdMs: number
   revokeGrant: (grantId: string) => Promise<boolean>
+  /** Longest a replica waits for another one's upstream refresh (and the lease's lifetime). */
+  lockWaitMs: number
 }
 
 /**
@@ -73,6 +75,29 @@ export class UpstreamTokenService {
   }
 
   async #refresh (grantId: string): Promise<UpstreamAccess> {
+    const { store } = this.#d
+    if (store.acquireLock === undefined || store.releaseLock === undefined) return this.#refreshHeld(grantId)
+    // Across replicas: one lease per grant; the others wait for its result instead of spending
+    // the same upstream refresh token a second time.
+    const key = `upstream-refresh:${grantId}`
+    const deadline = this.#d.now() + this.#d.lockWaitMs
+    for (;;) {
+      const owner = await store.acquireLock(key, this.#d.lockWaitMs)
+      if (owner !== null) {
+        try {
+          return await this.#refreshHeld(grantId)
+        } finally {
+          await store.releaseLock(key, owner).catch(() => {})
+        }
+      }
+      await new Promise(resolve => setTimeout(resolve, 50))
+      const tokens = await this.#read(grantId)
+      if (!this.#stale(tokens)) return access(tokens)
+      if (this.#d.now() > deadline) throw new UpstreamTokenError('Another replica is refreshing the upstream token; retry shortly', true)
+    }
+  }
+
+  async #refreshHeld (grantId: string): Promise<UpstreamAccess> {
     // Read again inside the single flight: another replica or caller may have refreshed already.
     const tokens = await this.#read(grantId)
     if (!this.#stale(tokens)) return access(tokens)

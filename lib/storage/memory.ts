@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto'
 import type {
   AccessTokenRecord, ClientRecord, CodeRecord, ConsumeCodeResult, FlowRecord, GrantRecord,
   RefreshTokenRecord, RotateResult, Store, StoreStats
@@ -242,6 +243,23 @@ export class MemoryStore implements Store {
     entry.usedAt = now
     entry.retainUntil = Math.max(retainUntil, entry.code.expiresAt)
     return { status: 'ok', code: entry.code }
+  }
+
+  // ---- locks ----------------------------------------------------------------------------
+
+  readonly #locks = new Map<string, { owner: string, until: number }>()
+
+  async acquireLock (key: string, ttlMs: number): Promise<string | null> {
+    const now = this.#now()
+    const held = this.#locks.get(key)
+    if (held !== undefined && held.until > now) return null
+    const owner = randomUUID()
+    this.#locks.set(key, { owner, until: now + ttlMs })
+    return owner
+  }
+
+  async releaseLock (key: string, owner: string): Promise<void> {
+    if (this.#locks.get(key)?.owner === owner) this.#locks.delete(key)
   }
 
   // ---- housekeeping ---------------------------------------------------------------------

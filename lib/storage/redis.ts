@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto'
+import { createHash, randomUUID } from 'node:crypto'
 import { Redis } from 'ioredis'
 import type { RedisOptions, RedisStatus } from 'ioredis'
 import type {
@@ -308,7 +308,13 @@ function script (lua: string): Script {
   return { lua, sha: createHash('sha1').update(lua).digest('hex') }
 }
 
+const RELEASE_LOCK = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`
+
 const SCRIPTS = {
+  releaseLock: script(RELEASE_LOCK),
   saveGrant: script(SAVE_GRANT),
   updateUpstream: script(UPDATE_UPSTREAM),
   saveToken: script(SAVE_TOKEN),
@@ -561,6 +567,18 @@ export class RedisStore implements Store {
   async countClientsFrom (address: string, now: number): Promise<number> {
     const n = await this.#eval('countClientsFrom', SCRIPTS.countClientsFrom, [this.#prefix + 'cf:' + address], [this.#prefix, now])
     return Number(n)
+  }
+
+  // ---- locks ----------------------------------------------------------------------------
+
+  async acquireLock (key: string, ttlMs: number): Promise<string | null> {
+    const owner = randomUUID()
+    const ok = await this.#op('acquireLock', () => this.#client.set(this.#prefix + 'lock:' + key, owner, 'PX', Math.max(1, Math.ceil(ttlMs)), 'NX'))
+    return ok === 'OK' ? owner : null
+  }
+
+  async releaseLock (key: string, owner: string): Promise<void> {
+    await this.#eval('releaseLock', SCRIPTS.releaseLock, [this.#prefix + 'lock:' + key], [owner])
   }
 
   // ---- flows and codes ------------------------------------------------------------------

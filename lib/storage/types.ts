@@ -199,8 +199,19 @@ export interface StoreStats {
   codes: number
 }
 
+/**
+ * A short lease, for work that must happen once across replicas (spending an upstream refresh
+ * token). Optional: a store without it gives single-flight within one process only.
+ */
+export interface LockStore {
+  /** Take `key` for `ttlMs` unless someone holds it; returns an owner token, or null. */
+  acquireLock (key: string, ttlMs: number): Promise<string | null>
+  /** Release only if still held by `owner` (a lease that expired may belong to someone else). */
+  releaseLock (key: string, owner: string): Promise<void>
+}
+
 /** The whole contract, as the plugin uses it. */
-export interface Store extends TokenStore, ClientStore, FlowStore {
+export interface Store extends TokenStore, ClientStore, FlowStore, Partial<LockStore> {
   /** Counts for gauges; may be approximate. */
   stats? (): Promise<StoreStats>
   /** Release timers and connections the store opened itself. Called from the plugin's onClose. */

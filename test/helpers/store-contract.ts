@@ -191,6 +191,26 @@ export function storeContract (t: Test, make: () => Promise<Store>): void {
     t.equal(await store.countClientsFrom('192.0.2.1', T0 + HOUR), 1, 'expired clients do not count')
   })
 
+  t.test('locks: one holder, released only by its owner, expire by themselves', async t => {
+    const store = await fresh(t)
+    if (store.acquireLock === undefined || store.releaseLock === undefined) {
+      t.pass('this store offers no locks (single-process single flight only)')
+      return
+    }
+    const owner = await store.acquireLock('k', 60_000)
+    t.type(owner, 'string')
+    const racers = await Promise.all([store.acquireLock('k', 60_000), store.acquireLock('k', 60_000)])
+    t.same(racers, [null, null], 'held')
+    t.type(await store.acquireLock('other', 60_000), 'string', 'keys are independent')
+    await store.releaseLock('k', 'not-the-owner')
+    t.equal(await store.acquireLock('k', 60_000), null, 'a stranger cannot release it')
+    await store.releaseLock('k', owner as string)
+    const next = await store.acquireLock('k', 40)
+    t.type(next, 'string', 'free again after release')
+    await new Promise(resolve => setTimeout(resolve, 80))
+    t.type(await store.acquireLock('k', 60_000), 'string', 'a lease ends by itself')
+  })
+
   t.test('flows are take-once and expire', async t => {
     const store = await fresh(t)
     const flow = {
