@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto'
 import type { Provider } from '../lib/providers/types.js'
 import { googleProvider, oidcProvider } from '../lib/providers/index.js'
 import { startDevIdp } from './dev-idp.js'
+import { RedisStore } from '../lib/storage/redis.js'
 import { mcpRoutes } from './mcp.js'
 
 /**
@@ -15,7 +16,7 @@ import { mcpRoutes } from './mcp.js'
  * Environment: PORT (3000), HOST (127.0.0.1), MCP_OAUTH_ISSUER (http://HOST:PORT), LOG_LEVEL (info);
  * GOOGLE_CLIENT_ID/GOOGLE_CLIENT_SECRET (GOOGLE_HOSTED_DOMAIN), or OIDC_ISSUER/OIDC_CLIENT_ID/
  * OIDC_CLIENT_SECRET; MCP_OAUTH_REGISTRATION_TOKEN or MCP_OAUTH_PUBLIC_REGISTRATION=true;
- * MCP_OAUTH_COOKIE_SECRET; MCP_OAUTH_ENCRYPTION_KEY (from generateKey()).
+ * MCP_OAUTH_COOKIE_SECRET; MCP_OAUTH_ENCRYPTION_KEY (from generateKey()); REDIS_URL.
  * Fastify CLI itself listens on PORT; give it the address with `--address` or FASTIFY_ADDRESS.
  */
 
@@ -119,11 +120,14 @@ const exampleApp: FastifyPluginAsync<ExampleAppOptions> = async (fastify, opts) 
     fastify.log.info(`users log in with ${upstream.description}`)
   }
 
+  const redisUrl = env.REDIS_URL
   await fastify.register(mcpOAuth, {
     issuer: config.issuer,
     resources: [config.resource],
     scopes: config.scopes,
     provider: upstream.provider,
+    // Several replicas (or grants that survive a restart): share state through Redis.
+    ...(redisUrl !== undefined && redisUrl !== '' ? { store: new RedisStore({ url: redisUrl }) } : {}),
     registration: upstream.development || env.MCP_OAUTH_PUBLIC_REGISTRATION === 'true'
       ? { mode: 'public' }
       : env.MCP_OAUTH_REGISTRATION_TOKEN !== undefined && env.MCP_OAUTH_REGISTRATION_TOKEN !== ''
