@@ -159,3 +159,15 @@ t.test('an identity provider that never answers: a quick, clear error for the cl
   t.equal(back.searchParams.get('state'), 'client-state-1')
   t.equal(back.searchParams.get('iss'), h.issuer)
 })
+
+t.test('a remembered approval does not cover more scopes than were approved', async t => {
+  const h = await startLogin(t, { scopes: ['mcp:tools', 'mcp:admin'], defaultScopes: ['mcp:tools'] })
+  const client = await registerClient(h)
+  const browser = new Browser()
+  await login(h, authorizeUrl(h, client.client_id as string, VERIFIER), browser)
+  const same = await browser.get(authorizeUrl(h, client.client_id as string, VERIFIER), { stopAt: u => u.href.startsWith(REDIRECT) })
+  t.ok(same.stoppedAt, 'same scopes: no consent page')
+  const more = await browser.get(authorizeUrl(h, client.client_id as string, VERIFIER, { scope: 'mcp:tools mcp:admin' }), { stopAt: u => u.href.startsWith(REDIRECT) })
+  t.notOk(more.stoppedAt, 'more scopes: the consent page again')
+  t.match(more.body, 'mcp:admin')
+})

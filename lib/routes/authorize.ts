@@ -21,6 +21,23 @@ export interface AuthorizeRouteDeps {
   findClient: (clientId: string) => Promise<ClientRecord | null>
 }
 
+/**
+ * A remembered approval covers one client, one resource and a set of scopes: a request for more
+ * scopes, or for another resource, shows the consent page again.
+ */
+function approvalKey (req: ValidatedAuthorization): string {
+  return [req.clientId, req.resource, [...req.scopes].sort().join(' ')].join('\n')
+}
+
+function isApproved (approvals: string[], req: ValidatedAuthorization): boolean {
+  return approvals.some(a => {
+    const [clientId, resource, scopes] = a.split('\n')
+    if (clientId !== req.clientId || resource !== req.resource || scopes === undefined) return false
+    const granted = scopes.split(' ')
+    return req.scopes.every(s => granted.includes(s))
+  })
+}
+
 interface SignedRequest {
   r: ValidatedAuthorization
   exp: number
@@ -47,7 +64,8 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
   const goUpstream = async (request: FastifyRequest, reply: FastifyReply, req: ValidatedAuthorization) => {
     const consent = readConsent(request, signer, names, now())
     const secret = consent?.b ?? randomBytes(32).toString('base64url')
-    const approved = [req.clientId, ...(consent?.c ?? []).filter(c => c !== req.clientId)].slice(0, 20)
+    const entry = approvalKey(req)
+    const approved = [entry, ...(consent?.c ?? []).filter(c => c !== entry)].slice(0, 20)
     writeConsent(reply, signer, names, config, { b: secret, c: approved }, now())
     const url = await flow.startUpstream(req, hashToken(secret))
     return reply.code(303).header('cache-control', 'no-store').redirect(url, 303)
@@ -63,7 +81,7 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
     const { request: req, client } = decision
 
     const consent = readConsent(request, signer, names, now())
-    if (consent !== null && consent.c.includes(req.clientId)) return goUpstream(request, reply, req)
+    if (consent !== null && isApproved(consent.c, req)) return goUpstream(request, reply, req)
 
     let csrfCookie = request.cookies[names.csrf]
     if (csrfCookie === undefined || csrfCookie.length < 32 || csrfCookie.length > 64) {
