@@ -21,6 +21,7 @@ import { corsOptions } from './routes/cors.js'
 import cors from '@fastify/cors'
 import { CimdResolver } from './security/cimd.js'
 import { pageStyle } from './routes/html.js'
+import { resolveTelemetryOptions, setupTelemetry } from './telemetry/index.js'
 
 export interface McpOAuthDecorator {
   /** An onRequest hook that admits only requests with a valid access token and the given scopes. */
@@ -66,13 +67,24 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
       'register it at the root and put the path in the issuer')
   }
   const now = opts.now ?? Date.now
-  const store: Store = opts.store ?? new MemoryStore({ now })
-  const validator = new TokenValidator(store, now)
+  const auditor = new Auditor(fastify.log, opts.auditSink)
+  // Telemetry (lib/telemetry): metrics and spans wrap the store and the provider before any service
+  // is built on them; with both off, they come back untouched and nothing else is added.
+  const telemetryOptions = resolveTelemetryOptions(opts)
+  config.warnings.push(...telemetryOptions.warnings)
+  const telemetry = await setupTelemetry(fastify, telemetryOptions, {
+    auditor,
+    store: opts.store ?? new MemoryStore({ now }),
+    provider: opts.provider,
+    basePath: config.basePath,
+    staticClientIds: config.clients.map(c => c.client_id)
+  })
+  const store: Store = telemetry.store
+  const validator = new TokenValidator(store, now, config.clockSkewSeconds * 1000)
   const limiter: LimiterHolder = {}
   // A store that can share its Redis connection lets rate limits hold across replicas.
   const rateLimitRedis = (store as { rateLimitRedis?: unknown }).rateLimitRedis
   const grants = new GrantService(store, config, now)
-  const auditor = new Auditor(fastify.log, opts.auditSink)
   const keyRing = new KeyRing(config.encryptionKeys)
   const signer = new Signer(config.cookieSecret)
 
@@ -122,7 +134,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
     timer.unref()
     timers.add(timer)
   }
-  const provider = opts.provider
+  const provider = telemetry.provider
   const revocation = new RevocationService({ config, store, provider, keyRing, auditor, now, schedule })
   const revokeGrant = (grantId: string) => revocation.revokeGrant(grantId)
   const upstream = new UpstreamTokenService({
@@ -171,6 +183,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
     revocation,
     auditor,
     limiter,
+    ...(telemetry.routes !== undefined ? { telemetry: telemetry.routes } : {}),
     ...(rateLimitRedis !== undefined ? { rateLimitRedis } : {})
   })
 }

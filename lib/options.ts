@@ -5,6 +5,7 @@ import type { Store } from './storage/types.js'
 import type { Provider } from './providers/types.js'
 import type { AuditSink } from './security/audit.js'
 import type { CimdResolverOptions } from './security/cimd.js'
+import type { MetricsOptions, TracingOptions } from './telemetry/options.js'
 import { DEFAULT_CUSTOM_SCHEMES, type RedirectPolicy } from './core/redirect.js'
 
 const Seconds = (def: number, description: string) =>
@@ -122,6 +123,7 @@ export const OptionsSchema = Type.Object({
     origins: Type.Union([Type.Array(Type.String({ minLength: 1 })), Type.Literal('*')]),
     credentials: Type.Optional(Type.Boolean())
   }, { additionalProperties: false })),
+  clockSkewSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 300, description: 'Access tokens stay valid this long past expiry (replica clocks differ)' })),
   refreshGraceSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 3600, description: 'Window in which a repeated refresh gets the same successor pair; 0 = off' }))
 }, { additionalProperties: false })
 
@@ -141,6 +143,10 @@ export interface McpOAuthOptions extends DataOptions {
   auditSink?: AuditSink
   /** TESTS ONLY: DNS lookup and trusted CA for client ID metadata document fetches. */
   cimdTestHooks?: Pick<CimdResolverOptions, 'lookup' | 'ca'>
+  /** Prometheus metrics (off by default); validated by lib/telemetry/options.ts. */
+  metrics?: object
+  /** OpenTelemetry spans (on by default, a no-op until an SDK is registered); `false` removes them. */
+  tracing?: boolean | TracingOptions
 }
 
 export interface ResolvedResource {
@@ -192,6 +198,7 @@ export interface ResolvedConfig {
   encryptionKeys: Array<{ id: string, key: string }>
   upstreamTimeoutMs: number
   refreshGraceSeconds: number
+  clockSkewSeconds: number
   rateLimits: { enabled: boolean } & Record<RateLimitName, { max: number, windowSeconds: number }>
   cors: { origins: string[] | '*', credentials: boolean } | null
   /** Send Strict-Transport-Security (issuer is https). */
@@ -215,7 +222,7 @@ function bad (field: string, message: string): Error {
 /** Validate the options and derive every URL the plugin will serve or print. Throws naming the field. */
 export function resolveOptions (opts: unknown): ResolvedConfig {
   if (opts === null || typeof opts !== 'object') throw bad('(root)', 'options must be an object')
-  const { store, now, provider, auditSink, cimdTestHooks: _hooks, ...data } = opts as McpOAuthOptions
+  const { store, now, provider, auditSink, cimdTestHooks: _hooks, metrics: _metrics, tracing: _tracing, ...data } = opts as McpOAuthOptions
   if (auditSink !== undefined && typeof auditSink !== 'function') throw bad('auditSink', 'must be a function (event, fields) => void')
   if (store !== undefined) checkStore(store)
   if (provider !== undefined) checkProvider(provider)
@@ -333,6 +340,7 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
     encryptionKeys: data.encryption?.keys ?? [],
     upstreamTimeoutMs: data.upstreamTimeoutMs ?? 10_000,
     refreshGraceSeconds: data.refreshGraceSeconds ?? 5,
+    clockSkewSeconds: data.clockSkewSeconds ?? 0,
     rateLimits: {
       enabled: data.rateLimit?.enabled ?? true,
       metadata: data.rateLimit?.metadata ?? DEFAULT_RATE_LIMITS.metadata,

@@ -160,3 +160,9 @@ t.test('a token without mcp:tools: 403 insufficient_scope', async t => {
 
   await t.rejects(connect(t, await listen(app), token), { code: 403 })
 })
+
+t.test('the embedded development IdP is refused in production, and a half-configured provider too', async t => {
+  await t.rejects(buildExample({ NODE_ENV: 'production', PORT: '3000' }), /refused when NODE_ENV=production/)
+  await t.rejects(buildExample({ GOOGLE_CLIENT_ID: 'x', PORT: '3000' }), /GOOGLE_CLIENT_SECRET is required/)
+  await t.rejects(buildExample({ OIDC_ISSUER: 'https://id.example.com', PORT: '3000' }), /OIDC_CLIENT_ID is required/)
+})

@@ -140,3 +140,13 @@ t.test('a route without required scopes advertises the resource scopes', async t
   const res = await app.inject('/mcp')
   t.equal(res.headers['www-authenticate'], `Bearer resource_metadata="${PRM}", scope="a b"`)
 })
+
+t.test('clock skew allowance: access tokens accepted that long past expiry, not longer', async t => {
+  const ctx = await buildApp(t, { clockSkewSeconds: 30 })
+  const grant = await ctx.app.mcpOAuth.grants.createGrant({ userId: 'u', clientId: 'c', scopes: ['mcp:tools'], resource: RESOURCE })
+  const tokens = await ctx.app.mcpOAuth.grants.issueTokens(grant)
+  ctx.clock.advance(3600_000 + 29_999)
+  t.equal((await ctx.app.inject({ method: 'POST', url: '/mcp', headers: { authorization: `Bearer ${tokens.access_token}` } })).statusCode, 200)
+  ctx.clock.advance(1)
+  t.equal((await ctx.app.inject({ method: 'POST', url: '/mcp', headers: { authorization: `Bearer ${tokens.access_token}` } })).statusCode, 401)
+})

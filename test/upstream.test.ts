@@ -1,6 +1,8 @@
 import t from 'tap'
 import { generateKey, KeyRing } from '../lib/index.js'
 import { loginTokens, startLogin } from './helpers/login.js'
+import { oidcProvider } from '../lib/providers/oidc.js'
+import type { UpstreamTokens } from '../lib/providers/types.js'
 
 t.test('key ring: round trip, rotation, tampering, wrong record', async t => {
   const k1 = generateKey()
@@ -113,4 +115,32 @@ t.test('getUpstreamToken: upstream invalid_grant revokes our grant', async t => 
   t.equal(res.status, 401, 'not retryable: sign in again')
   const mcp = await fetch(`${h.issuer}/mcp`, { method: 'POST', headers: { authorization: `Bearer ${tokens.access_token as string}` } })
   t.equal(mcp.status, 401, 'our grant went with the upstream one')
+})
+
+t.test('revoking our grant revokes the upstream grant at the provider (in the background)', async t => {
+  const h = await startLogin(t)
+  const tokens = await loginTokens(h)
+  const auth = await h.app.mcpOAuth.validator.validate(tokens.access_token as string)
+  if (!auth.valid) throw new Error('token should be valid')
+  const grant = await h.app.mcpOAuth.storage.getGrant(auth.auth.grantId, Date.now())
+  const upstream = JSON.parse(Buffer.from(String(grant?.upstream).slice(3), 'base64url').toString('utf8')) as UpstreamTokens
+  t.ok(upstream.refreshToken, 'the IdP gave us a refresh token')
+  const res = await fetch(`${h.issuer}/oauth/revoke`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ token: tokens.refresh_token as string, client_id: tokens.client_id as string })
+  })
+  t.equal(res.status, 200, 'local revocation answers at once')
+  // Watch the upstream access token at the IdP's userinfo endpoint (reading does not consume it).
+  const discovery = await (await fetch(`${h.idp.issuer}/.well-known/openid-configuration`)).json() as { userinfo_endpoint: string }
+  const before = await fetch(discovery.userinfo_endpoint, { headers: { authorization: `Bearer ${upstream.accessToken}` } })
+  let status = before.status
+  for (let i = 0; i < 50 && status === 200; i++) {
+    await new Promise(resolve => setTimeout(resolve, 100))
+    status = (await fetch(discovery.userinfo_endpoint, { headers: { authorization: `Bearer ${upstream.accessToken}` } })).status
+  }
+  t.equal(status, 401, 'the upstream access token was revoked at the provider')
+  const provider = oidcProvider({ issuer: h.idp.issuer, clientId: 'mcp-proxy', clientSecret: 'proxy-secret-proxy-secret-proxy-secret' })
+  const outcome = await provider.refresh(upstream).then(() => 'still valid', (err: { kind?: string }) => err.kind ?? 'error')
+  t.equal(outcome, 'invalid_grant', 'the upstream refresh token no longer works')
 })

@@ -25,17 +25,20 @@ export type ValidationResult =
 export class TokenValidator {
   readonly #store: TokenStore
   readonly #now: () => number
+  readonly #skewMs: number
 
-  constructor (store: TokenStore, now: () => number) {
+  /** `skewMs`: an access token stays valid that long past its expiry (replicas' clocks differ). */
+  constructor (store: TokenStore, now: () => number, skewMs = 0) {
     this.#store = store
     this.#now = now
+    this.#skewMs = skewMs
   }
 
   async validate (token: string, resource?: string): Promise<ValidationResult> {
     if (!looksLike('accessToken', token)) {
       return { valid: false, reason: 'malformed', description: 'The access token is not one this server issued' }
     }
-    const record = await this.#store.getAccessToken(hashToken(token), this.#now())
+    const record = await this.#store.getAccessToken(hashToken(token), this.#now() - this.#skewMs)
     if (record === null) {
       return { valid: false, reason: 'unknown', description: 'The access token is unknown, expired or revoked' }
     }
