@@ -47,6 +47,21 @@ export function createAuthenticate (config: ResolvedConfig, validator: TokenVali
         .send(body)
     }
 
+    /** Run the rate limiter; true when it answered 429. */
+    const limited = async (request: FastifyRequest, reply: FastifyReply): Promise<boolean> => {
+      if (limiter.perUser === undefined) return false
+      try {
+        await limiter.perUser(request, reply)
+        return false
+      } catch (err) {
+        const e = err as { statusCode?: number, message?: string }
+        if (e.statusCode !== 429) throw err
+        reply.code(429).header('cache-control', 'no-store')
+          .send({ error: 'temporarily_unavailable', error_description: e.message ?? 'Too many requests' })
+        return true
+      }
+    }
+
     return async function mcpOAuthGuard (request: FastifyRequest, reply: FastifyReply) {
       const query = request.query as Record<string, unknown> | undefined
       if (query !== undefined && query !== null && Object.hasOwn(query, 'access_token')) {
@@ -72,6 +87,8 @@ export function createAuthenticate (config: ResolvedConfig, validator: TokenVali
           .send({ error: 'temporarily_unavailable', error_description: 'Token storage is unavailable; retry shortly' })
       }
       if (!result.valid) {
+        // Guessing tokens costs the guesser: failed tokens count against the address's budget.
+        if (await limited(request, reply)) return reply
         return fail(reply, 401, challenge('invalid_token', result.description), { error: 'invalid_token', error_description: result.description })
       }
       const granted = result.auth.scopes
@@ -82,16 +99,7 @@ export function createAuthenticate (config: ResolvedConfig, validator: TokenVali
       }
       request.mcpAuth = result.auth
       // Per-user budget, after the guard: keyed by who the token says, not by IP.
-      if (limiter.perUser !== undefined) {
-        try {
-          await limiter.perUser(request, reply)
-        } catch (err) {
-          const e = err as { statusCode?: number, message?: string }
-          if (e.statusCode !== 429) throw err
-          return reply.code(429).header('cache-control', 'no-store')
-            .send({ error: 'temporarily_unavailable', error_description: e.message ?? 'Too many requests' })
-        }
-      }
+      if (await limited(request, reply)) return reply
     }
   }
 }

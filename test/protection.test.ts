@@ -188,3 +188,16 @@ t.test('the default audit sink logs a stable event field and hashes user ids', a
   t.match(line?.userId, /^[A-Za-z0-9_-]{16}$/)
   t.ok(lines.some(l => l.event === 'config_weakened' && l.level === 40), 'weakened settings at warn')
 })
+
+t.test('guessing tokens at a guarded route is limited per address', async t => {
+  const { app } = await buildApp(t, { rateLimit: { mcp: { max: 3, windowSeconds: 60 } } })
+  const statuses: number[] = []
+  for (let i = 0; i < 5; i++) {
+    const res = await app.inject({ method: 'POST', url: '/mcp', headers: { authorization: `Bearer mcpat_${'A'.repeat(42)}${i}` } })
+    statuses.push(res.statusCode)
+  }
+  t.same(statuses, [401, 401, 401, 429, 429])
+  const grant = await app.mcpOAuth.grants.createGrant({ userId: 'u', clientId: 'c', scopes: ['mcp:tools'], resource: RESOURCE })
+  const good = (await app.mcpOAuth.grants.issueTokens(grant)).access_token
+  t.equal((await app.inject({ method: 'POST', url: '/mcp', headers: { authorization: `Bearer ${good}` } })).statusCode, 200, 'a valid token is counted for its user, not the address')
+})

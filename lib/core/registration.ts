@@ -3,6 +3,7 @@ import type { ResolvedConfig } from '../options.js'
 import type { Auditor } from '../security/audit.js'
 import type { ClientAuthMethod, ClientRecord, Store } from '../storage/types.js'
 import { checkRedirectUri, type RedirectKind } from './redirect.js'
+import { hasUnsafeDisplayChars } from './display.js'
 import { generateId, generateToken, hashToken, looksLike, safeEqual } from './tokens.js'
 
 export interface RegistrationDeps {
@@ -120,6 +121,7 @@ export function validateClientMetadata (input: unknown, config: ResolvedConfig):
 
   const name = body.client_name
   if (name !== undefined && (typeof name !== 'string' || name.length > 200)) throw bad('client_name must be a string of at most 200 characters')
+  if (typeof name === 'string' && hasUnsafeDisplayChars(name)) throw bad('client_name must not contain control or text-direction characters')
   let scope: string | undefined
   if (body.scope !== undefined) {
     if (typeof body.scope !== 'string' || body.scope.length > MAX_STRING) throw bad('scope must be a space-separated string')

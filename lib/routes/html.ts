@@ -88,7 +88,7 @@ export function consentPage (style: PageStyle, config: ResolvedConfig, view: Con
 Approve only if you started this sign-in yourself, from an application you trust.</div>`
     : ''
   const body = `<h1>${escapeHtml(config.consent.title)}</h1>
-<p><strong>${escapeHtml(view.clientName)}</strong>${provenance} wants to access
+<p><strong><bdi>${escapeHtml(view.clientName)}</bdi></strong>${provenance} wants to access
 <code>${escapeHtml(view.resource)}</code> on your behalf.</p>
 <p class="muted">After you approve, you will be sent to <strong>${escapeHtml(view.redirectHost)}</strong>.
 Client ID: <code>${escapeHtml(view.clientId)}</code></p>

@@ -63,6 +63,8 @@ export const registerRoutes: FastifyPluginAsync<RegisterRouteDeps> = async (fast
   })
 
   fastify.get(`${path}/:clientId`, {
+    // A read rotates the registration access token: a HEAD would rotate it and drop the new one.
+    exposeHeadRoute: false,
     schema: { params: Params, response: { 200: ClientInformation } },
     config: routeLimit(config, 'register')
   }, async (request, reply) => {
@@ -72,7 +74,8 @@ export const registerRoutes: FastifyPluginAsync<RegisterRouteDeps> = async (fast
 
   fastify.put(`${path}/:clientId`, {
     bodyLimit: BODY_LIMIT,
-    schema: { params: Params, response: { 200: ClientInformation } }
+    schema: { params: Params, response: { 200: ClientInformation } },
+    config: routeLimit(config, 'register')
   }, async (request, reply) => {
     const { clientId } = request.params as { clientId: string }
     requireJson(request.headers['content-type'])
@@ -80,7 +83,8 @@ export const registerRoutes: FastifyPluginAsync<RegisterRouteDeps> = async (fast
   })
 
   fastify.delete(`${path}/:clientId`, {
-    schema: { params: Params }
+    schema: { params: Params },
+    config: routeLimit(config, 'register')
   }, async (request, reply) => {
     const { clientId } = request.params as { clientId: string }
     await registration.delete(clientId, request.headers.authorization)

@@ -6,6 +6,7 @@ import { OAuthError } from '../errors.js'
 import { checkRedirectUri, isForbiddenAddress, isPrivateHost, type RedirectPolicy } from '../core/redirect.js'
 export { isForbiddenAddress } from '../core/redirect.js'
 import type { ClientRecord } from '../storage/types.js'
+import { hasUnsafeDisplayChars } from '../core/display.js'
 
 /**
  * Client ID Metadata Documents (MCP authorization 2025-11-25, draft-ietf-oauth-client-id-metadata-document):
@@ -476,6 +477,7 @@ function buildRecord (clientId: string, doc: Record<string, unknown>, policy: Re
 
   const clientName = typeof doc.client_name === 'string' ? doc.client_name.trim() : ''
   if (clientName === '') throw fail('client_name is required')
+  if (clientName.length > 200 || hasUnsafeDisplayChars(clientName)) throw fail('client_name must be at most 200 characters, without control or text-direction characters')
   if (!has('redirect_uris')) throw fail('redirect_uris is required')
   const redirectUris = [...new Set(stringArray(doc.redirect_uris, 'redirect_uris'))]
   if (redirectUris.length === 0) throw fail('redirect_uris must not be empty')
