@@ -1,30 +1,19 @@
 import t, { type Test } from 'tap'
-import { execFileSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
 import { getDefaultAutoSelectFamily, setDefaultAutoSelectFamily, type AddressInfo } from 'node:net'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import type { TLSSocket } from 'node:tls'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { DEFAULT_CUSTOM_SCHEMES, type RedirectPolicy } from '../lib/core/redirect.js'
 import { OAuthError } from '../lib/errors.js'
+import { selfSignedCert } from './helpers/tls.js'
 import { CimdResolver, isForbiddenAddress, type CimdResolverOptions, type ResolvedAddress } from '../lib/security/cimd.js'
 
 const policy: RedirectPolicy = { allowHttp: false, allowPrivateHosts: false, customSchemes: DEFAULT_CUSTOM_SCHEMES }
 const JSON_TYPE = { 'content-type': 'application/json' }
 
 // A self-signed certificate for client.test and localhost (no IP addresses), made fresh for this run.
-const dir = mkdtempSync(join(tmpdir(), 'cimd-test-'))
-t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-execFileSync('openssl', [
-  'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-  '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-days', '2',
-  '-subj', '/CN=client.test', '-addext', 'subjectAltName=DNS:client.test,DNS:localhost'
-], { stdio: 'ignore', timeout: 30_000 })
-const cert = readFileSync(join(dir, 'cert.pem'))
-const key = readFileSync(join(dir, 'key.pem'))
+const { cert, key } = selfSignedCert(t, ['client.test', 'localhost'])
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => void
 const routes = new Map<string, Handler>()

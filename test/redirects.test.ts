@@ -1,13 +1,10 @@
 import t from 'tap'
-import { execFileSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { createServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { s256 } from '../lib/core/pkce.js'
 import { checkRedirectUri, DEFAULT_CUSTOM_SCHEMES, matchRedirectUri } from '../lib/core/redirect.js'
 import { buildApp } from './helpers/app.js'
+import { selfSignedCert } from './helpers/tls.js'
 
 const CHALLENGE = s256('x'.repeat(43))
 const TOKEN = 'registration-token-registration-token'
@@ -115,17 +112,10 @@ t.test('the redirect policy, case by case', async t => {
 })
 
 t.test('a client ID metadata document client (ChatGPT-style) goes through authorize', async t => {
-  const dir = mkdtempSync(join(tmpdir(), 'cimd-flow-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  execFileSync('openssl', [
-    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-    '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-days', '2',
-    '-subj', '/CN=client.test', '-addext', 'subjectAltName=DNS:client.test'
-  ], { stdio: 'ignore', timeout: 30_000 })
-  const cert = readFileSync(join(dir, 'cert.pem'))
+  const { cert, key } = selfSignedCert(t, ['client.test'])
   let id = ''
   let fetches = 0
-  const server = createServer({ key: readFileSync(join(dir, 'key.pem')), cert }, (_req, res) => {
+  const server = createServer({ key, cert }, (_req, res) => {
     fetches++
     res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'max-age=300' })
     res.end(JSON.stringify({ client_id: id, client_name: 'ChatGPT', redirect_uris: ['https://chatgpt.com/connector_platform_oauth_redirect'] }))

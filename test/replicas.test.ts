@@ -3,7 +3,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { mcpOAuth, type McpOAuthOptions } from '../lib/index.js'
 import { RedisStore } from '../lib/storage/redis.js'
 import { redisServerAvailable, startRedisServer, type RedisServer } from './helpers/redis.js'
-import { loginTokens, startLogin } from './helpers/login.js'
+import { loginTokens, readUpstream, startLogin, writeUpstream } from './helpers/login.js'
 import { oidcProvider } from '../lib/providers/oidc.js'
 
 /**
@@ -126,12 +126,8 @@ function replicaTests (server: RedisServer): void {
     await b.ready()
     t.teardown(() => b.close())
     // Make the stored upstream token look nearly expired (as if an hour had passed).
-    const auth = await h.app.mcpOAuth.validator.validate(tokens.access_token as string)
-    if (!auth.valid) throw new Error('token should be valid')
-    const grant = await h.app.mcpOAuth.storage.getGrant(auth.auth.grantId, Date.now())
-    const stored = JSON.parse(Buffer.from(String(grant?.upstream).slice(3), 'base64url').toString('utf8')) as Record<string, unknown>
-    await h.app.mcpOAuth.storage.updateGrantUpstream(auth.auth.grantId,
-      'p1.' + Buffer.from(JSON.stringify({ ...stored, expiresAt: Date.now() + 1000 })).toString('base64url'), Date.now())
+    const stored = await readUpstream(h, tokens.access_token as string)
+    await writeUpstream(h, stored.grantId, { ...stored.tokens, expiresAt: Date.now() + 1000 })
     const headers = { authorization: `Bearer ${tokens.access_token as string}` }
     const results = await Promise.all(Array.from({ length: 40 }, (_, i) => i % 2 === 0
       ? fetch(`${h.issuer}/mcp/upstream`, { method: 'POST', headers }).then(async r => ({ status: r.status, token: (await r.json() as { accessToken: string }).accessToken }))

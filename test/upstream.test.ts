@@ -1,8 +1,7 @@
 import t from 'tap'
 import { generateKey, KeyRing } from '../lib/index.js'
-import { loginTokens, startLogin } from './helpers/login.js'
+import { loginTokens, readUpstream, startLogin, writeUpstream } from './helpers/login.js'
 import { oidcProvider } from '../lib/providers/oidc.js'
-import type { UpstreamTokens } from '../lib/providers/types.js'
 
 t.test('key ring: round trip, rotation, tampering, wrong record', async t => {
   const k1 = generateKey()
@@ -58,12 +57,8 @@ t.test('upstream tokens are stored encrypted in the grant', async t => {
 
 /** Make the stored upstream access token look close to expiry (as if time had passed). */
 async function ageUpstream (h: Awaited<ReturnType<typeof startLogin>>, accessToken: string): Promise<void> {
-  const auth = await h.app.mcpOAuth.validator.validate(accessToken)
-  if (!auth.valid) throw new Error('token should be valid')
-  const grant = await h.app.mcpOAuth.storage.getGrant(auth.auth.grantId, Date.now())
-  const stored = JSON.parse(Buffer.from(String(grant?.upstream).slice(3), 'base64url').toString('utf8')) as Record<string, unknown>
-  stored.expiresAt = Date.now() + 60_000
-  await h.app.mcpOAuth.storage.updateGrantUpstream(auth.auth.grantId, 'p1.' + Buffer.from(JSON.stringify(stored)).toString('base64url'), Date.now())
+  const { grantId, tokens } = await readUpstream(h, accessToken)
+  await writeUpstream(h, grantId, { ...tokens, expiresAt: Date.now() + 60_000 })
 }
 
 t.test('getUpstreamToken: 50 concurrent callers make one upstream refresh', async t => {
@@ -100,17 +95,11 @@ t.test('getUpstreamToken: provider down is retryable, the grant survives', async
 t.test('getUpstreamToken: upstream invalid_grant revokes our grant', async t => {
   const h = await startLogin(t)
   const tokens = await loginTokens(h)
-  // Spend the upstream refresh token behind our back: with rotation, the stored one is now dead
-  // and presenting it again makes the IdP revoke the upstream grant (invalid_grant).
-  const auth = await h.app.mcpOAuth.validator.validate(tokens.access_token as string)
-  if (!auth.valid) throw new Error('token should be valid')
   const first = await fetch(`${h.issuer}/mcp/upstream`, { method: 'POST', headers: { authorization: `Bearer ${tokens.access_token as string}` } })
   t.equal(first.status, 200)
-  const grant = await h.app.mcpOAuth.storage.getGrant(auth.auth.grantId, Date.now())
-  // Put back an upstream record with an already-used refresh token.
-  const stale = JSON.stringify({ accessToken: 'x', refreshToken: 'used-or-unknown-refresh-token', expiresAt: Date.now() })
-  await h.app.mcpOAuth.storage.updateGrantUpstream(auth.auth.grantId, 'p1.' + Buffer.from(stale).toString('base64url'), Date.now())
-  t.ok(grant)
+  // An upstream refresh token the IdP does not know (spent, or revoked behind our back).
+  const { grantId } = await readUpstream(h, tokens.access_token as string)
+  await writeUpstream(h, grantId, { accessToken: 'x', refreshToken: 'used-or-unknown-refresh-token', expiresAt: Date.now() })
   const res = await fetch(`${h.issuer}/mcp/upstream`, { method: 'POST', headers: { authorization: `Bearer ${tokens.access_token as string}` } })
   t.equal(res.status, 401, 'not retryable: sign in again')
   const mcp = await fetch(`${h.issuer}/mcp`, { method: 'POST', headers: { authorization: `Bearer ${tokens.access_token as string}` } })
@@ -120,10 +109,7 @@ t.test('getUpstreamToken: upstream invalid_grant revokes our grant', async t => 
 t.test('revoking our grant revokes the upstream grant at the provider (in the background)', async t => {
   const h = await startLogin(t)
   const tokens = await loginTokens(h)
-  const auth = await h.app.mcpOAuth.validator.validate(tokens.access_token as string)
-  if (!auth.valid) throw new Error('token should be valid')
-  const grant = await h.app.mcpOAuth.storage.getGrant(auth.auth.grantId, Date.now())
-  const upstream = JSON.parse(Buffer.from(String(grant?.upstream).slice(3), 'base64url').toString('utf8')) as UpstreamTokens
+  const { tokens: upstream } = await readUpstream(h, tokens.access_token as string)
   t.ok(upstream.refreshToken, 'the IdP gave us a refresh token')
   const res = await fetch(`${h.issuer}/oauth/revoke`, {
     method: 'POST',

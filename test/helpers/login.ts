@@ -4,6 +4,7 @@ import { mcpOAuth, type McpOAuthOptions } from '../../lib/index.js'
 import { oidcProvider } from '../../lib/providers/oidc.js'
 import { startDevIdp, type DevIdp, type DevIdpOptions } from '../../example/dev-idp.js'
 import { s256 } from '../../lib/core/pkce.js'
+import type { UpstreamTokens } from '../../lib/providers/types.js'
 import { Browser } from './browser.js'
 
 export interface LoginHarness {
@@ -102,6 +103,21 @@ export async function loginTokens (h: LoginHarness, user = 'alice'): Promise<Rec
   const res = await token(h, { grant_type: 'authorization_code', code: back.searchParams.get('code') as string, code_verifier: verifier, redirect_uri: REDIRECT, client_id: client.client_id as string })
   if (res.status !== 200) throw new Error(`code exchange failed: ${JSON.stringify(res.body)}`)
   return { ...res.body as Record<string, string>, client_id: client.client_id as string }
+}
+
+/** The upstream tokens stored in the grant behind an access token (stores without an encryption key). */
+export async function readUpstream (h: LoginHarness, accessToken: string): Promise<{ grantId: string, tokens: UpstreamTokens }> {
+  const auth = await h.app.mcpOAuth.validator.validate(accessToken)
+  if (!auth.valid) throw new Error('the access token should be valid')
+  const grant = await h.app.mcpOAuth.storage.getGrant(auth.auth.grantId, Date.now())
+  const sealed = String(grant?.upstream)
+  if (!sealed.startsWith('p1.')) throw new Error('readUpstream needs upstream tokens stored without encryption')
+  return { grantId: auth.auth.grantId, tokens: JSON.parse(Buffer.from(sealed.slice(3), 'base64url').toString('utf8')) as UpstreamTokens }
+}
+
+/** Replace the stored upstream tokens (as if time had passed, or the provider had moved on). */
+export async function writeUpstream (h: LoginHarness, grantId: string, tokens: UpstreamTokens): Promise<void> {
+  await h.app.mcpOAuth.storage.updateGrantUpstream(grantId, 'p1.' + Buffer.from(JSON.stringify(tokens)).toString('base64url'), Date.now())
 }
 
 /** Drive a browser through consent and the IdP's login; returns the redirect to the client. */
