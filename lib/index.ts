@@ -72,9 +72,10 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   // is built on them; with both off, they come back untouched and nothing else is added.
   const telemetryOptions = resolveTelemetryOptions(opts)
   config.warnings.push(...telemetryOptions.warnings)
+  const ownStore: Store = opts.store ?? new MemoryStore({ now })
   const telemetry = await setupTelemetry(fastify, telemetryOptions, {
     auditor,
-    store: opts.store ?? new MemoryStore({ now }),
+    store: ownStore,
     provider: opts.provider,
     basePath: config.basePath,
     staticClientIds: config.clients.map(c => c.client_id)
@@ -138,7 +139,13 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   const revocation = new RevocationService({ config, store, provider, keyRing, auditor, now, schedule })
   const revokeGrant = (grantId: string) => revocation.revokeGrant(grantId)
   const upstream = new UpstreamTokenService({
-    store, provider, keyRing, auditor, now, revokeGrant, thresholdMs: config.upstreamRefreshThresholdSeconds * 1000,
+    store,
+    provider,
+    keyRing,
+    auditor,
+    now,
+    revokeGrant,
+    thresholdMs: config.upstreamRefreshThresholdSeconds * 1000,
     lockWaitMs: config.upstreamTimeoutMs + 2000
   })
   const flow = new AuthorizationFlow({ config, store, provider, grants, keyRing, auditor, now, findClient, revokeGrant })
@@ -148,7 +155,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   fastify.decorate('mcpOAuth', {
     authenticate: createAuthenticate(config, validator, limiter),
     validator,
-    storage: store,
+    storage: ownStore,
     config,
     grants,
     auditor,

@@ -144,7 +144,7 @@ export interface McpOAuthOptions extends DataOptions {
   /** TESTS ONLY: DNS lookup and trusted CA for client ID metadata document fetches. */
   cimdTestHooks?: Pick<CimdResolverOptions, 'lookup' | 'ca'>
   /** Prometheus metrics (off by default); validated by lib/telemetry/options.ts. */
-  metrics?: object
+  metrics?: MetricsOptions
   /** OpenTelemetry spans (on by default, a no-op until an SDK is registered); `false` removes them. */
   tracing?: boolean | TracingOptions
 }

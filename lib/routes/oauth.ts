@@ -12,6 +12,7 @@ import { registerRoutes, type RegisterRouteDeps } from './register.js'
 import { revokeRoutes, type RevokeRouteDeps } from './revoke.js'
 import { introspectRoutes } from './introspect.js'
 import { metadataRoutes } from './metadata.js'
+import type { RouteTelemetry } from '../telemetry/index.js'
 
 /** The per-user limiter of guarded routes, handed back to the guard once the scope exists. */
 export interface LimiterHolder {
@@ -23,16 +24,35 @@ export type OAuthRouteDeps = AuthorizeRouteDeps & TokenRouteDeps & RegisterRoute
   limiter: LimiterHolder
   /** An ioredis client shared with the store, so limits hold across replicas. */
   rateLimitRedis?: unknown
+  /** Metrics and spans (lib/telemetry); absent when both are off. */
+  telemetry?: RouteTelemetry
 }
 
 /** Body limit for OAuth endpoints: their requests are a few hundred bytes. */
 const BODY_LIMIT = 64 * 1024
 
-/** `config` for a route with the named budget (empty when rate limiting is off). */
-export function routeLimit (config: ResolvedConfig, name: RateLimitName): { rateLimit?: { max: number, timeWindow: number } } {
-  if (!config.rateLimits.enabled) return {}
+/** Which budget each route's rate-limit config came from (telemetry labels rate-limit hits with it). */
+const budgetNames = new WeakMap<object, RateLimitName>()
+/** Request log line without the query string. */
+function pathOnly (req: { method?: string, url?: string, ip?: string }): Record<string, unknown> {
+  return { method: req.method, url: (req.url ?? '').split('?')[0], remoteAddress: req.ip }
+}
+
+/** Configurations whose flow steps get spans of their own (see `routeLimit`). */
+const stepSpans = new WeakSet<ResolvedConfig>()
+
+/**
+ * `config` for a route with the named budget (no rate limit when rate limiting is off). With tracing
+ * on, flow-step routes (every budget but metadata) also tell @fastify/otel to skip its handler span:
+ * the step's own span takes its place, so storage and provider spans nest under the step.
+ */
+export function routeLimit (config: ResolvedConfig, name: RateLimitName): { rateLimit?: { max: number, timeWindow: number }, otel?: { instrumentHandler: false } } {
+  const otel = name !== 'metadata' && stepSpans.has(config) ? { otel: { instrumentHandler: false as const } } : {}
+  if (!config.rateLimits.enabled) return otel
   const budget = config.rateLimits[name]
-  return { rateLimit: { max: budget.max, timeWindow: budget.windowSeconds * 1000 } }
+  const rateLimit = { max: budget.max, timeWindow: budget.windowSeconds * 1000 }
+  budgetNames.set(rateLimit, name)
+  return { rateLimit, ...otel }
 }
 
 /**
@@ -46,7 +66,19 @@ export const oauthRoutes: FastifyPluginAsync<OAuthRouteDeps> = async (fastify, d
 
   fastify.addHook('onRoute', (route: RouteOptions) => {
     route.bodyLimit ??= BODY_LIMIT
+    // Query strings here carry codes and states (the callback's upstream code, above all): the
+    // request log gets the path only.
+    route.logSerializers = { ...route.logSerializers, req: pathOnly }
   })
+  // Telemetry: learn each route's rate-limit budget, wrap flow-step handlers in spans.
+  const telemetry = deps.telemetry
+  if (telemetry !== undefined) {
+    fastify.addHook('onRoute', (route: RouteOptions) => {
+      const limit = (route.config as { rateLimit?: unknown } | undefined)?.rateLimit
+      telemetry.onRoute(route, typeof limit === 'object' && limit !== null ? budgetNames.get(limit) : undefined)
+    })
+    if (telemetry.stepSpans) stepSpans.add(config)
+  }
   fastify.addHook('onSend', async (_request, reply, payload) => {
     reply.header('x-content-type-options', 'nosniff')
     reply.header('referrer-policy', 'no-referrer')
@@ -72,7 +104,7 @@ export const oauthRoutes: FastifyPluginAsync<OAuthRouteDeps> = async (fastify, d
     deps.limiter.perUser = fastify.rateLimit({
       max: budget.max,
       timeWindow: budget.windowSeconds * 1000,
-      keyGenerator: (request: FastifyRequest) => `user:${request.mcpAuth?.userId ?? request.ip}`
+      keyGenerator: (request: FastifyRequest) => request.mcpAuth === null ? `ip:${request.ip}` : `user:${request.mcpAuth.userId}`
     })
   }
 
