@@ -111,6 +111,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
     if (c.client_name !== undefined) record.clientName = c.client_name
     if (c.scope !== undefined) record.scope = c.scope
     await store.saveClient(record)
+    auditor.emit('client_registered', { clientId: record.clientId, source: 'static' })
   }
   const cimd = config.cimd.enabled
     ? new CimdResolver({
