@@ -47,11 +47,12 @@ export function createAuthenticate (config: ResolvedConfig, validator: TokenVali
         .send(body)
     }
 
-    /** Run the rate limiter; true when it answered 429. */
+    /** Run the rate limiter (callers check that there is one: no await when there is not); true when it answered 429. */
     const limited = async (request: FastifyRequest, reply: FastifyReply): Promise<boolean> => {
-      if (limiter.perUser === undefined) return false
+      const perUser = limiter.perUser
+      if (perUser === undefined) return false
       try {
-        await limiter.perUser(request, reply)
+        await perUser(request, reply)
         return false
       } catch (err) {
         const e = err as { statusCode?: number, message?: string }
@@ -69,12 +70,13 @@ export function createAuthenticate (config: ResolvedConfig, validator: TokenVali
         return fail(reply, 400, challenge('invalid_request', d), { error: 'invalid_request', error_description: d })
       }
       const header = request.headers.authorization
-      if (header === undefined || header === '' || !/^bearer(?: |$)/i.test(header)) {
-        // No credentials, or another scheme: RFC 6750 §3.1 says no error code.
-        return fail(reply, 401, noToken, { error_description: 'This resource requires an OAuth access token (Authorization: Bearer)' })
-      }
-      const match = BEARER.exec(header)
+      // The usual request (a well-formed Bearer header) needs one regex; the others find out why not.
+      const match = header === undefined ? null : BEARER.exec(header)
       if (match === null) {
+        if (header === undefined || header === '' || !/^bearer(?: |$)/i.test(header)) {
+          // No credentials, or another scheme: RFC 6750 §3.1 says no error code.
+          return fail(reply, 401, noToken, { error_description: 'This resource requires an OAuth access token (Authorization: Bearer)' })
+        }
         const d = SCHEME_ONLY.test(header) ? 'The Bearer scheme was sent without a token' : 'Malformed Bearer token'
         return fail(reply, 400, challenge('invalid_request', d), { error: 'invalid_request', error_description: d })
       }
@@ -88,18 +90,20 @@ export function createAuthenticate (config: ResolvedConfig, validator: TokenVali
       }
       if (!result.valid) {
         // Guessing tokens costs the guesser: failed tokens count against the address's budget.
-        if (await limited(request, reply)) return reply
+        if (limiter.perUser !== undefined && await limited(request, reply)) return reply
         return fail(reply, 401, challenge('invalid_token', result.description), { error: 'invalid_token', error_description: result.description })
       }
       const granted = result.auth.scopes
-      const missing = required.filter(s => !granted.includes(s))
-      if (missing.length > 0) {
-        const d = `The access token lacks the scope ${missing.join(' ')}`
-        return fail(reply, 403, challenge('insufficient_scope', d, required.join(' ')), { error: 'insufficient_scope', error_description: d })
+      for (const scope of required) {
+        if (!granted.includes(scope)) {
+          const missing = required.filter(s => !granted.includes(s))
+          const d = `The access token lacks the scope ${missing.join(' ')}`
+          return fail(reply, 403, challenge('insufficient_scope', d, required.join(' ')), { error: 'insufficient_scope', error_description: d })
+        }
       }
       request.mcpAuth = result.auth
       // Per-user budget, after the guard: keyed by who the token says, not by IP.
-      if (await limited(request, reply)) return reply
+      if (limiter.perUser !== undefined && await limited(request, reply)) return reply
     }
   }
 }

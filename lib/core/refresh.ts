@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, createHmac, randomBytes } from 'node:crypto'
+import { createCipheriv, createDecipheriv, createHmac } from 'node:crypto'
 import { OAuthError } from '../errors.js'
 import type { ResolvedConfig } from '../options.js'
 import type { Auditor } from '../security/audit.js'
@@ -6,7 +6,7 @@ import type { ClientRecord, RefreshTokenRecord, Store } from '../storage/types.j
 import type { TokenResponse } from './grants.js'
 import { matchResource } from './resource.js'
 import { narrowScopes } from './scopes.js'
-import { generateToken, hashToken, looksLike } from './tokens.js'
+import { generateToken, hashToken, looksLike, randomBuffer } from './tokens.js'
 
 export interface RefreshDeps {
   config: ResolvedConfig
@@ -27,7 +27,7 @@ function successorKey (refreshToken: string): Buffer {
 }
 
 function sealSuccessor (refreshToken: string, pair: TokenResponse): string {
-  const iv = randomBytes(12)
+  const iv = randomBuffer(12)
   const cipher = createCipheriv('aes-256-gcm', successorKey(refreshToken), iv)
   const body = Buffer.concat([cipher.update(JSON.stringify(pair), 'utf8'), cipher.final()])
   return [iv, body, cipher.getAuthTag()].map(b => b.toString('base64url')).join('.')

@@ -13,11 +13,203 @@ export interface MemoryStoreOptions {
   now?: () => number
 }
 
-interface GrantEntry {
-  grant: GrantRecord
+/**
+ * Records are kept compact and handed out as fresh copies (as a Redis store does): a caller can
+ * never change what the store holds by mutating what it got, and the store is free to share what
+ * records have in common. With 100,000 live grants this is what decides the heap, so:
+ *
+ * - a grant and the hashes of its tokens are one object (no per-grant arrays: one hash of each
+ *   kind is a plain string, a list only when a family has several live tokens of a kind);
+ * - a token record points at its grant's record for the fields it shares with it (client, user,
+ *   e-mail, resource) and keeps only its own (scopes, times); a token whose shared fields differ
+ *   from its grant's is kept whole;
+ * - client ids, resources and scope lists are interned: a thousand grants of one client share
+ *   one string and one frozen array.
+ */
+class GrantEntry {
+  grantId: string
+  userId: string
+  email: string | undefined
+  clientId: string
+  scopes: readonly string[]
+  resource: string
+  createdAt: number
+  expiresAt: number
+  upstream: string | undefined
+  provider: string | undefined
   /** Hashes of the family's tokens; pruned of dead entries as they grow. */
-  access: string[]
-  refresh: string[]
+  access: Hashes = undefined
+  refresh: Hashes = undefined
+
+  constructor (grant: GrantRecord, interned: Interner) {
+    this.grantId = grant.grantId
+    this.userId = grant.userId
+    this.email = grant.email
+    this.clientId = interned.string(grant.clientId)
+    this.scopes = interned.scopes(grant.scopes)
+    this.resource = interned.string(grant.resource)
+    this.createdAt = grant.createdAt
+    this.expiresAt = grant.expiresAt
+    this.upstream = grant.upstream
+    this.provider = grant.provider
+  }
+
+  record (): GrantRecord {
+    const grant: GrantRecord = {
+      grantId: this.grantId,
+      userId: this.userId,
+      clientId: this.clientId,
+      scopes: copy(this.scopes),
+      resource: this.resource,
+      createdAt: this.createdAt,
+      expiresAt: this.expiresAt
+    }
+    if (this.email !== undefined) grant.email = this.email
+    if (this.upstream !== undefined) grant.upstream = this.upstream
+    if (this.provider !== undefined) grant.provider = this.provider
+    return grant
+  }
+}
+
+/** A mutable copy for a caller (`slice()` of a frozen array takes V8's slow path: 30x slower). */
+function copy (list: readonly string[]): string[] {
+  const out = new Array<string>(list.length)
+  for (let i = 0; i < list.length; i++) out[i] = list[i] as string
+  return out
+}
+
+/** One hash, several, or none. */
+type Hashes = string | string[] | undefined
+
+/** An access token whose client, user, e-mail and resource are its grant's. */
+class AccessEntry {
+  readonly grant: GrantEntry
+  readonly scopes: readonly string[]
+  readonly issuedAt: number
+  readonly expiresAt: number
+
+  constructor (grant: GrantEntry, token: AccessTokenRecord, interned: Interner) {
+    this.grant = grant
+    this.scopes = interned.scopes(token.scopes)
+    this.issuedAt = token.issuedAt
+    this.expiresAt = token.expiresAt
+  }
+
+  get grantId (): string {
+    return this.grant.grantId
+  }
+
+  record (): AccessTokenRecord {
+    const g = this.grant
+    const token: AccessTokenRecord = {
+      grantId: g.grantId,
+      clientId: g.clientId,
+      userId: g.userId,
+      scopes: copy(this.scopes),
+      resource: g.resource,
+      issuedAt: this.issuedAt,
+      expiresAt: this.expiresAt
+    }
+    if (g.email !== undefined) token.email = g.email
+    return token
+  }
+}
+
+/** A refresh token whose client is its grant's. */
+class RefreshEntry {
+  readonly grant: GrantEntry
+  readonly scopes: readonly string[]
+  readonly issuedAt: number
+  readonly expiresAt: number
+  rotatedAt: number | undefined
+  successor: string | undefined
+
+  constructor (grant: GrantEntry, token: RefreshTokenRecord, interned: Interner) {
+    this.grant = grant
+    this.scopes = interned.scopes(token.scopes)
+    this.issuedAt = token.issuedAt
+    this.expiresAt = token.expiresAt
+    this.rotatedAt = token.rotatedAt
+    this.successor = token.successor
+  }
+
+  get grantId (): string {
+    return this.grant.grantId
+  }
+
+  record (): RefreshTokenRecord {
+    const token: RefreshTokenRecord = {
+      grantId: this.grant.grantId,
+      clientId: this.grant.clientId,
+      scopes: copy(this.scopes),
+      issuedAt: this.issuedAt,
+      expiresAt: this.expiresAt
+    }
+    if (this.rotatedAt !== undefined) token.rotatedAt = this.rotatedAt
+    if (this.successor !== undefined) token.successor = this.successor
+    return token
+  }
+}
+
+/** A token record kept whole (its shared fields differ from its grant's), as a frozen copy. */
+class WholeEntry<T extends AccessTokenRecord | RefreshTokenRecord> {
+  readonly token: T
+
+  constructor (token: T) {
+    const kept: T = Object.assign({}, token, { scopes: Object.freeze(copy(token.scopes)) as string[] })
+    this.token = Object.freeze(kept)
+  }
+
+  get grantId (): string {
+    return this.token.grantId
+  }
+
+  get expiresAt (): number {
+    return this.token.expiresAt
+  }
+
+  get rotatedAt (): number | undefined {
+    return (this.token as RefreshTokenRecord).rotatedAt
+  }
+
+  record (): T {
+    return Object.assign({}, this.token, { scopes: copy(this.token.scopes) })
+  }
+}
+
+type StoredAccess = AccessEntry | WholeEntry<AccessTokenRecord>
+type StoredRefresh = RefreshEntry | WholeEntry<RefreshTokenRecord>
+
+/** How many distinct values an intern table holds before it starts afresh (values in use stay shared). */
+const INTERN_LIMIT = 4096
+
+/** Shares equal strings and equal scope lists between records. Bounded: past the limit it restarts. */
+class Interner {
+  readonly #strings = new Map<string, string>()
+  /** Lists of one scope (the usual case) by that scope; longer lists by their JSON. */
+  readonly #single = new Map<string, readonly string[]>()
+  readonly #lists = new Map<string, readonly string[]>()
+  static readonly #empty: readonly string[] = Object.freeze([])
+
+  string (value: string): string {
+    const known = this.#strings.get(value)
+    if (known !== undefined) return known
+    if (this.#strings.size >= INTERN_LIMIT) this.#strings.clear()
+    this.#strings.set(value, value)
+    return value
+  }
+
+  scopes (value: readonly string[]): readonly string[] {
+    if (value.length === 0) return Interner.#empty
+    const table = value.length === 1 ? this.#single : this.#lists
+    const key = value.length === 1 ? value[0] as string : JSON.stringify(value)
+    const known = table.get(key)
+    if (known !== undefined) return known
+    if (table.size >= INTERN_LIMIT) table.clear()
+    const frozen = Object.freeze(value.map(scope => this.string(scope)))
+    table.set(key, frozen)
+    return frozen
+  }
 }
 
 interface CodeEntry {
@@ -37,8 +229,9 @@ const CHECKS_PER_CLOCK_READ = 512
  */
 export class MemoryStore implements Store {
   readonly #grants = new Map<string, GrantEntry>()
-  readonly #access = new Map<string, AccessTokenRecord>()
-  readonly #refresh = new Map<string, RefreshTokenRecord>()
+  readonly #access = new Map<string, StoredAccess>()
+  readonly #refresh = new Map<string, StoredRefresh>()
+  readonly #interned = new Interner()
   readonly #clients = new Map<string, ClientRecord>()
   /** registeredFrom -> client ids, for per-address caps. */
   readonly #clientsFrom = new Map<string, Set<string>>()
@@ -65,29 +258,35 @@ export class MemoryStore implements Store {
   // ---- grants and tokens ----------------------------------------------------------------
 
   async saveGrant (grant: GrantRecord): Promise<void> {
-    const entry = this.#grants.get(grant.grantId)
-    if (entry) entry.grant = grant
-    else this.#grants.set(grant.grantId, { grant, access: [], refresh: [] })
+    const entry = new GrantEntry(grant, this.#interned)
+    // Saved again: the family carries over; its tokens keep the grant fields they were saved with.
+    const previous = this.#grants.get(grant.grantId)
+    if (previous !== undefined) {
+      entry.access = previous.access
+      entry.refresh = previous.refresh
+    }
+    this.#grants.set(grant.grantId, entry)
   }
 
   async getGrant (grantId: string, now: number): Promise<GrantRecord | null> {
     const entry = this.#liveGrant(grantId, now)
-    return entry ? entry.grant : null
+    return entry ? entry.record() : null
   }
 
   async updateGrantUpstream (grantId: string, upstream: string, now: number): Promise<boolean> {
     const entry = this.#liveGrant(grantId, now)
     if (!entry) return false
-    entry.grant = { ...entry.grant, upstream }
+    entry.upstream = upstream
     return true
   }
 
   async saveAccessToken (hash: string, token: AccessTokenRecord): Promise<void> {
     const entry = this.#grants.get(token.grantId)
     if (!entry) throw new Error('saveAccessToken: the grant does not exist')
-    this.#access.set(hash, token)
-    entry.access = pruned(entry.access, this.#access)
-    entry.access.push(hash)
+    const sharesGrant = token.clientId === entry.clientId && token.userId === entry.userId &&
+      token.email === entry.email && token.resource === entry.resource
+    this.#access.set(hash, sharesGrant ? new AccessEntry(entry, token, this.#interned) : new WholeEntry(token))
+    entry.access = added(entry.access, hash, this.#access)
   }
 
   async getAccessToken (hash: string, now: number): Promise<AccessTokenRecord | null> {
@@ -97,7 +296,7 @@ export class MemoryStore implements Store {
       this.#access.delete(hash)
       return null
     }
-    return token
+    return token.record()
   }
 
   async deleteAccessToken (hash: string): Promise<boolean> {
@@ -107,9 +306,12 @@ export class MemoryStore implements Store {
   async saveRefreshToken (hash: string, token: RefreshTokenRecord): Promise<void> {
     const entry = this.#grants.get(token.grantId)
     if (!entry) throw new Error('saveRefreshToken: the grant does not exist')
-    this.#refresh.set(hash, token)
-    entry.refresh = pruned(entry.refresh, this.#refresh)
-    entry.refresh.push(hash)
+    this.#refresh.set(hash, this.#refreshEntry(entry, token))
+    entry.refresh = added(entry.refresh, hash, this.#refresh)
+  }
+
+  #refreshEntry (entry: GrantEntry, token: RefreshTokenRecord): StoredRefresh {
+    return token.clientId === entry.clientId ? new RefreshEntry(entry, token, this.#interned) : new WholeEntry(token)
   }
 
   async getRefreshToken (hash: string, now: number): Promise<RefreshTokenRecord | null> {
@@ -119,7 +321,7 @@ export class MemoryStore implements Store {
       this.#refresh.delete(hash)
       return null
     }
-    return token
+    return token.record()
   }
 
   async rotateRefreshToken (
@@ -128,18 +330,23 @@ export class MemoryStore implements Store {
     now: number,
     successor?: string
   ): Promise<RotateResult> {
-    const previous = this.#refresh.get(oldHash)
-    if (!previous || previous.expiresAt <= now) return { status: 'unknown' }
-    const entry = this.#liveGrant(previous.grantId, now)
+    const stored = this.#refresh.get(oldHash)
+    if (!stored || stored.expiresAt <= now) return { status: 'unknown' }
+    const entry = this.#liveGrant(stored.grantId, now)
     if (!entry) return { status: 'unknown' }
+    const previous = stored.record()
     if (previous.rotatedAt !== undefined) return { status: 'already_rotated', previous }
     if (next.token.grantId !== previous.grantId) throw new Error('rotateRefreshToken: the successor must stay in the family')
-    const rotated: RefreshTokenRecord = { ...previous, rotatedAt: now }
-    if (successor !== undefined) rotated.successor = successor
-    this.#refresh.set(oldHash, rotated)
-    this.#refresh.set(next.hash, next.token)
-    entry.refresh = pruned(entry.refresh, this.#refresh)
-    entry.refresh.push(next.hash)
+    if (stored instanceof RefreshEntry) {
+      stored.rotatedAt = now
+      if (successor !== undefined) stored.successor = successor
+    } else {
+      const rotated: RefreshTokenRecord = { ...previous, rotatedAt: now }
+      if (successor !== undefined) rotated.successor = successor
+      this.#refresh.set(oldHash, new WholeEntry(rotated))
+    }
+    this.#refresh.set(next.hash, this.#refreshEntry(entry, next.token))
+    entry.refresh = added(entry.refresh, next.hash, this.#refresh)
     return { status: 'rotated', previous }
   }
 
@@ -153,8 +360,8 @@ export class MemoryStore implements Store {
   async listGrants (filter: { userId: string } | { clientId: string }, now: number): Promise<string[]> {
     const ids: string[] = []
     for (const [id, entry] of this.#grants) {
-      if (entry.grant.expiresAt <= now) continue
-      const match = 'userId' in filter ? entry.grant.userId === filter.userId : entry.grant.clientId === filter.clientId
+      if (entry.expiresAt <= now) continue
+      const match = 'userId' in filter ? entry.userId === filter.userId : entry.clientId === filter.clientId
       if (match) ids.push(id)
     }
     return ids
@@ -328,7 +535,7 @@ export class MemoryStore implements Store {
   /** One step per record checked. `now` is fixed for the pass. */
   * #pass (now: number): Generator<void> {
     for (const [id, entry] of this.#grants) {
-      if (entry.grant.expiresAt <= now) this.#dropGrant(id, entry)
+      if (entry.expiresAt <= now) this.#dropGrant(id, entry)
       yield
     }
     for (const [hash, token] of this.#access) {
@@ -356,7 +563,7 @@ export class MemoryStore implements Store {
   #liveGrant (grantId: string, now: number): GrantEntry | null {
     const entry = this.#grants.get(grantId)
     if (!entry) return null
-    if (entry.grant.expiresAt <= now) {
+    if (entry.expiresAt <= now) {
       this.#dropGrant(grantId, entry)
       return null
     }
@@ -364,14 +571,26 @@ export class MemoryStore implements Store {
   }
 
   #dropGrant (grantId: string, entry: GrantEntry): void {
-    for (const hash of entry.access) this.#access.delete(hash)
-    for (const hash of entry.refresh) this.#refresh.delete(hash)
+    forEachHash(entry.access, hash => this.#access.delete(hash))
+    forEachHash(entry.refresh, hash => this.#refresh.delete(hash))
     this.#grants.delete(grantId)
   }
 }
 
-/** Drop hashes whose record is gone; amortised so a long-lived family does not grow forever. */
-function pruned (hashes: string[], records: Map<string, unknown>): string[] {
-  if (hashes.length < 8) return hashes
-  return hashes.filter(hash => records.has(hash))
+/**
+ * A family's hashes with one more. Dead hashes (their record gone) are dropped on the way, at once
+ * while there are few and amortised past that, so a long-lived family does not grow forever.
+ */
+function added (hashes: Hashes, hash: string, records: Map<string, unknown>): Hashes {
+  if (hashes === undefined) return hash
+  if (typeof hashes === 'string') return records.has(hashes) && hashes !== hash ? [hashes, hash] : hash
+  const list = hashes.length < 8 ? hashes : hashes.filter(h => records.has(h))
+  list.push(hash)
+  return list
+}
+
+function forEachHash (hashes: Hashes, fn: (hash: string) => void): void {
+  if (hashes === undefined) return
+  if (typeof hashes === 'string') fn(hashes)
+  else for (const hash of hashes) fn(hash)
 }

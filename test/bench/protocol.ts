@@ -1,0 +1,56 @@
+/**
+ * Messages between the benchmark runner (test/bench/run.ts) and the server processes it forks
+ * (test/bench/server.ts). Every server runs in its own process so that the load generator never
+ * shares an event loop with the server it measures.
+ */
+
+/** What a forked server process is. */
+export type ServerSpec =
+  | {
+    kind: 'guard'
+    store: 'memory' | 'redis'
+    redisUrl?: string
+    rateLimit: boolean
+    metrics: boolean
+  }
+  | { kind: 'token' }
+  | { kind: 'oidc' }
+
+export interface Ready {
+  type: 'ready'
+  port: number
+  /** A valid access token for the guarded route (guard servers). */
+  accessToken?: string
+  /** Set when this configuration cannot be built (for example an option the plugin does not have). */
+  unsupported?: string
+}
+
+export type Request =
+  | { id: number, op: 'mint', grant: 'refresh' | 'code', n: number }
+  | { id: number, op: 'cpu' }
+  /** Refresh tokens minted but not used: revoke their grants, so they do not weigh on the rest of the run. */
+  | { id: number, op: 'discard', items: string[] }
+  /** BENCH_PROFILE: a V8 CPU profile of the server around one measured run (not the minting). */
+  | { id: number, op: 'profile-start' }
+  | { id: number, op: 'profile-stop', file: string }
+
+export interface Reply {
+  type: 'reply'
+  id: number
+  /** Minted credentials (refresh tokens, or authorization codes). */
+  items?: string[]
+  /** process.cpuUsage(), user + system, microseconds. */
+  cpuMicros?: number
+  error?: string
+}
+
+/** Shared by both authorization servers of the token-endpoint benchmark. */
+export const TOKEN_BENCH = {
+  clientId: 'bench-client',
+  redirectUri: 'http://127.0.0.1:9/callback',
+  resource: 'https://bench.example.com/mcp',
+  issuer: 'https://bench.example.com',
+  scope: 'mcp:tools',
+  /** One PKCE verifier for every code: the server still hashes it on every exchange. */
+  codeVerifier: 'bench-verifier-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJ'
+} as const

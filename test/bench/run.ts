@@ -1,0 +1,402 @@
+/**
+ * `npm run bench`: the performance targets of the plugin, measured as ratios within one run (the
+ * machine is shared and noisy, so absolute figures mean little; ratios measured side by side do).
+ *
+ *   guard   one process, the same handler at /bare and behind the guard at /protected; also the
+ *           401 path, the per-user rate limiter, metrics on, and the Redis store.
+ *   token   the plugin's token endpoint (refresh rotation, code exchange) against oidc-provider
+ *           doing the same grants, and against a bare route that parses the same form body.
+ *   memory  heap per live grant at 100,000 grants; heap and event-loop delay around the sweep.
+ *
+ * Servers run in forked processes; autocannon runs here. Every measurement is repeated
+ * BENCH_ROUNDS times, alternating the scenarios (ABAB...), and the median is kept.
+ *
+ * Environment: BENCH_DURATION (seconds per run, default 5), BENCH_ROUNDS (default 5),
+ * BENCH_CONNECTIONS (default 50), BENCH_GRANTS (memory, default 100000),
+ * BENCH_ONLY (comma-separated: guard,token,memory; default all), BENCH_PROFILE (a folder: a V8
+ * CPU profile of the server is written there for every measured run, minting left out).
+ * Exit status 1 when a target is missed or a run was invalid (unexpected status codes).
+ */
+import { randomBytes } from 'node:crypto'
+import { mkdirSync } from 'node:fs'
+import { join } from 'node:path'
+import autocannon from 'autocannon'
+import { BenchServer, firstMessage, forkHere, stopChild } from './children.js'
+import type { MemoryResult } from './memory.js'
+import { TOKEN_BENCH } from './protocol.js'
+import { redisServerAvailable, startRedisServer, type RedisServer } from '../helpers/redis.js'
+
+const DURATION = positive('BENCH_DURATION', 5)
+const ROUNDS = Math.round(positive('BENCH_ROUNDS', 5))
+const CONNECTIONS = Math.round(positive('BENCH_CONNECTIONS', 50))
+const WARMUP = Math.min(2, DURATION)
+const PROFILE = process.env.BENCH_PROFILE
+const ONLY = new Set((process.env.BENCH_ONLY ?? 'guard,token,memory').split(',').map(s => s.trim()))
+
+function positive (name: string, def: number): number {
+  const raw = process.env[name]
+  if (raw === undefined || raw === '') return def
+  const value = Number(raw)
+  if (!Number.isFinite(value) || value <= 0) throw new Error(`${name} must be a positive number`)
+  return value
+}
+
+// ---- measuring -------------------------------------------------------------------------------
+
+interface Target {
+  name: string
+  server: BenchServer
+  method: 'GET' | 'POST'
+  path: string
+  headers?: Record<string, string>
+  /** The status every response must have. */
+  expect: number
+  /** Single-use credentials: each request's body is built from a fresh one. */
+  /** Single-use credentials minted by the server, or (`fake`) token-shaped strings nobody checks. */
+  pool?: { grant: 'refresh' | 'code' | 'fake', body: (item: string) => string }
+}
+
+interface Sample {
+  rps: number
+  p50: number
+  p99: number
+  /** Server CPU time / wall time (1 = one core busy all along). */
+  cpu: number
+  /** The same for the load generator (this process). */
+  genCpu: number
+  /** Responses with another status than expected, errors and timeouts. */
+  bad: number
+  /** What the unexpected answers were, for the progress line. */
+  badDetail: string
+}
+
+/** Requests per second each pool target reached last time: sizes its next pool. */
+const lastRate = new Map<string, number>()
+
+let profiles = 0
+
+async function measure (target: Target, seconds: number, profile = false): Promise<Sample> {
+  for (let attempt = 0; ; attempt++) {
+    const file = profile && PROFILE !== undefined
+      ? join(PROFILE, `${String(++profiles).padStart(2, '0')}-${target.name.replace(/\W+/g, '-')}.cpuprofile`)
+      : undefined
+    const sample = await measureOnce(target, seconds, file)
+    // A pool that ran dry makes the tail of the run fail; size it from this run and measure again.
+    if (sample.exhausted && attempt < 2) {
+      progress(`${target.name}: the pool ran dry, again with a larger one`)
+      continue
+    }
+    return sample
+  }
+}
+
+async function measureOnce (target: Target, seconds: number, profileFile?: string): Promise<Sample & { exhausted: boolean }> {
+  let items: string[] = []
+  let used = 0
+  const pool = target.pool
+  if (pool !== undefined) {
+    const n = Math.ceil((lastRate.get(target.name) ?? 5000) * seconds * 1.4) + 1000
+    items = pool.grant === 'fake'
+      ? Array.from({ length: n }, () => 'mcprt_' + randomBytes(32).toString('base64url'))
+      : await target.server.mint(pool.grant, n)
+  }
+  if (profileFile !== undefined) await target.server.profileStart()
+  const cpuBefore = await target.server.cpuMicros()
+  const genBefore = process.cpuUsage()
+  const started = performance.now()
+  const result = await autocannon({
+    url: `http://127.0.0.1:${target.server.port}`,
+    connections: CONNECTIONS,
+    duration: seconds,
+    timeout: 10,
+    requests: [{
+      method: target.method,
+      path: target.path,
+      headers: {
+        ...(pool !== undefined ? { 'content-type': 'application/x-www-form-urlencoded' } : {}),
+        ...target.headers
+      },
+      ...(pool !== undefined
+        ? {
+            // One fresh credential per request; past the end of the pool, the last one again (then it fails and shows).
+            setupRequest: (request) => {
+              request.body = pool.body(items[Math.min(used++, items.length - 1)] as string)
+              return request
+            }
+          }
+        : {})
+    }]
+  })
+  const wall = performance.now() - started
+  const cpu = (await target.server.cpuMicros() - cpuBefore) / 1000 / wall
+  if (profileFile !== undefined) await target.server.profileStop(profileFile)
+  // Unused refresh tokens would stay in the server's heap (and its GC work) for the rest of the run.
+  if (pool?.grant === 'refresh' && used < items.length) await target.server.discard(items.slice(used))
+  const gen = process.cpuUsage(genBefore)
+  const genCpu = (gen.user + gen.system) / 1000 / wall
+  const good = result.statusCodeStats[String(target.expect)]?.count ?? 0
+  const total = Object.values(result.statusCodeStats).reduce((sum, s) => sum + s.count, 0)
+  const rps = good / result.duration
+  if (pool !== undefined) lastRate.set(target.name, Math.max(total / result.duration, lastRate.get(target.name) ?? 0))
+  const exhausted = used > items.length && pool !== undefined
+  const others = Object.entries(result.statusCodeStats).filter(([code]) => code !== String(target.expect))
+    .map(([code, s]) => `${s.count}x${code}`)
+  if (result.errors > 0) others.push(`${result.errors} errors`)
+  if (result.timeouts > 0) others.push(`${result.timeouts} timeouts`)
+  if (exhausted) others.push(`pool of ${items.length} exhausted`)
+  return {
+    rps,
+    p50: result.latency.p50,
+    p99: result.latency.p99,
+    cpu,
+    genCpu,
+    bad: total - good + result.errors + result.timeouts,
+    badDetail: others.join(', '),
+    exhausted
+  }
+}
+
+function median (values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = sorted.length >> 1
+  return sorted.length % 2 === 1 ? sorted[mid] as number : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
+}
+
+interface Measured {
+  name: string
+  rps: number
+  p50: number
+  p99: number
+  cpu: number
+  /** Server CPU time per request, microseconds. */
+  us: number
+  bad: number
+  runs: number[]
+}
+
+/** A warm-up run of each target, then ROUNDS rounds in which every target runs once, in turn. */
+async function alternate (targets: Target[]): Promise<Map<string, Measured>> {
+  for (const target of targets) await measure(target, WARMUP)
+  const samples = new Map<string, Sample[]>(targets.map(t => [t.name, []]))
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const target of targets) {
+      const sample = await measure(target, DURATION, true)
+      samples.get(target.name)?.push(sample)
+      progress(`round ${round + 1}/${ROUNDS} ${target.name}: ${Math.round(sample.rps)} req/s, cpu server ${sample.cpu.toFixed(2)} ` +
+        `(${(sample.cpu * 1e6 / sample.rps).toFixed(0)} us/req) load ${sample.genCpu.toFixed(2)}` +
+        (sample.bad > 0 ? `, unexpected: ${sample.badDetail}` : ''))
+    }
+  }
+  const out = new Map<string, Measured>()
+  for (const [name, list] of samples) {
+    out.set(name, {
+      name,
+      rps: median(list.map(s => s.rps)),
+      p50: median(list.map(s => s.p50)),
+      p99: median(list.map(s => s.p99)),
+      cpu: median(list.map(s => s.cpu)),
+      us: median(list.map(s => s.cpu * 1e6 / s.rps)),
+      bad: list.reduce((sum, s) => sum + s.bad, 0),
+      runs: list.map(s => Math.round(s.rps))
+    })
+  }
+  return out
+}
+
+function progress (line: string): void {
+  process.stderr.write(`  ${line}\n`)
+}
+
+// ---- the table -------------------------------------------------------------------------------
+
+interface Row {
+  scenario: string
+  m?: Measured
+  ratio?: number
+  reference?: string
+  /** Minimum ratio. */
+  target?: number
+  note?: string
+}
+
+const rows: Row[] = []
+let failed = false
+
+function verdict (row: Row): string {
+  if (row.m === undefined) return row.note ?? 'n/a'
+  if (row.m.bad > 0) return 'INVALID'
+  if (row.target === undefined || row.ratio === undefined) return 'info'
+  return row.ratio >= row.target ? 'pass' : 'FAIL'
+}
+
+function versus (scenario: string, m: Measured | undefined, ref: Measured | undefined, reference: string, target?: number): void {
+  if (m === undefined || ref === undefined) return
+  rows.push({ scenario, m, ratio: m.rps / ref.rps, reference, ...(target !== undefined ? { target } : {}) })
+}
+
+function printTable (): void {
+  const header = ['scenario', 'req/s', 'p50 ms', 'p99 ms', 'srv cpu', 'srv us/req', 'ratio', 'reference', 'target', 'result']
+  const lines = rows.map(row => {
+    const v = verdict(row)
+    if (v === 'FAIL' || v === 'INVALID') failed = true
+    const m = row.m
+    return [
+      row.scenario,
+      m ? String(Math.round(m.rps)) : '-',
+      m ? m.p50.toFixed(1) : '-',
+      m ? m.p99.toFixed(1) : '-',
+      m ? m.cpu.toFixed(2) : '-',
+      m ? m.us.toFixed(0) : '-',
+      row.ratio !== undefined ? row.ratio.toFixed(2) : '-',
+      row.reference ?? '-',
+      row.target !== undefined ? `>= ${row.target.toFixed(2)}` : '-',
+      row.m === undefined ? (row.note ?? 'n/a').split(/[ :(]/)[0] as string : v
+    ]
+  })
+  printAligned(header, lines)
+  for (const row of rows) {
+    if (row.m === undefined && row.note !== undefined) console.log(`  ${row.scenario}: ${row.note}`)
+  }
+}
+
+function printAligned (header: string[], lines: string[][]): void {
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map(l => (l[i] ?? '').length)))
+  const fmt = (cells: string[]) => '| ' + cells.map((c, i) => c.padEnd(widths[i] as number)).join(' | ') + ' |'
+  console.log(fmt(header))
+  console.log('|' + widths.map(w => '-'.repeat(w + 2)).join('|') + '|')
+  for (const l of lines) console.log(fmt(l))
+}
+
+// ---- scenarios -------------------------------------------------------------------------------
+
+async function guardBench (): Promise<void> {
+  console.log('\n## guard (GET, trivial handler)')
+  const started: BenchServer[] = []
+  let redis: RedisServer | undefined
+  const start = async (spec: Parameters<typeof BenchServer.start>[0]) => {
+    const s = await BenchServer.start(spec)
+    if (s instanceof BenchServer) started.push(s)
+    return s
+  }
+  try {
+    const main = await start({ kind: 'guard', store: 'memory', rateLimit: false, metrics: false })
+    if (!(main instanceof BenchServer)) throw new Error(`guard server: ${main.unsupported}`)
+    const limited = await start({ kind: 'guard', store: 'memory', rateLimit: true, metrics: false })
+    const metrics = await start({ kind: 'guard', store: 'memory', rateLimit: false, metrics: true })
+    let redisServer: BenchServer | { unsupported: string }
+    if (redisServerAvailable()) {
+      redis = await startRedisServer()
+      redisServer = await start({ kind: 'guard', store: 'redis', redisUrl: redis.url, rateLimit: false, metrics: false })
+    } else {
+      redisServer = { unsupported: 'skipped: redis-server is not installed (apt-get install redis-server)' }
+    }
+    const bearer = (s: BenchServer) => ({ authorization: `Bearer ${s.accessToken as string}` })
+    const targets: Target[] = [
+      { name: 'bare', server: main, method: 'GET', path: '/bare', expect: 200 },
+      { name: 'protected', server: main, method: 'GET', path: '/protected', headers: bearer(main), expect: 200 },
+      { name: 'no-token', server: main, method: 'GET', path: '/protected', expect: 401 }
+    ]
+    if (limited instanceof BenchServer) targets.push({ name: 'rate-limited', server: limited, method: 'GET', path: '/protected', headers: bearer(limited), expect: 200 })
+    if (metrics instanceof BenchServer) targets.push({ name: 'metrics', server: metrics, method: 'GET', path: '/protected', headers: bearer(metrics), expect: 200 })
+    if (redisServer instanceof BenchServer) targets.push({ name: 'redis', server: redisServer, method: 'GET', path: '/protected', headers: bearer(redisServer), expect: 200 })
+    const r = await alternate(targets)
+    const bare = r.get('bare')
+    rows.push({ scenario: 'guard: /bare (memory process)', ...(bare ? { m: bare } : {}), ratio: 1, reference: 'itself' })
+    versus('guard: /protected, memory store, no rate limit', r.get('protected'), bare, '/bare', 0.9)
+    versus('guard: 401 path (no token)', r.get('no-token'), bare, '/bare')
+    if (limited instanceof BenchServer) versus('guard: /protected + per-user rate limit', r.get('rate-limited'), bare, '/bare')
+    else rows.push({ scenario: 'guard: /protected + per-user rate limit', note: limited.unsupported })
+    if (metrics instanceof BenchServer) versus('guard: /protected, metrics on', r.get('metrics'), r.get('protected'), '/protected, metrics off')
+    else rows.push({ scenario: 'guard: /protected, metrics on', note: `n/a (${metrics.unsupported})` })
+    if (redisServer instanceof BenchServer) versus('guard: /protected, Redis store', r.get('redis'), bare, '/bare', 0.6)
+    else rows.push({ scenario: 'guard: /protected, Redis store', note: redisServer.unsupported })
+  } finally {
+    for (const s of started) await s.stop()
+    await redis?.destroy()
+  }
+}
+
+async function tokenBench (): Promise<void> {
+  console.log('\n## token endpoint (POST form, public client, PKCE S256, opaque tokens, rotation)')
+  const started: BenchServer[] = []
+  try {
+    const ours = await BenchServer.start({ kind: 'token' })
+    if (!(ours instanceof BenchServer)) throw new Error(`token server: ${ours.unsupported}`)
+    started.push(ours)
+    const oidc = await BenchServer.start({ kind: 'oidc' })
+    if (!(oidc instanceof BenchServer)) throw new Error(`oidc-provider: ${oidc.unsupported}`)
+    started.push(oidc)
+    const client = `client_id=${encodeURIComponent(TOKEN_BENCH.clientId)}`
+    const refreshBody = (token: string) => `grant_type=refresh_token&refresh_token=${encodeURIComponent(token)}&${client}`
+    const codeBody = (code: string) => `grant_type=authorization_code&code=${encodeURIComponent(code)}` +
+      `&redirect_uri=${encodeURIComponent(TOKEN_BENCH.redirectUri)}&code_verifier=${TOKEN_BENCH.codeVerifier}&${client}`
+    const r = await alternate([
+      { name: 'plugin refresh', server: ours, method: 'POST', path: '/oauth/token', expect: 200, pool: { grant: 'refresh', body: refreshBody } },
+      { name: 'oidc refresh', server: oidc, method: 'POST', path: '/token', expect: 200, pool: { grant: 'refresh', body: refreshBody } },
+      { name: 'bare form', server: ours, method: 'POST', path: '/bare-form', expect: 200, pool: { grant: 'fake', body: refreshBody } },
+      { name: 'plugin code', server: ours, method: 'POST', path: '/oauth/token', expect: 200, pool: { grant: 'code', body: codeBody } },
+      { name: 'oidc code', server: oidc, method: 'POST', path: '/token', expect: 200, pool: { grant: 'code', body: codeBody } }
+    ])
+    const bare = r.get('bare form')
+    rows.push({ scenario: 'token: bare route, same form body', ...(bare ? { m: bare } : {}), ratio: 1, reference: 'itself' })
+    versus('token: oidc-provider, refresh rotation', r.get('oidc refresh'), bare, 'bare form')
+    versus('token: plugin, refresh rotation', r.get('plugin refresh'), r.get('oidc refresh'), 'oidc-provider refresh', 2)
+    versus('token: plugin, refresh rotation', r.get('plugin refresh'), bare, 'bare form', 0.5)
+    versus('token: oidc-provider, code exchange', r.get('oidc code'), bare, 'bare form')
+    versus('token: plugin, code exchange', r.get('plugin code'), r.get('oidc code'), 'oidc-provider code')
+    versus('token: plugin, code exchange', r.get('plugin code'), bare, 'bare form', 0.5)
+  } finally {
+    for (const s of started) await s.stop()
+  }
+}
+
+async function memoryBench (): Promise<void> {
+  console.log('\n## memory store')
+  const child = forkHere('./memory.ts', [], ['--expose-gc'])
+  let result: MemoryResult | { error: string }
+  try {
+    result = await firstMessage<MemoryResult | { error: string }>(child, 300_000)
+  } finally {
+    await stopChild(child)
+  }
+  if ('error' in result) throw new Error(`memory probe: ${result.error}`)
+  const mb = (b: number) => `${(b / 1048576).toFixed(1)} MiB`
+  const growth = (result.afterSweepBytes - result.baselineBytes) / result.baselineBytes
+  const lines: Array<[string, string, string, boolean]> = [
+    [`heap per live grant (${result.grants} grants: grant + access + refresh records)`, `${Math.round(result.perGrantBytes)} B`, '<= 1024 B', result.perGrantBytes <= 1024],
+    ['heap after expiry + sweep, vs baseline', `${growth >= 0 ? '+' : ''}${(growth * 100).toFixed(1)} % (${mb(result.baselineBytes)} -> ${mb(result.loadedBytes)} -> ${mb(result.afterSweepBytes)})`, '<= +10 %', growth <= 0.1],
+    ['event-loop delay p99 during the sweep', `${result.sweepDelayP99Ms.toFixed(1)} ms (max ${result.sweepDelayMaxMs.toFixed(1)} ms, pass ${result.sweepMs.toFixed(0)} ms; idle p99 ${result.idleDelayP99Ms.toFixed(1)} ms)`, '< 20 ms', result.sweepDelayP99Ms < 20],
+    ['records left after the sweep', `${result.remaining.grants + result.remaining.accessTokens + result.remaining.refreshTokens}`, '0', result.remaining.grants + result.remaining.accessTokens + result.remaining.refreshTokens === 0]
+  ]
+  memoryLines.push(...lines)
+}
+
+const memoryLines: Array<[string, string, string, boolean]> = []
+
+async function main (): Promise<void> {
+  console.log(`fastify-mcp-oauth benchmarks: node ${process.version}, ${DURATION} s per run, ${ROUNDS} rounds (median), ` +
+    `${CONNECTIONS} connections, warm-up ${WARMUP} s`)
+  if (PROFILE !== undefined) mkdirSync(PROFILE, { recursive: true })
+  if (ONLY.has('guard')) await guardBench()
+  if (ONLY.has('token')) await tokenBench()
+  if (ONLY.has('memory')) await memoryBench()
+  console.log('')
+  if (rows.length > 0) printTable()
+  if (memoryLines.length > 0) {
+    console.log('')
+    printAligned(['memory', 'measured', 'target', 'result'], memoryLines.map(([a, b, c, ok]) => {
+      if (!ok) failed = true
+      return [a, b, c, ok ? 'pass' : 'FAIL']
+    }))
+  }
+  console.log(failed ? '\nsome targets were missed' : '\nall targets met')
+  process.exitCode = failed ? 1 : 0
+}
+
+// Interrupted: exit through 'exit', whose handlers kill the servers and redis-server.
+for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => process.exit(130))
+
+main().catch((err: unknown) => {
+  console.error(err)
+  process.exitCode = 1
+})
