@@ -257,6 +257,12 @@ function printTable (): void {
   for (const row of rows) {
     if (row.m === undefined && row.note !== undefined) console.log(`  ${row.scenario}: ${row.note}`)
   }
+  // A server that did not get most of a core was waiting for the machine, not for its own work.
+  const starved = [...new Set(rows.filter(r => r.m !== undefined && r.m.cpu < 0.8).map(r => r.scenario))]
+  if (starved.length > 0) {
+    console.log(`  note: the server had less than 80 % of a core in: ${starved.join('; ')}. The machine was busy ` +
+      'with something else; those ratios are noise more than measurement: run again when it is quiet.')
+  }
 }
 
 function printAligned (header: string[], lines: string[][]): void {
