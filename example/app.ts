@@ -1,6 +1,6 @@
 import Fastify, { type FastifyInstance, type FastifyPluginAsync, type FastifyServerOptions } from 'fastify'
 import fp from 'fastify-plugin'
-import { mcpOAuth } from '../lib/index.js'
+import { mcpOAuth, type McpOAuthOptions } from '../lib/index.js'
 import { randomBytes } from 'node:crypto'
 import type { Provider } from '../lib/providers/types.js'
 import { googleProvider, oidcProvider } from '../lib/providers/index.js'
@@ -105,6 +105,8 @@ export async function upstreamFromEnv (env: ExampleEnv, issuer: string): Promise
 export interface ExampleAppOptions {
   /** Where to read the configuration from; default process.env. */
   env?: ExampleEnv
+  /** More plugin options, on top of what the environment says (the Prometheus variant adds `metrics`). */
+  oauth?: Partial<McpOAuthOptions>
 }
 
 /** The application plugin: the OAuth plugin, the MCP endpoint and a help page at `/`. */
@@ -136,7 +138,8 @@ const exampleApp: FastifyPluginAsync<ExampleAppOptions> = async (fastify, opts) 
     ...(env.MCP_OAUTH_COOKIE_SECRET !== undefined && env.MCP_OAUTH_COOKIE_SECRET !== '' ? { cookieSecret: env.MCP_OAUTH_COOKIE_SECRET } : {}),
     ...(env.MCP_OAUTH_ENCRYPTION_KEY !== undefined && env.MCP_OAUTH_ENCRYPTION_KEY !== ''
       ? { encryption: { keys: [{ id: 'k1', key: env.MCP_OAUTH_ENCRYPTION_KEY }] } }
-      : {})
+      : {}),
+    ...opts.oauth
   })
   await fastify.register(mcpRoutes, { scopes: config.scopes })
 
