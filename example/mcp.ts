@@ -10,15 +10,7 @@ export interface McpRoutesOptions {
 }
 
 /** The part of the access token's identity the `whoami` tool reveals (the grant id stays internal). */
-export interface WhoAmI {
-  userId: string
-  email?: string
-  clientId: string
-  scopes: string[]
-  resource: string
-  /** Epoch seconds. */
-  expiresAt: number
-}
+export type WhoAmI = Omit<McpAuthInfo, 'grantId'>
 
 const WhoAmIShape = {
   userId: z.string(),

@@ -41,17 +41,9 @@ function bad (description: string): OAuthError {
   return new OAuthError('invalid_client_metadata', description)
 }
 
-export interface ValidatedMetadata {
-  redirectUris: string[]
-  tokenEndpointAuthMethod: ClientAuthMethod
-  grantTypes: string[]
-  responseTypes: string[]
-  applicationType: 'web' | 'native'
-  clientName?: string
-  scope?: string
-  metadata: Record<string, unknown>
-  redirectKinds: RedirectKind[]
-}
+/** The client record's metadata fields, as validated from a registration body. */
+export type ValidatedMetadata = Pick<ClientRecord,
+  'redirectUris' | 'tokenEndpointAuthMethod' | 'grantTypes' | 'responseTypes' | 'applicationType' | 'clientName' | 'scope' | 'metadata'>
 
 /** Validate RFC 7591 client metadata. Throws invalid_client_metadata / invalid_redirect_uri (400). */
 export function validateClientMetadata (input: unknown, config: ResolvedConfig): ValidatedMetadata {
@@ -135,8 +127,7 @@ export function validateClientMetadata (input: unknown, config: ResolvedConfig):
     grantTypes: [...new Set(grantTypes)],
     responseTypes,
     applicationType: appType,
-    metadata,
-    redirectKinds
+    metadata
   }
   if (typeof name === 'string' && name.trim() !== '') result.clientName = name.trim()
   if (scope !== undefined) result.scope = scope
