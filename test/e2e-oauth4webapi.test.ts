@@ -1,9 +1,8 @@
 import t, { type Test } from 'tap'
-import type { FastifyInstance } from 'fastify'
 import * as oauth from 'oauth4webapi'
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
-import { buildExample } from '../example/app.js'
+import { startExample, type RunningExample } from './helpers/example.js'
 import { Browser } from './helpers/browser.js'
 import { freePort } from './helpers/login.js'
 
@@ -13,23 +12,8 @@ import { freePort } from './helpers/login.js'
  * token response shape), so anything sloppy in the server's answers fails here.
  */
 
-interface Server {
-  app: FastifyInstance
-  issuer: string
-  mcp: URL
-}
-
 /** Plain http is fine on loopback; oauth4webapi refuses it unless told. */
 const insecure = { [oauth.allowInsecureRequests]: true, signal: () => AbortSignal.timeout(10_000) } as const
-
-async function startExample (t: Test): Promise<Server> {
-  const port = await freePort()
-  const issuer = `http://127.0.0.1:${port}`
-  const app = await buildExample({ PORT: String(port), HOST: '127.0.0.1', MCP_OAUTH_ISSUER: issuer })
-  t.teardown(() => app.close())
-  await app.listen({ port, host: '127.0.0.1' })
-  return { app, issuer, mcp: new URL(`${issuer}/mcp`) }
-}
 
 const initialize = JSON.stringify({
   jsonrpc: '2.0',
@@ -75,7 +59,7 @@ interface Discovered {
 }
 
 /** From the 401 of /mcp to a registered client, the way an MCP client starts. */
-async function discoverAndRegister (t: Test, server: Server): Promise<Discovered> {
+async function discoverAndRegister (t: Test, server: RunningExample): Promise<Discovered> {
   const challenge = await fetch(server.mcp, { method: 'POST', headers: mcpHeaders, body: initialize, signal: AbortSignal.timeout(10_000) })
   await challenge.body?.cancel()
   t.equal(challenge.status, 401, 'no token: 401')

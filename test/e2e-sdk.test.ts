@@ -1,12 +1,11 @@
 import t, { type Test } from 'tap'
 import { randomBytes } from 'node:crypto'
-import type { FastifyInstance } from 'fastify'
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
 import { UnauthorizedError, type OAuthClientProvider } from '@modelcontextprotocol/sdk/client/auth.js'
 import type { OAuthClientInformationMixed, OAuthClientMetadata, OAuthTokens } from '@modelcontextprotocol/sdk/shared/auth.js'
 import type { FetchLike } from '@modelcontextprotocol/sdk/shared/transport.js'
-import { buildExample } from '../example/app.js'
+import { startExample } from './helpers/example.js'
 import { Browser } from './helpers/browser.js'
 import { freePort } from './helpers/login.js'
 
@@ -16,22 +15,6 @@ import { freePort } from './helpers/login.js'
  * through our consent page and the example's development IdP, exchanges the code, calls the tools
  * and, when its access token is refused, refreshes it on its own.
  */
-
-interface Server {
-  app: FastifyInstance
-  issuer: string
-  mcp: URL
-}
-
-/** The example, configured from the environment as in production, on a real loopback socket. */
-async function startExample (t: Test): Promise<Server> {
-  const port = await freePort()
-  const issuer = `http://127.0.0.1:${port}`
-  const app = await buildExample({ PORT: String(port), HOST: '127.0.0.1', MCP_OAUTH_ISSUER: issuer })
-  t.teardown(() => app.close())
-  await app.listen({ port, host: '127.0.0.1' })
-  return { app, issuer, mcp: new URL(`${issuer}/mcp`) }
-}
 
 interface Recorded {
   method: string
