@@ -79,12 +79,13 @@ export const oauthRoutes: FastifyPluginAsync<OAuthRouteDeps> = async (fastify, d
     })
     if (telemetry.stepSpans) stepSpans.add(config)
   }
-  fastify.addHook('onSend', async (_request, reply, payload) => {
+  // Callback style: no promise per response for four header writes.
+  fastify.addHook('onSend', (_request, reply, payload, done) => {
     reply.header('x-content-type-options', 'nosniff')
     reply.header('referrer-policy', 'no-referrer')
     if (config.hsts) reply.header('strict-transport-security', 'max-age=31536000')
     if (!reply.hasHeader('cache-control')) reply.header('cache-control', 'no-store')
-    return payload
+    done(null, payload)
   })
 
   await fastify.register(rateLimit, {

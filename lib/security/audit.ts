@@ -36,6 +36,7 @@ interface Logger {
   debug (obj: object, msg?: string): void
   info (obj: object, msg?: string): void
   warn (obj: object, msg?: string): void
+  isLevelEnabled? (level: string): boolean
 }
 
 /** User ids are personal data: logs get a short, stable hash instead. */
@@ -53,12 +54,13 @@ export class Auditor {
 
   constructor (logger: Logger, sink?: AuditSink) {
     this.#sink = sink ?? ((event, fields) => {
+      const level = WARN.has(event) ? 'warn' : DEBUG.has(event) ? 'debug' : 'info'
+      // Build nothing (no copy, no hash) for a line the logger would drop.
+      if (logger.isLevelEnabled?.(level) === false) return
       const line: Record<string, unknown> = { event, ...fields }
       if ('userId' in line && typeof line.userId === 'string') line.userId = hashUserId(line.userId)
       const msg = event === 'config_weakened' ? String((fields as { setting: string }).setting) : `audit: ${event}`
-      if (WARN.has(event)) logger.warn(line, msg)
-      else if (DEBUG.has(event)) logger.debug(line, msg)
-      else logger.info(line, msg)
+      logger[level](line, msg)
     })
   }
 
