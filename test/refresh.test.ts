@@ -1,6 +1,7 @@
 import t from 'tap'
 import { buildApp, RESOURCE } from './helpers/app.js'
 import type { TestApp } from './helpers/app.js'
+import { hashToken, looksLike } from '../lib/core/tokens.js'
 
 const PUBLIC = { client_id: 'public-app', redirect_uris: ['http://127.0.0.1/cb'] }
 const SECRET = 'confidential-secret-0123456789abcdef'
@@ -84,6 +85,35 @@ t.test('grace window: a repeated refresh gets the same successor pair', async t 
   ctx.clock.advance(1)
   const late = await refresh(ctx, tokens.refresh_token)
   t.equal(late.body.error, 'invalid_grant', 'outside the window: reuse')
+})
+
+t.test('what the store keeps of a successor cannot rebuild it, and a tampered one means reuse', async t => {
+  const ctx = await setup(t)
+  const { tokens } = await issue(ctx)
+  const a = await refresh(ctx, tokens.refresh_token, { scope: 'mcp:tools' })
+  t.ok(looksLike('accessToken', a.body.access_token as string) && looksLike('refreshToken', a.body.refresh_token as string), 'derived tokens have the usual shape')
+  const store = ctx.app.mcpOAuth.storage
+  const rotated = await store.getRefreshToken(hashToken(tokens.refresh_token), ctx.clock.now())
+  const info = rotated?.successor as string
+  t.match(info, /^[A-Za-z0-9_-]{22} mcp:tools$/, 'a salt and the narrowed scope, nothing more')
+  for (const secret of [a.body.access_token, a.body.refresh_token] as string[]) {
+    t.notOk(info.includes(secret.slice(6, 20)), 'no part of a successor token is stored')
+  }
+  const b = await refresh(ctx, tokens.refresh_token)
+  t.same(b.body, a.body, 'the grace replay rebuilds the same pair, narrowed scope included')
+
+  // A store whose successor field was damaged (or written by something else): reuse, not a crash.
+  for (const bad of ['', 'no-space-here', 'short scope', `${'A'.repeat(22)}`]) {
+    const fresh = (await issue(ctx)).tokens
+    const first = await refresh(ctx, fresh.refresh_token)
+    t.equal(first.status, 200)
+    const record = await store.getRefreshToken(hashToken(fresh.refresh_token), ctx.clock.now())
+    await store.saveRefreshToken(hashToken(fresh.refresh_token), { ...record!, successor: bad })
+    const replay = await refresh(ctx, fresh.refresh_token)
+    t.equal(replay.status, 400, `successor ${JSON.stringify(bad)}: refused`)
+    t.equal(replay.body.error, 'invalid_grant')
+    t.equal(await call(ctx, first.body.access_token as string), 401, 'and the family is revoked')
+  }
 })
 
 t.test('grace window 0: any replay revokes', async t => {

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto'
+import { hash } from 'node:crypto'
 import { safeEqual } from './tokens.js'
 
 /** RFC 7636 §4.1: 43–128 characters of [A-Z] / [a-z] / [0-9] / "-" / "." / "_" / "~". */
@@ -17,7 +17,7 @@ export function isValidChallenge (challenge: string, method: PkceMethod): boolea
 }
 
 export function s256 (verifier: string): string {
-  return createHash('sha256').update(verifier).digest('base64url')
+  return hash('sha256', verifier, 'base64url')
 }
 
 /** Does the verifier match the challenge stored with the code? Constant-time comparison. */

@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, createHmac } from 'node:crypto'
+import { hash } from 'node:crypto'
 import { OAuthError } from '../errors.js'
 import type { ResolvedConfig } from '../options.js'
 import type { Auditor } from '../security/audit.js'
@@ -6,7 +6,7 @@ import type { ClientRecord, RefreshTokenRecord, Store } from '../storage/types.j
 import type { TokenResponse } from './grants.js'
 import { matchResource } from './resource.js'
 import { narrowScopes } from './scopes.js'
-import { generateToken, hashToken, looksLike, randomBuffer } from './tokens.js'
+import { generateId, hashToken, looksLike, TOKEN_PREFIX } from './tokens.js'
 
 export interface RefreshDeps {
   config: ResolvedConfig
@@ -17,31 +17,46 @@ export interface RefreshDeps {
   revokeGrant: (grantId: string) => Promise<boolean>
 }
 
+/** FixedInfo of the derivation: what the key is for (a new label for a new derivation). */
+const SUCCESSOR_LABEL = 'mcp-oauth refresh successor v2\0'
+/** The one-step KDF's 32-bit big-endian counter, for its single block. */
+const COUNTER_1 = '\0\0\0\x01'
+
 /**
- * The successor pair is kept with the rotated token for the grace window, encrypted under a key
- * derived from the old refresh token itself: the store (which holds only SHA-256 of that token)
- * cannot read it; only a caller presenting the old token can.
+ * The successor pair of a rotation is derived, not drawn: the one-step key derivation of NIST SP
+ * 800-56C (rev. 2, §4.1, option 1: SHA-512 over counter || secret || FixedInfo) with the old
+ * refresh token as the secret and a label plus a fresh random salt as FixedInfo gives 64 bytes,
+ * the first half the access token, the second the refresh token (256 bits each). The store keeps
+ * only the salt (and the granted scope) with the rotated record, in `successor`, so that within
+ * the grace window a caller presenting the old token gets the same pair again. Neither the old
+ * token alone (the salt is server-side) nor the store alone (it has the old token's hash, not the
+ * token) can compute the pair. One SHA-512 call costs about a third of an HMAC.
  */
-function successorKey (refreshToken: string): Buffer {
-  return createHmac('sha256', refreshToken).update('mcp-oauth refresh successor v1').digest()
+function deriveSuccessor (refreshToken: string, salt: string): { accessToken: string, refreshToken: string } {
+  const out = hash('sha512', COUNTER_1 + refreshToken + SUCCESSOR_LABEL + salt, 'buffer')
+  return {
+    accessToken: TOKEN_PREFIX.accessToken + out.toString('base64url', 0, 32),
+    refreshToken: TOKEN_PREFIX.refreshToken + out.toString('base64url', 32, 64)
+  }
 }
 
-function sealSuccessor (refreshToken: string, pair: TokenResponse): string {
-  const iv = randomBuffer(12)
-  const cipher = createCipheriv('aes-256-gcm', successorKey(refreshToken), iv)
-  const body = Buffer.concat([cipher.update(JSON.stringify(pair), 'utf8'), cipher.final()])
-  return [iv, body, cipher.getAuthTag()].map(b => b.toString('base64url')).join('.')
+/** `successor` as stored: the salt, a space, the space-separated scope of the pair. */
+function successorInfo (salt: string, scope: string): string {
+  return salt + ' ' + scope
 }
 
-function openSuccessor (refreshToken: string, sealed: string): TokenResponse | null {
-  const [iv, body, tag] = sealed.split('.')
-  if (iv === undefined || body === undefined || tag === undefined) return null
-  try {
-    const decipher = createDecipheriv('aes-256-gcm', successorKey(refreshToken), Buffer.from(iv, 'base64url'))
-    decipher.setAuthTag(Buffer.from(tag, 'base64url'))
-    return JSON.parse(Buffer.concat([decipher.update(Buffer.from(body, 'base64url')), decipher.final()]).toString('utf8')) as TokenResponse
-  } catch {
-    return null
+/** The pair again, from the old token and what the store kept; null when that is not ours. */
+function replaySuccessor (refreshToken: string, info: string, expiresIn: number): TokenResponse | null {
+  const space = info.indexOf(' ')
+  const salt = space < 0 ? '' : info.slice(0, space)
+  if (!/^[A-Za-z0-9_-]{22}$/.test(salt)) return null
+  const pair = deriveSuccessor(refreshToken, salt)
+  return {
+    access_token: pair.accessToken,
+    token_type: 'Bearer',
+    expires_in: expiresIn,
+    refresh_token: pair.refreshToken,
+    scope: info.slice(space + 1)
   }
 }
 
@@ -71,23 +86,24 @@ export class RefreshService {
 
     const grant = await store.getGrant(record.grantId, now)
     if (grant === null) throw invalid()
-    const scope = typeof body.scope === 'string' ? body.scope : undefined
-    const scopes = narrowScopes(scope, record.scopes)
+    const requested = typeof body.scope === 'string' ? body.scope : undefined
+    const scopes = narrowScopes(requested, record.scopes)
     if (!scopes.ok) throw new OAuthError('invalid_scope', scopes.description)
     if (body.resource !== undefined) {
       const match = typeof body.resource === 'string' ? matchResource(body.resource, config.resources) : null
       if (match === null || match.resource !== grant.resource) throw new OAuthError('invalid_target', 'The refresh token is bound to another resource')
     }
 
-    const accessToken = generateToken('accessToken')
-    const refreshToken = generateToken('refreshToken')
+    const salt = generateId()
+    const { accessToken, refreshToken } = deriveSuccessor(token, salt)
     const accessHash = hashToken(accessToken)
+    const scope = scopes.scopes.join(' ')
     const pair: TokenResponse = {
       access_token: accessToken,
       token_type: 'Bearer',
       expires_in: config.ttl.accessToken,
       refresh_token: refreshToken,
-      scope: scopes.scopes.join(' ')
+      scope
     }
     // The access token is stored before the swap so that a concurrent loser, which hands out this
     // same pair from the grace window, never hands out a token the guard does not know yet.
@@ -108,7 +124,7 @@ export class RefreshService {
       issuedAt: now,
       expiresAt: Math.min(now + config.ttl.refreshToken * 1000, grant.expiresAt)
     }
-    const result = await store.rotateRefreshToken(hash, { hash: hashToken(refreshToken), token: next }, now, sealSuccessor(token, pair))
+    const result = await store.rotateRefreshToken(hash, { hash: hashToken(refreshToken), token: next }, now, successorInfo(salt, scope))
     if (result.status === 'rotated') {
       auditor.emit('token_refreshed', { clientId: client.clientId, userId: grant.userId, grantId: grant.grantId })
       return pair
@@ -123,7 +139,7 @@ export class RefreshService {
     const graceMs = this.#d.config.refreshGraceSeconds * 1000
     const rotatedAt = record.rotatedAt as number
     if (graceMs > 0 && now - rotatedAt <= graceMs && record.successor !== undefined) {
-      const pair = openSuccessor(token, record.successor)
+      const pair = replaySuccessor(token, record.successor, this.#d.config.ttl.accessToken)
       if (pair !== null) return pair
     }
     await this.#d.revokeGrant(record.grantId)

@@ -110,10 +110,14 @@ export const oauthRoutes: FastifyPluginAsync<OAuthRouteDeps> = async (fastify, d
   }
 
   await fastify.register(formbody, { bodyLimit: BODY_LIMIT })
-  await fastify.register(cookie)
   await fastify.register(metadataRoutes, { config })
-  await fastify.register(authorizeRoutes, deps)
-  await fastify.register(callbackRoutes, deps)
+  // Cookies (the consent form's CSRF token, the remembered consent) only where a browser comes:
+  // the token, revocation and registration endpoints do not run the cookie hooks.
+  await fastify.register(async (browser) => {
+    await browser.register(cookie)
+    await browser.register(authorizeRoutes, deps)
+    await browser.register(callbackRoutes, deps)
+  })
   await fastify.register(tokenRoutes, deps)
   await fastify.register(revokeRoutes, deps)
   await fastify.register(introspectRoutes, deps)

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto'
+import { hash } from 'node:crypto'
 
 /** Every security-relevant event, with the fields each one carries. Never a secret. */
 export interface AuditEvents {
@@ -41,7 +41,7 @@ interface Logger {
 
 /** User ids are personal data: logs get a short, stable hash instead. */
 export function hashUserId (userId: string): string {
-  return createHash('sha256').update('mcp-oauth-user\0' + userId).digest('base64url').slice(0, 16)
+  return hash('sha256', 'mcp-oauth-user\0' + userId, 'base64url').slice(0, 16)
 }
 
 /**

@@ -126,7 +126,7 @@ export interface RefreshTokenRecord {
   expiresAt: number
   /** Set once the token has been exchanged; it then only serves reuse detection and grace. */
   rotatedAt?: number
-  /** Opaque, store-kept data about the successor (the caller decides; typically encrypted). */
+  /** Opaque, store-kept data about the successor (the caller decides; never enough on its own to rebuild a token). */
   successor?: string
 }
 

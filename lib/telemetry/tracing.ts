@@ -1,4 +1,4 @@
-import { context, trace, SpanKind, SpanStatusCode, type Attributes, type Context, type Tracer } from '@opentelemetry/api'
+import { context, trace, ProxyTracerProvider, SpanKind, SpanStatusCode, type Attributes, type Context, type Tracer } from '@opentelemetry/api'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteHandlerMethod, RouteOptions } from 'fastify'
 import { hashUserId, type AuditEventName, type AuditEvents } from '../security/audit.js'
 import type { ResolvedTracingOptions } from './options.js'
@@ -50,9 +50,25 @@ interface OtelRequest { opentelemetry?: () => { context?: Context } | undefined 
  */
 export class Tracing {
   readonly tracer: Tracer
+  /** The API's proxy provider, until an SDK is found behind it. */
+  #proxy: ProxyTracerProvider | undefined
 
   constructor (options: ResolvedTracingOptions) {
-    this.tracer = (options.tracerProvider ?? trace.getTracerProvider()).getTracer(TRACER_NAME)
+    const provider = options.tracerProvider ?? trace.getTracerProvider()
+    this.tracer = provider.getTracer(TRACER_NAME)
+    this.#proxy = provider instanceof ProxyTracerProvider ? provider : undefined
+  }
+
+  /**
+   * False while the tracer is the API's proxy with no SDK registered behind it: every span would
+   * be a non-recording one, so the per-request work is skipped. An SDK registered later (after
+   * the plugin) is picked up on the next request, and from then on this is a field read.
+   */
+  get live (): boolean {
+    if (this.#proxy === undefined) return true
+    if (this.#proxy.getDelegateTracer(TRACER_NAME) === undefined) return false
+    this.#proxy = undefined
+    return true
   }
 
   /** Wrap the handler of a flow-step route of the OAuth scope in its span. */
@@ -63,7 +79,9 @@ export class Tracing {
     const handler = route.handler as (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) => unknown
     const tracer = this.tracer
     const baseAttributes: Attributes = { 'http.route': route.url, 'http.request.method': route.method }
+    const tracing = this
     const wrapped = function (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) {
+      if (!tracing.live) return handler.call(this, request, reply)
       let name = step
       const attributes = { ...baseAttributes }
       if (step === 'oauth.token') {
