@@ -1,6 +1,6 @@
-import type { FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
+import type { FastifyReply, FastifyRequest, HookHandlerDoneFunction, onRequestHookHandler } from 'fastify'
 import { errors } from './errors.js'
-import type { TokenValidator } from './core/validator.js'
+import type { TokenValidator, ValidationResult } from './core/validator.js'
 import type { ResolvedConfig, ResolvedResource } from './options.js'
 import type { LimiterHolder } from './routes/oauth.js'
 
@@ -47,7 +47,7 @@ export function createAuthenticate (config: ResolvedConfig, validator: TokenVali
         .send(body)
     }
 
-    /** Run the rate limiter (callers check that there is one: no await when there is not); true when it answered 429. */
+    /** Run the rate limiter (callers check that there is one: no promise when there is not); true when it answered 429. */
     const limited = async (request: FastifyRequest, reply: FastifyReply): Promise<boolean> => {
       const perUser = limiter.perUser
       if (perUser === undefined) return false
@@ -63,11 +63,58 @@ export function createAuthenticate (config: ResolvedConfig, validator: TokenVali
       }
     }
 
-    return async function mcpOAuthGuard (request: FastifyRequest, reply: FastifyReply) {
+    const unavailable = (request: FastifyRequest, reply: FastifyReply, err: unknown): void => {
+      request.log.error({ err }, 'access token validation failed')
+      reply.code(503).header('retry-after', '1').header('cache-control', 'no-store')
+        .send({ error: 'temporarily_unavailable', error_description: 'Token storage is unavailable; retry shortly' })
+    }
+
+    /** Answer a token that is not valid here (401) or lacks a scope (403); else set `request.mcpAuth`. True: go on. */
+    const admit = (request: FastifyRequest, reply: FastifyReply, result: ValidationResult): boolean => {
+      if (!result.valid) {
+        fail(reply, 401, challenge('invalid_token', result.description), { error: 'invalid_token', error_description: result.description })
+        return false
+      }
+      const granted = result.auth.scopes
+      for (const scope of required) {
+        if (!granted.includes(scope)) {
+          const missing = required.filter(s => !granted.includes(s))
+          const d = `The access token lacks the scope ${missing.join(' ')}`
+          fail(reply, 403, challenge('insufficient_scope', d, required.join(' ')), { error: 'insufficient_scope', error_description: d })
+          return false
+        }
+      }
+      request.mcpAuth = result.auth
+      return true
+    }
+
+    /** The path with a promise: a store that does I/O, or a rate limiter. True: go on. */
+    const settle = async (request: FastifyRequest, reply: FastifyReply, token: string, known: ValidationResult | undefined): Promise<boolean> => {
+      let result = known
+      if (result === undefined) {
+        try {
+          result = await validator.validate(token, resource.resource)
+        } catch (err) {
+          unavailable(request, reply, err)
+          return false
+        }
+      }
+      // Guessing tokens costs the guesser: failed tokens count against the address's budget.
+      const limits = limiter.perUser !== undefined
+      if (limits && !result.valid && await limited(request, reply)) return false
+      if (!admit(request, reply, result)) return false
+      // Per-user budget, after the guard: keyed by who the token says, not by IP.
+      return !(limits && await limited(request, reply))
+    }
+
+    // Callback style: with a store that answers in process and no rate limiter, a request passes
+    // without a single promise; otherwise `settle` takes over.
+    return function mcpOAuthGuard (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
       const query = request.query as Record<string, unknown> | undefined
       if (query !== undefined && query !== null && Object.hasOwn(query, 'access_token')) {
         const d = 'Access tokens are accepted only in the Authorization header, never in the URL'
-        return fail(reply, 400, challenge('invalid_request', d), { error: 'invalid_request', error_description: d })
+        fail(reply, 400, challenge('invalid_request', d), { error: 'invalid_request', error_description: d })
+        return
       }
       const header = request.headers.authorization
       // The usual request (a well-formed Bearer header) needs one regex; the others find out why not.
@@ -75,35 +122,26 @@ export function createAuthenticate (config: ResolvedConfig, validator: TokenVali
       if (match === null) {
         if (header === undefined || header === '' || !/^bearer(?: |$)/i.test(header)) {
           // No credentials, or another scheme: RFC 6750 §3.1 says no error code.
-          return fail(reply, 401, noToken, { error_description: 'This resource requires an OAuth access token (Authorization: Bearer)' })
+          fail(reply, 401, noToken, { error_description: 'This resource requires an OAuth access token (Authorization: Bearer)' })
+          return
         }
         const d = SCHEME_ONLY.test(header) ? 'The Bearer scheme was sent without a token' : 'Malformed Bearer token'
-        return fail(reply, 400, challenge('invalid_request', d), { error: 'invalid_request', error_description: d })
+        fail(reply, 400, challenge('invalid_request', d), { error: 'invalid_request', error_description: d })
+        return
       }
-      let result
+      const token = match[1] as string
+      let result: ValidationResult | undefined
       try {
-        result = await validator.validate(match[1] as string, resource.resource)
+        result = validator.validateNow(token, resource.resource)
       } catch (err) {
-        request.log.error({ err }, 'access token validation failed')
-        return reply.code(503).header('retry-after', '1').header('cache-control', 'no-store')
-          .send({ error: 'temporarily_unavailable', error_description: 'Token storage is unavailable; retry shortly' })
+        unavailable(request, reply, err)
+        return
       }
-      if (!result.valid) {
-        // Guessing tokens costs the guesser: failed tokens count against the address's budget.
-        if (limiter.perUser !== undefined && await limited(request, reply)) return reply
-        return fail(reply, 401, challenge('invalid_token', result.description), { error: 'invalid_token', error_description: result.description })
+      if (result !== undefined && limiter.perUser === undefined) {
+        if (admit(request, reply, result)) done()
+        return
       }
-      const granted = result.auth.scopes
-      for (const scope of required) {
-        if (!granted.includes(scope)) {
-          const missing = required.filter(s => !granted.includes(s))
-          const d = `The access token lacks the scope ${missing.join(' ')}`
-          return fail(reply, 403, challenge('insufficient_scope', d, required.join(' ')), { error: 'insufficient_scope', error_description: d })
-        }
-      }
-      request.mcpAuth = result.auth
-      // Per-user budget, after the guard: keyed by who the token says, not by IP.
-      if (limiter.perUser !== undefined && await limited(request, reply)) return reply
+      settle(request, reply, token, result).then(go => { if (go) done() }, done)
     }
   }
 }

@@ -120,16 +120,47 @@ t.test('a revoked grant stops its access tokens at the guard', async t => {
 })
 
 t.test('storage failure: 503, retryable, never a 401 that would make the client drop its tokens', async t => {
+  // Both lookups the guard can use: the promise one (a store doing I/O) and the in-process one.
+  const broken = {
+    async: (store: MemoryStore) => {
+      Object.assign(store, { getAccessTokenNow: undefined })
+      store.getAccessToken = async () => { throw new Error('connection refused') }
+    },
+    sync: (store: MemoryStore) => {
+      store.getAccessTokenNow = () => { throw new Error('connection refused') }
+    }
+  }
+  for (const [kind, breakIt] of Object.entries(broken)) {
+    const store = new MemoryStore({ sweepIntervalMs: 0 })
+    breakIt(store)
+    const app = Fastify({ logger: false })
+    t.teardown(() => app.close())
+    await app.register(mcpOAuth, { issuer: ISSUER, resources: [RESOURCE], store })
+    app.get('/mcp', { onRequest: app.mcpOAuth.authenticate() }, async () => 'ok')
+    const res = await app.inject({ url: '/mcp', headers: { authorization: `Bearer ${generateToken('accessToken')}` } })
+    t.equal(res.statusCode, 503, `${kind} lookup`)
+    t.equal(res.headers['retry-after'], '1')
+    t.equal(res.json().error, 'temporarily_unavailable')
+  }
+})
+
+t.test('a store without the in-process lookup: the guard takes the promise path, same answers', async t => {
   const store = new MemoryStore({ sweepIntervalMs: 0 })
-  store.getAccessToken = async () => { throw new Error('connection refused') }
+  Object.assign(store, { getAccessTokenNow: undefined })
   const app = Fastify({ logger: false })
   t.teardown(() => app.close())
-  await app.register(mcpOAuth, { issuer: ISSUER, resources: [RESOURCE], store })
-  app.get('/mcp', { onRequest: app.mcpOAuth.authenticate() }, async () => 'ok')
-  const res = await app.inject({ url: '/mcp', headers: { authorization: `Bearer ${generateToken('accessToken')}` } })
-  t.equal(res.statusCode, 503)
-  t.equal(res.headers['retry-after'], '1')
-  t.equal(res.json().error, 'temporarily_unavailable')
+  await app.register(mcpOAuth, { issuer: ISSUER, resources: [RESOURCE], scopes: ['mcp:tools', 'mcp:admin'], store })
+  app.get('/mcp', { onRequest: app.mcpOAuth.authenticate({ scopes: ['mcp:tools'] }) }, async (request) => request.mcpAuth?.userId)
+  app.get('/admin', { onRequest: app.mcpOAuth.authenticate({ scopes: ['mcp:admin'] }) }, async () => 'admin')
+  const grant = await app.mcpOAuth.grants.createGrant({ userId: 'u-async', clientId: 'c', scopes: ['mcp:tools'], resource: RESOURCE })
+  const { access_token: token } = await app.mcpOAuth.grants.issueTokens(grant)
+  const ok = await app.inject({ url: '/mcp', headers: { authorization: `Bearer ${token}` } })
+  t.equal(ok.statusCode, 200)
+  t.equal(ok.body, 'u-async')
+  t.equal((await app.inject({ url: '/admin', headers: { authorization: `Bearer ${token}` } })).statusCode, 403)
+  const unknown = await app.inject({ url: '/mcp', headers: { authorization: `Bearer ${generateToken('accessToken')}` } })
+  t.equal(unknown.statusCode, 401)
+  t.match(unknown.headers['www-authenticate'], /error="invalid_token"/)
 })
 
 t.test('a route without required scopes advertises the resource scopes', async t => {

@@ -436,6 +436,10 @@ t.test('storage and provider wrappers: errors by kind, methods replaced later, n
   raw.getGrant = async () => { throw new StoreUnavailableError('down') }
   await t.rejects(store.getGrant('nope', Date.now()), StoreUnavailableError, 'a method replaced on the store is picked up')
   t.same(await store.stats?.(), await raw.stats(), 'stats() is passed through, not measured')
+  // The guard's in-process lookup counts as getAccessToken, failures included.
+  t.equal(store.getAccessTokenNow?.('nope', Date.now()), null)
+  raw.getAccessTokenNow = () => { throw new StoreUnavailableError('down') }
+  t.throws(() => store.getAccessTokenNow?.('nope', Date.now()), StoreUnavailableError)
 
   const s = parseExposition(await metrics.registry.metrics())
   t.equal(value(s, METRIC_NAMES.providerCalls, { provider: 'fake' }), 4)
@@ -446,6 +450,9 @@ t.test('storage and provider wrappers: errors by kind, methods replaced later, n
   t.equal(value(s, METRIC_NAMES.storageOperations, { operation: 'getGrant', result: 'ok' }), 1)
   t.equal(value(s, METRIC_NAMES.storageOperations, { operation: 'getGrant', result: 'error' }), 1)
   t.equal(value(s, METRIC_NAMES.storageOperations, { operation: 'stats' }), 0)
+  t.equal(value(s, METRIC_NAMES.storageOperations, { operation: 'getAccessToken', result: 'ok' }), 1)
+  t.equal(value(s, METRIC_NAMES.storageOperations, { operation: 'getAccessToken', result: 'error' }), 1)
+  t.equal(value(s, METRIC_NAMES.storageOperations, { operation: 'getAccessTokenNow' }), 0, 'no label of its own')
 
   // Every audit event has a decision in the table (the compiler checks it; this checks it runs).
   const events: AuditEventName[] = ['client_deleted', 'invalid_redirect', 'browser_mismatch', 'consent_denied', 'login_succeeded', 'upstream_failure', 'config_weakened']

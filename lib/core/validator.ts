@@ -1,5 +1,5 @@
 import { hashToken, looksLike } from './tokens.js'
-import type { TokenStore } from '../storage/types.js'
+import type { AccessTokenRecord, TokenStore } from '../storage/types.js'
 
 /** What a valid access token says about the request. Users may augment it (declaration merging). */
 export interface McpAuthInfo {
@@ -35,25 +35,40 @@ export class TokenValidator {
   }
 
   async validate (token: string, resource?: string): Promise<ValidationResult> {
-    if (!looksLike('accessToken', token)) {
-      return { valid: false, reason: 'malformed', description: 'The access token is not one this server issued' }
-    }
-    const record = await this.#store.getAccessToken(hashToken(token), this.#now() - this.#skewMs)
-    if (record === null) {
-      return { valid: false, reason: 'unknown', description: 'The access token is unknown, expired or revoked' }
-    }
-    if (resource !== undefined && record.resource !== resource) {
-      return { valid: false, reason: 'wrong_audience', description: 'The access token was issued for another resource' }
-    }
-    const auth: McpAuthInfo = {
-      userId: record.userId,
-      clientId: record.clientId,
-      scopes: record.scopes,
-      resource: record.resource,
-      expiresAt: Math.floor(record.expiresAt / 1000),
-      grantId: record.grantId
-    }
-    if (record.email !== undefined) auth.email = record.email
-    return { valid: true, auth }
+    return this.validateNow(token, resource) ?? await this.#validateAsync(token, resource)
   }
+
+  /**
+   * The same, answered synchronously when the store can (`getAccessTokenNow`); undefined when it
+   * cannot, and then `validate` is the way.
+   */
+  validateNow (token: string, resource?: string): ValidationResult | undefined {
+    if (!looksLike('accessToken', token)) return MALFORMED
+    const store = this.#store
+    if (store.getAccessTokenNow === undefined) return undefined
+    return result(store.getAccessTokenNow(hashToken(token), this.#now() - this.#skewMs), resource)
+  }
+
+  async #validateAsync (token: string, resource: string | undefined): Promise<ValidationResult> {
+    return result(await this.#store.getAccessToken(hashToken(token), this.#now() - this.#skewMs), resource)
+  }
+}
+
+const MALFORMED: ValidationResult = Object.freeze({ valid: false, reason: 'malformed', description: 'The access token is not one this server issued' })
+const UNKNOWN: ValidationResult = Object.freeze({ valid: false, reason: 'unknown', description: 'The access token is unknown, expired or revoked' })
+const WRONG_AUDIENCE: ValidationResult = Object.freeze({ valid: false, reason: 'wrong_audience', description: 'The access token was issued for another resource' })
+
+function result (record: AccessTokenRecord | null, resource: string | undefined): ValidationResult {
+  if (record === null) return UNKNOWN
+  if (resource !== undefined && record.resource !== resource) return WRONG_AUDIENCE
+  const auth: McpAuthInfo = {
+    userId: record.userId,
+    clientId: record.clientId,
+    scopes: record.scopes,
+    resource: record.resource,
+    expiresAt: Math.floor(record.expiresAt / 1000),
+    grantId: record.grantId
+  }
+  if (record.email !== undefined) auth.email = record.email
+  return { valid: true, auth }
 }

@@ -290,6 +290,14 @@ export class MemoryStore implements Store {
   }
 
   async getAccessToken (hash: string, now: number): Promise<AccessTokenRecord | null> {
+    return this.#accessToken(hash, now)
+  }
+
+  getAccessTokenNow (hash: string, now: number): AccessTokenRecord | null {
+    return this.#accessToken(hash, now)
+  }
+
+  #accessToken (hash: string, now: number): AccessTokenRecord | null {
     const token = this.#access.get(hash)
     if (!token) return null
     if (token.expiresAt <= now) {

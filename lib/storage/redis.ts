@@ -1,4 +1,5 @@
 import { createHash, randomUUID } from 'node:crypto'
+import { performance } from 'node:perf_hooks'
 import { Redis } from 'ioredis'
 import type { RedisOptions, RedisStatus } from 'ioredis'
 import type {
@@ -388,6 +389,8 @@ export class RedisStore implements Store {
   }
 
   readonly #owned: boolean
+  /** The client rejects every command after at most our deadline (its own `commandTimeout`). */
+  readonly #clientBounded: boolean
   readonly #prefix: string
   readonly #timeoutMs: number
   readonly #now: () => number
@@ -422,6 +425,7 @@ export class RedisStore implements Store {
       this.#client = new Redis(opts.url as string, {
         commandTimeout: timeout,
         enableOfflineQueue: false,
+        enableAutoPipelining: true,
         autoResendUnfulfilledCommands: false,
         maxRetriesPerRequest: 1,
         connectTimeout: Math.max(1000, 4 * timeout),
@@ -432,6 +436,8 @@ export class RedisStore implements Store {
       // Connection errors surface as rejected operations; keep the last one for their message.
       this.#client.on('error', this.#onError)
     }
+    const bound = this.#client.options.commandTimeout
+    this.#clientBounded = typeof bound === 'number' && bound > 0 && bound <= timeout
     this.#client.on('ready', this.#onReady)
     this.#client.on('end', this.#onReady)
   }
@@ -679,6 +685,13 @@ export class RedisStore implements Store {
    */
   async #op<T> (name: string, fn: (live: () => boolean) => Promise<T>): Promise<T> {
     if (this.#closed) throw new RedisStoreError(`RedisStore: ${name} after close()`)
+    // The common case: connected, and the client bounds each command itself (`commandTimeout` no
+    // longer than ours, as on the client the store creates). No timer, no race: a deadline read
+    // from the clock keeps a retry (the script reload) from being sent after it.
+    if (this.#client.status === 'ready' && this.#clientBounded) {
+      const deadline = performance.now() + this.#timeoutMs
+      return await fn(() => performance.now() < deadline)
+    }
     let expired = false
     let wake: (() => void) | undefined
     let timer: NodeJS.Timeout | undefined

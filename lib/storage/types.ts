@@ -147,6 +147,12 @@ export interface TokenStore {
   /** The grant must exist; the token joins its family. */
   saveAccessToken (hash: string, token: AccessTokenRecord): Promise<void>
   getAccessToken (hash: string, now: number): Promise<AccessTokenRecord | null>
+  /**
+   * Optional: the same lookup, answered synchronously, for a store that holds tokens in this
+   * process. The guard uses it when present, so a request passes without a promise; a store that
+   * does I/O leaves it out.
+   */
+  getAccessTokenNow? (hash: string, now: number): AccessTokenRecord | null
   deleteAccessToken (hash: string): Promise<boolean>
 
   saveRefreshToken (hash: string, token: RefreshTokenRecord): Promise<void>

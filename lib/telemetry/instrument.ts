@@ -32,29 +32,51 @@ export function errorKind (err: unknown): string {
 
 /** Run `fn` on `self` with `args` as one measured operation (no closure per call on the quiet path). */
 type Run = (operation: string, fn: (...args: unknown[]) => unknown, self: unknown, args: unknown[]) => Promise<unknown>
+/** The same for a synchronous method. */
+type RunSync = (operation: string, fn: (...args: unknown[]) => unknown, self: unknown, args: unknown[]) => unknown
+
+/** Synchronous store methods and the operation they are measured as. */
+const SYNC_STORE_OPERATIONS: ReadonlyMap<string, string> = new Map([['getAccessTokenNow', 'getAccessToken']])
 
 /**
- * A Proxy in front of `target` whose listed methods go through `run`; every other function is bound
- * to the target (class stores keep private fields), every other property passes through. Wrappers
- * are cached per underlying function, so a method replaced on the target later is picked up.
+ * `target` with its listed methods going through `run`: an object whose own properties are those
+ * methods (the hot path never meets a Proxy trap), in front of a Proxy that serves everything else
+ * from the target, functions bound to it (class stores keep private fields). A listed method is
+ * looked up on the target at each call, so one replaced on the target later is picked up; other
+ * functions are bound once per underlying function, with the same effect.
  */
-function measured<T extends object> (target: T, operations: ReadonlyMap<string, string>, run: Run): T {
-  const cache = new Map<PropertyKey, { original: unknown, wrapper: unknown }>()
-  return new Proxy(target, {
+function measured<T extends object> (
+  target: T,
+  operations: ReadonlyMap<string, string>,
+  { run, runSync }: { run: Run, runSync: RunSync },
+  syncOperations: ReadonlyMap<string, string> = new Map()
+): T {
+  const bound = new Map<PropertyKey, { original: unknown, wrapper: unknown }>()
+  const rest = new Proxy(target, {
     get (obj, prop) {
       const value: unknown = Reflect.get(obj, prop, obj)
       if (typeof value !== 'function') return value
-      const hit = cache.get(prop)
+      const hit = bound.get(prop)
       if (hit !== undefined && hit.original === value) return hit.wrapper
-      const fn = value as (...args: unknown[]) => unknown
-      const operation = typeof prop === 'string' ? operations.get(prop) : undefined
-      const wrapper = operation === undefined
-        ? fn.bind(obj)
-        : (...args: unknown[]) => run(operation, fn, obj, args)
-      cache.set(prop, { original: value, wrapper })
+      const wrapper = (value as (...args: unknown[]) => unknown).bind(obj)
+      bound.set(prop, { original: value, wrapper })
       return wrapper
     }
   })
+  const front = Object.create(rest) as Record<string, unknown>
+  for (const [methods, through] of [[operations, run], [syncOperations, runSync]] as const) {
+    for (const [method, operation] of methods) {
+      const original: unknown = Reflect.get(target, method, target)
+      if (typeof original !== 'function') continue
+      Object.defineProperty(front, method, {
+        value: function (...args: unknown[]) {
+          return through(operation, Reflect.get(target, method, target) as (...a: unknown[]) => unknown, target, args)
+        },
+        enumerable: false
+      })
+    }
+  }
+  return front as T
 }
 
 /**
@@ -68,7 +90,12 @@ function runner (
   attributes: (operation: string) => Attributes,
   record: ((operation: string, ms: number, error: unknown, failed: boolean) => void) | undefined,
   failureAttributes: (err: unknown) => Attributes
-): Run {
+): { run: Run, runSync: RunSync } {
+  const failed = (span: Span | undefined, err: unknown): void => {
+    if (span === undefined) return
+    span.setAttributes(failureAttributes(err))
+    span.setStatus({ code: SpanStatusCode.ERROR })
+  }
   const measure = async (operation: string, fn: () => unknown, span: Span | undefined): Promise<unknown> => {
     const start = record === undefined ? 0 : performance.now()
     try {
@@ -79,20 +106,18 @@ function runner (
       return result
     } catch (err) {
       record?.(operation, performance.now() - start, err, true)
-      if (span !== undefined) {
-        span.setAttributes(failureAttributes(err))
-        span.setStatus({ code: SpanStatusCode.ERROR })
-      }
+      failed(span, err)
       throw err
     } finally {
       span?.end()
     }
   }
-  return (operation, fn, self, args) => {
-    // A span only under a recording parent (a flow step, an HTTP span): never a trace of its own.
-    const span = tracer !== undefined && trace.getActiveSpan()?.isRecording() === true
-      ? tracer.startSpan(spanName(operation), { kind: SpanKind.INTERNAL, attributes: attributes(operation) })
-      : undefined
+  // A span only under a recording parent (a flow step, an HTTP span): never a trace of its own.
+  const startSpan = (operation: string): Span | undefined => tracer !== undefined && trace.getActiveSpan()?.isRecording() === true
+    ? tracer.startSpan(spanName(operation), { kind: SpanKind.INTERNAL, attributes: attributes(operation) })
+    : undefined
+  const run: Run = (operation, fn, self, args) => {
+    const span = startSpan(operation)
     // Nothing to record and nobody listening (no SDK, no parent, not sampled): no extra promise, no timing.
     if (record === undefined && (span === undefined || !span.isRecording())) {
       span?.end()
@@ -104,6 +129,28 @@ function runner (
     }
     return measure(operation, () => fn.apply(self, args), span)
   }
+  const runSync: RunSync = (operation, fn, self, args) => {
+    const span = startSpan(operation)
+    if (record === undefined && (span === undefined || !span.isRecording())) {
+      span?.end()
+      return fn.apply(self, args)
+    }
+    const start = record === undefined ? 0 : performance.now()
+    try {
+      const result = span !== undefined && span.isRecording()
+        ? context.with(trace.setSpan(context.active(), span), () => fn.apply(self, args))
+        : fn.apply(self, args)
+      record?.(operation, performance.now() - start, undefined, false)
+      return result
+    } catch (err) {
+      record?.(operation, performance.now() - start, err, true)
+      failed(span, err)
+      throw err
+    } finally {
+      span?.end()
+    }
+  }
+  return { run, runSync }
 }
 
 function errorType (err: unknown): string {
@@ -119,26 +166,26 @@ export function instrumentStore (store: Store, tracer: Tracer | undefined, recor
     'mcp_oauth.storage.backend': backend
   }]))
   const names = new Map<string, string>(STORE_OPERATIONS.map(op => [op, `storage.${op}`]))
-  const run = runner(
+  const runners = runner(
     tracer,
     op => names.get(op) as string,
     op => attrs.get(op) as Attributes,
     record === undefined ? undefined : (op, ms, _err, failed) => record(op, ms, !failed),
     err => ({ 'error.type': errorType(err) })
   )
-  return measured(store, operations, run)
+  return measured(store, operations, runners, SYNC_STORE_OPERATIONS)
 }
 
 /** The provider, with a span and a measurement around every call to the identity provider. */
 export function instrumentProvider (provider: Provider, tracer: Tracer | undefined, record: ProviderRecorder | undefined): Provider {
   const name = provider.name
   const operations = new Map<string, string>(Object.entries(PROVIDER_OPERATIONS))
-  const run = runner(
+  const runners = runner(
     tracer,
     op => `provider.${op}`,
     op => ({ 'mcp_oauth.provider.name': name, 'mcp_oauth.provider.operation': op }),
     record === undefined ? undefined : (op, ms, err, failed) => record(name, op, ms, failed ? (err ?? new Error('failed')) : undefined),
     err => ({ 'error.type': errorType(err), 'mcp_oauth.provider.error_kind': errorKind(err) })
   )
-  return measured(provider, operations, run)
+  return measured(provider, operations, runners)
 }

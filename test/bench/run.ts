@@ -9,7 +9,9 @@
  *   memory  heap per live grant at 100,000 grants; heap and event-loop delay around the sweep.
  *
  * Servers run in forked processes; autocannon runs here. Every measurement is repeated
- * BENCH_ROUNDS times, alternating the scenarios (ABAB...), and the median is kept.
+ * BENCH_ROUNDS times, alternating the scenarios (ABAB...), and the median is kept. A ratio is the
+ * median of the per-round ratios (each scenario against its reference of the same round, measured
+ * seconds apart), so a machine that speeds up or slows down between rounds moves both sides.
  *
  * Environment: BENCH_DURATION (seconds per run, default 5), BENCH_ROUNDS (default 5),
  * BENCH_CONNECTIONS (default 50), BENCH_GRANTS (memory, default 100000),
@@ -171,6 +173,7 @@ interface Measured {
   /** Server CPU time per request, microseconds. */
   us: number
   bad: number
+  /** Requests per second of each round, in order. */
   runs: number[]
 }
 
@@ -197,7 +200,7 @@ async function alternate (targets: Target[]): Promise<Map<string, Measured>> {
       cpu: median(list.map(s => s.cpu)),
       us: median(list.map(s => s.cpu * 1e6 / s.rps)),
       bad: list.reduce((sum, s) => sum + s.bad, 0),
-      runs: list.map(s => Math.round(s.rps))
+      runs: list.map(s => s.rps)
     })
   }
   return out
@@ -213,6 +216,8 @@ interface Row {
   scenario: string
   m?: Measured
   ratio?: number
+  /** Lowest and highest per-round ratio. */
+  spread?: [number, number]
   reference?: string
   /** Minimum ratio. */
   target?: number
@@ -231,11 +236,19 @@ function verdict (row: Row): string {
 
 function versus (scenario: string, m: Measured | undefined, ref: Measured | undefined, reference: string, target?: number): void {
   if (m === undefined || ref === undefined) return
-  rows.push({ scenario, m, ratio: m.rps / ref.rps, reference, ...(target !== undefined ? { target } : {}) })
+  const perRound = m.runs.map((rps, i) => rps / (ref.runs[i] as number))
+  rows.push({
+    scenario,
+    m,
+    ratio: median(perRound),
+    spread: [Math.min(...perRound), Math.max(...perRound)],
+    reference,
+    ...(target !== undefined ? { target } : {})
+  })
 }
 
 function printTable (): void {
-  const header = ['scenario', 'req/s', 'p50 ms', 'p99 ms', 'srv cpu', 'srv us/req', 'ratio', 'reference', 'target', 'result']
+  const header = ['scenario', 'req/s', 'p50 ms', 'p99 ms', 'srv cpu', 'srv us/req', 'ratio', 'rounds', 'reference', 'target', 'result']
   const lines = rows.map(row => {
     const v = verdict(row)
     if (v === 'FAIL' || v === 'INVALID') failed = true
@@ -248,6 +261,7 @@ function printTable (): void {
       m ? m.cpu.toFixed(2) : '-',
       m ? m.us.toFixed(0) : '-',
       row.ratio !== undefined ? row.ratio.toFixed(2) : '-',
+      row.spread !== undefined ? `${row.spread[0].toFixed(2)}-${row.spread[1].toFixed(2)}` : '-',
       row.reference ?? '-',
       row.target !== undefined ? `>= ${row.target.toFixed(2)}` : '-',
       row.m === undefined ? (row.note ?? 'n/a').split(/[ :(]/)[0] as string : v

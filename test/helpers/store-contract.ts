@@ -1,5 +1,5 @@
 import type { Test } from 'tap'
-import type { GrantRecord, Store } from '../../lib/storage/types.js'
+import type { AccessTokenRecord, GrantRecord, Store } from '../../lib/storage/types.js'
 import { generateId, generateToken, hashToken } from '../../lib/core/tokens.js'
 
 /**
@@ -66,6 +66,18 @@ export function storeContract (t: Test, make: () => Promise<Store>): void {
     t.equal(await store.deleteAccessToken(h2), false)
     t.equal(await store.getAccessToken(h2, T0), null)
     t.equal(await store.getAccessToken(hashToken('never-issued'), T0), null)
+    // The optional in-process lookup answers exactly as the promise one does.
+    if (store.getAccessTokenNow !== undefined) {
+      const h3 = hashToken(generateToken('accessToken'))
+      await store.saveAccessToken(h3, access(g))
+      t.same(store.getAccessTokenNow(h3, T0 + HOUR - 1), access(g), 'getAccessTokenNow: same record')
+      const copy = store.getAccessTokenNow(h3, T0) as AccessTokenRecord
+      copy.scopes.push('injected')
+      t.same(store.getAccessTokenNow(h3, T0), access(g), 'getAccessTokenNow: a copy, the stored record untouched')
+      t.equal(store.getAccessTokenNow(h2, T0), null, 'getAccessTokenNow: deleted')
+      t.equal(store.getAccessTokenNow(h3, T0 + HOUR), null, 'getAccessTokenNow: expired at expiresAt')
+      t.equal(await store.getAccessToken(h3, T0), null, 'and expired for good')
+    }
   })
 
   t.test('refresh rotation is compare-and-swap', async t => {
