@@ -369,10 +369,14 @@ function noop (): void {}
  * disconnected: a command issued then fails instead of waiting, possibly for minutes, and running
  * later behind the caller's back), `autoResendUnfulfilledCommands: false` (a command whose caller
  * already got an error is never replayed after a reconnection), `maxRetriesPerRequest: 1`, a
- * `connectTimeout` of 4 × `commandTimeoutMs` (at least 1 s) and reconnection every 100 ms to 1 s.
+ * `connectTimeout` of 4 × `commandTimeoutMs` (at least 1 s), reconnection every 100 ms to 1 s, and
+ * `enableAutoPipelining` (the commands of concurrent requests issued in one tick share one write
+ * to the socket: under load, fewer system calls for this process and for Redis).
  * On top of that, the store gives each operation one deadline of `commandTimeoutMs`, covering a
  * short wait for the connection to become ready (so start-up and reconnections are not errors),
- * and it applies to injected clients as well.
+ * and it applies to injected clients as well. While connected, on a client whose own
+ * `commandTimeout` is at most `commandTimeoutMs`, that bound is the client's, per command (no timer
+ * of the store's on the hot path).
  *
  * Limits: standalone Redis or Sentinel, not Cluster (scripts reach keys derived from values). An
  * operation that timed out after its command was sent may still have been applied; callers treat
@@ -683,15 +687,25 @@ export class RedisStore implements Store {
    * to the deadline) rather than fail at once; after the deadline nothing more is sent, so an
    * operation the caller saw fail never runs later.
    */
-  async #op<T> (name: string, fn: (live: () => boolean) => Promise<T>): Promise<T> {
-    if (this.#closed) throw new RedisStoreError(`RedisStore: ${name} after close()`)
+  #op<T> (name: string, fn: (live: () => boolean) => Promise<T>): Promise<T> {
+    if (this.#closed) return Promise.reject(new RedisStoreError(`RedisStore: ${name} after close()`))
     // The common case: connected, and the client bounds each command itself (`commandTimeout` no
-    // longer than ours, as on the client the store creates). No timer, no race: a deadline read
-    // from the clock keeps a retry (the script reload) from being sent after it.
+    // longer than ours, as on the client the store creates). No timer or race of ours, no extra
+    // promise: a deadline read from the clock keeps a retry (the script reload) from being sent
+    // after it.
     if (this.#client.status === 'ready' && this.#clientBounded) {
       const deadline = performance.now() + this.#timeoutMs
-      return await fn(() => performance.now() < deadline)
+      try {
+        return fn(() => performance.now() < deadline)
+      } catch (err) {
+        return Promise.reject(err)
+      }
     }
+    return this.#waitingOp(name, fn)
+  }
+
+  /** An operation that may have to wait for the connection, under a deadline of its own. */
+  async #waitingOp<T> (name: string, fn: (live: () => boolean) => Promise<T>): Promise<T> {
     let expired = false
     let wake: (() => void) | undefined
     let timer: NodeJS.Timeout | undefined
