@@ -6,6 +6,7 @@ import type { AuditEventName, AuditEvents } from '../security/audit.js'
 import type { RateLimitName } from '../options.js'
 import type { Store, StoreStats } from '../storage/types.js'
 import { errorKind, PROVIDER_OPERATIONS } from './instrument.js'
+import { FastHistogram, PendingCounts, type HistogramSeries, type PendingSeries } from './series.js'
 import type { ResolvedMetricsOptions } from './options.js'
 
 /** Every metric family the plugin can emit, by name (the dashboards and alerts use exactly these). */
@@ -78,16 +79,17 @@ export class Metrics {
   readonly #staticClients: ReadonlySet<string>
   readonly #counters: Record<string, Counter<string>> = {}
   readonly #gauges: Array<Gauge<string>> = []
-  #httpRequests!: Counter<string>
-  #httpDuration!: Histogram<string>
-  #storageOps!: Counter<string>
-  #storageDuration!: Histogram<string>
+  /** The families every request updates: plain numbers, read by prom-client at scrape time (./series.ts). */
+  readonly #httpRequests = new PendingCounts()
+  #httpDuration!: FastHistogram
+  readonly #storageOps = new PendingCounts()
+  #storageDuration!: FastHistogram
   #providerCalls!: Counter<string>
   #providerDuration!: Histogram<string>
   #providerErrors!: Counter<string>
-  readonly #httpChildren = new Map<string, { inc: () => void }>()
-  readonly #durationChildren = new Map<string, { observe: (v: number) => void }>()
-  readonly #storageChildren = new Map<string, { ok: { inc: () => void }, error: { inc: () => void }, duration: { observe: (v: number) => void } }>()
+  readonly #httpChildren = new Map<string, PendingSeries>()
+  readonly #durationChildren = new Map<string, HistogramSeries>()
+  readonly #storageChildren = new Map<string, { ok: PendingSeries, error: PendingSeries, duration: HistogramSeries }>()
   #stats: { at: number, value: StoreStats | null } | null = null
   #statsPending: Promise<StoreStats | null> | null = null
   #lastStats: StoreStats | null = null
@@ -147,8 +149,14 @@ export class Metrics {
     if (existing !== undefined) {
       throw new Error(`fastify-mcp-oauth: metric ${existing} is already in metrics.registry (two plugin instances on one registry?)`)
     }
-    const counter = (key: keyof typeof METRIC_NAMES, help: string, labelNames: string[] = []) => {
-      const metric = new prom.Counter({ name: METRIC_NAMES[key], help, labelNames, registers })
+    const counter = (key: keyof typeof METRIC_NAMES, help: string, labelNames: string[] = [], pending?: PendingCounts) => {
+      const metric = new prom.Counter({
+        name: METRIC_NAMES[key],
+        help,
+        labelNames,
+        registers,
+        ...(pending !== undefined ? { collect (this: Counter<string>) { pending.flush(this) } } : {})
+      })
       this.#names.push(METRIC_NAMES[key])
       this.#counters[key] = metric
       return metric
@@ -157,10 +165,16 @@ export class Metrics {
       this.#names.push(METRIC_NAMES[key])
       return new prom.Histogram({ name: METRIC_NAMES[key], help, labelNames, buckets, registers })
     }
+    const fastHistogram = (key: keyof typeof METRIC_NAMES, help: string, labelNames: string[], buckets: number[]) => {
+      this.#names.push(METRIC_NAMES[key])
+      const metric = new FastHistogram({ name: METRIC_NAMES[key], help, labelNames, buckets })
+      this.registry.registerMetric(metric as never)
+      return metric
+    }
     const initial = this.#options.clientIdLabel === 'none' ? {} : { client_id: 'other' }
 
-    this.#httpRequests = counter('httpRequests', 'HTTP requests by route pattern ("other": no route matched)', ['method', 'endpoint', 'status'])
-    this.#httpDuration = histogram('httpDuration', 'HTTP request duration in milliseconds, by route pattern', ['endpoint'], HTTP_BUCKETS)
+    counter('httpRequests', 'HTTP requests by route pattern ("other": no route matched)', ['method', 'endpoint', 'status'], this.#httpRequests)
+    this.#httpDuration = fastHistogram('httpDuration', 'HTTP request duration in milliseconds, by route pattern', ['endpoint'], HTTP_BUCKETS)
 
     counter('authorizationStarted', 'Authorization requests that passed validation', withClient).inc(initial, 0)
     const callback = counter('callbackProcessed', 'Identity provider callbacks that redirected back to the client, by outcome', [...withClient, 'outcome'])
@@ -183,8 +197,8 @@ export class Metrics {
     counter('browserMismatch', 'Callbacks that arrived in another browser than the one that consented').inc(0)
     counter('invalidRedirect', 'Authorization requests with an unregistered redirect URI').inc(0)
 
-    this.#storageOps = counter('storageOperations', 'Storage operations, by operation and result (ok, error)', ['operation', 'result'])
-    this.#storageDuration = histogram('storageDuration', 'Storage operation duration in milliseconds', ['operation'], STORAGE_BUCKETS)
+    counter('storageOperations', 'Storage operations, by operation and result (ok, error)', ['operation', 'result'], this.#storageOps)
+    this.#storageDuration = fastHistogram('storageDuration', 'Storage operation duration in milliseconds', ['operation'], STORAGE_BUCKETS)
 
     this.#providerCalls = counter('providerCalls', 'Calls to the identity provider', ['provider', 'operation'])
     this.#providerDuration = histogram('providerDuration', 'Identity provider call duration in milliseconds', ['provider', 'operation'], PROVIDER_BUCKETS)
@@ -264,9 +278,9 @@ export class Metrics {
     let children = this.#storageChildren.get(operation)
     if (children === undefined) {
       children = {
-        ok: this.#storageOps.labels({ operation, result: 'ok' }),
-        error: this.#storageOps.labels({ operation, result: 'error' }),
-        duration: this.#storageDuration.labels({ operation })
+        ok: this.#storageOps.series({ operation, result: 'ok' }),
+        error: this.#storageOps.series({ operation, result: 'error' }),
+        duration: this.#storageDuration.series({ operation })
       }
       this.#storageChildren.set(operation, children)
     }
@@ -291,13 +305,13 @@ export class Metrics {
     const key = `${method} ${status} ${endpoint}`
     let child = this.#httpChildren.get(key)
     if (child === undefined) {
-      child = this.#httpRequests.labels({ method, endpoint, status: String(status) })
+      child = this.#httpRequests.series({ method, endpoint, status: String(status) })
       this.#httpChildren.set(key, child)
     }
     child.inc()
     let duration = this.#durationChildren.get(endpoint)
     if (duration === undefined) {
-      duration = this.#httpDuration.labels({ endpoint })
+      duration = this.#httpDuration.series({ endpoint })
       this.#durationChildren.set(endpoint, duration)
     }
     duration.observe(reply.elapsedTime)
