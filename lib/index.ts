@@ -121,6 +121,8 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
       maxCacheSeconds: config.cimd.maxCacheSeconds,
       allowPrivateAddresses: config.cimd.allowPrivateAddresses,
       now,
+      // A client known by its metadata document "registers" each time the document is (re)fetched.
+      onFetched: clientId => { auditor.emit('client_registered', { clientId, source: 'cimd' }) },
       ...(opts.cimdTestHooks ?? {})
     })
     : undefined

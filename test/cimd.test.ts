@@ -459,7 +459,8 @@ t.test('the document must describe this client, publicly', async t => {
 
 t.test('cached within its lifetime, fetched again after (injected clock)', async t => {
   let clock = 1_700_000_000_000
-  const { resolver } = makeResolver(t, { now: () => clock, minCacheSeconds: 1, maxCacheSeconds: 3600 })
+  const fetched: string[] = []
+  const { resolver } = makeResolver(t, { now: () => clock, minCacheSeconds: 1, maxCacheSeconds: 3600, onFetched: id => fetched.push(id) })
   let name = 'First'
   const id = serve('changing', id => doc(id, { client_name: name }), { ...JSON_TYPE, 'cache-control': 'max-age=1' })
   t.equal((await resolver.resolve(id)).clientName, 'First')
@@ -474,6 +475,7 @@ t.test('cached within its lifetime, fetched again after (injected clock)', async
   t.equal(fresh.clientName, 'Second', 'after max-age the document is fetched again')
   t.equal(fresh.clientIdIssuedAt, 1_700_000_001)
   t.equal(hitsOf(id), 2)
+  t.same(fetched, [id, id], 'onFetched: once per fetch, not for cache hits')
 })
 
 t.test('cache lifetimes are clamped and follow the headers', async t => {

@@ -124,9 +124,11 @@ t.test('a client ID metadata document client (ChatGPT-style) goes through author
   t.teardown(() => { server.closeAllConnections(); server.close() })
   id = `https://client.test:${(server.address() as AddressInfo).port}/oauth/client.json`
 
+  const registered: unknown[] = []
   const { app } = await buildApp(t, {
     clientIdMetadataDocuments: { allowPrivateAddresses: true },
-    cimdTestHooks: { lookup: async () => [{ address: '127.0.0.1', family: 4 }], ca: cert }
+    cimdTestHooks: { lookup: async () => [{ address: '127.0.0.1', family: 4 }], ca: cert },
+    auditSink: (event, fields) => { if (event === 'client_registered') registered.push(fields) }
   })
   const meta = (await app.inject('/.well-known/oauth-authorization-server')).json()
   t.equal(meta.client_id_metadata_document_supported, true)
@@ -140,6 +142,7 @@ t.test('a client ID metadata document client (ChatGPT-style) goes through author
   const bad = await authorize('https://evil.example.com/cb')
   t.equal(bad.statusCode, 400, 'a redirect not in the document is refused')
   t.equal(fetches, 1, 'the document was cached')
+  t.same(registered, [{ clientId: id, source: 'cimd' }], 'audited (and counted) as a cimd registration, once per fetch')
   const missing = await app.inject(`/oauth/authorize?${new URLSearchParams({
     response_type: 'code', client_id: 'https://client.test:1/nothing.json', redirect_uri: 'https://x.example.com/cb', code_challenge: CHALLENGE, code_challenge_method: 'S256'
   })}`)

@@ -62,6 +62,8 @@ export interface CimdResolverOptions {
    * test server with a self-signed certificate).
    */
   ca?: string | Buffer | Array<string | Buffer>
+  /** Called once per document fetched and accepted (not for answers from the cache). */
+  onFetched?: (clientId: string) => void
 }
 
 interface CacheEntry {
@@ -95,6 +97,7 @@ export class CimdResolver {
   readonly #now: () => number
   readonly #lookup: (hostname: string) => Promise<ResolvedAddress[]>
   readonly #ca: CimdResolverOptions['ca']
+  readonly #onFetched: ((clientId: string) => void) | undefined
   readonly #cache = new Map<string, CacheEntry>()
   readonly #inflight = new Map<string, Promise<ClientRecord>>()
   readonly #controllers = new Set<AbortController>()
@@ -112,6 +115,7 @@ export class CimdResolver {
     this.#now = opts.now ?? Date.now
     this.#lookup = opts.lookup ?? defaultLookup
     this.#ca = opts.ca
+    this.#onFetched = opts.onFetched
   }
 
   /** Does this client id name a metadata document (an https URL with a path)? */
@@ -164,6 +168,7 @@ export class CimdResolver {
       const now = this.#now()
       const record = buildRecord(clientId, parseDocument(fetched.body), this.#redirectPolicy, now)
       this.#remember(clientId, record, now + this.#ttlSeconds(fetched.headers) * 1000)
+      this.#onFetched?.(clientId)
       return record
     } catch (err) {
       if (err instanceof OAuthError) throw err

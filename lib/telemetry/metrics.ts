@@ -183,7 +183,7 @@ export class Metrics {
     counter('tokenRefreshed', 'Refresh tokens rotated', withClient).inc(initial, 0)
     const revoked = counter('tokenRevoked', 'Tokens revoked through the revocation endpoint, by token type', [...withClient, 'token_type'])
     for (const type of ['access_token', 'refresh_token']) revoked.inc({ ...initial, token_type: type }, 0)
-    const registered = counter('clientRegistered', 'Clients registered, by source', ['source'])
+    const registered = counter('clientRegistered', 'Clients registered, by source (cimd: a client metadata document fetched and accepted)', ['source'])
     for (const source of ['dcr', 'static', 'cimd']) registered.inc({ source }, 0)
     counter('clientDeleted', 'Clients deleted through RFC 7592').inc(0)
     const consent = counter('consent', 'Consent page decisions', ['decision'])

@@ -9,7 +9,7 @@
  *   memory  heap per live grant at 100,000 grants; heap and event-loop delay around the sweep.
  *
  * Servers run in forked processes; autocannon runs here. Every measurement is repeated
- * BENCH_ROUNDS times, alternating the scenarios (ABAB...), and the median is kept. A ratio is the
+ * BENCH_ROUNDS times, alternating the scenarios (ABC CBA ABC...), and the median is kept. A ratio is the
  * median of the per-round ratios (each scenario against its reference of the same round, measured
  * seconds apart), so a machine that speeds up or slows down between rounds moves both sides.
  *
@@ -182,7 +182,10 @@ async function alternate (targets: Target[]): Promise<Map<string, Measured>> {
   for (const target of targets) await measure(target, WARMUP)
   const samples = new Map<string, Sample[]>(targets.map(t => [t.name, []]))
   for (let round = 0; round < ROUNDS; round++) {
-    for (const target of targets) {
+    // Serpentine order (ABC, CBA, ABC...): a target that always ran first, or always right after
+    // another one, would carry that position's effects into every one of its samples.
+    const order = round % 2 === 0 ? targets : [...targets].reverse()
+    for (const target of order) {
       const sample = await measure(target, DURATION, true)
       samples.get(target.name)?.push(sample)
       progress(`round ${round + 1}/${ROUNDS} ${target.name}: ${Math.round(sample.rps)} req/s, cpu server ${sample.cpu.toFixed(2)} ` +
