@@ -90,6 +90,11 @@ t.test('CORS: listed origins only, preflight on browser-facing endpoints, Vary: 
     t.equal(pre.headers['access-control-allow-origin'], 'https://inspector.example.com')
     t.match(String(pre.headers['access-control-allow-headers']), /authorization/)
   }
+  for (const headers of [{}, { origin: 'https://inspector.example.com' }, { 'access-control-request-method': 'POST' }]) {
+    const plain = await app.inject({ method: 'OPTIONS', url: '/oauth/token', headers })
+    t.equal(plain.statusCode, 204, `OPTIONS with ${JSON.stringify(headers)}: an answer, not a plain-text 400`)
+    if (!('origin' in headers)) t.notOk(plain.headers['access-control-allow-origin'], 'no origin, no grant')
+  }
   const mcp = await app.inject({ method: 'POST', url: '/mcp', headers: { origin: 'https://inspector.example.com' } })
   t.equal(mcp.headers['access-control-allow-origin'], 'https://inspector.example.com')
   t.match(String(mcp.headers['access-control-expose-headers']), /www-authenticate/, 'clients can read the challenge')

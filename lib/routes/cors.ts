@@ -22,7 +22,11 @@ export function corsOptions (config: ResolvedConfig): FastifyCorsOptions {
     methods: ['GET', 'POST', 'PUT', 'DELETE', 'OPTIONS'],
     allowedHeaders: ['authorization', 'content-type', 'mcp-protocol-version', 'mcp-session-id', 'last-event-id'],
     exposedHeaders: ['www-authenticate', 'mcp-session-id', 'retry-after', 'ratelimit-limit', 'ratelimit-remaining', 'ratelimit-reset'],
-    maxAge: 600
+    maxAge: 600,
+    // An OPTIONS without Origin or Access-Control-Request-Method is not a preflight, but not an
+    // error either: it gets the same 204 (without Access-Control-Allow-Origin when there is no
+    // listed Origin), not the plugin's plain-text 400.
+    strictPreflight: false
   }
   return {
     delegator: (request: FastifyRequest, callback: (err: Error | null, options: FastifyCorsOptions) => void) => {

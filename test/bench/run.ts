@@ -13,7 +13,7 @@
  * median of the per-round ratios (each scenario against its reference of the same round, measured
  * seconds apart), so a machine that speeds up or slows down between rounds moves both sides.
  *
- * Environment: BENCH_DURATION (seconds per run, default 5), BENCH_ROUNDS (default 5),
+ * Environment: BENCH_DURATION (seconds per run, default 3), BENCH_ROUNDS (default 9),
  * BENCH_CONNECTIONS (default 50), BENCH_GRANTS (memory, default 100000),
  * BENCH_ONLY (comma-separated: guard,token,memory; default all), BENCH_PROFILE (a folder: a V8
  * CPU profile of the server is written there for every measured run, minting left out).
@@ -28,10 +28,12 @@ import type { MemoryResult } from './memory.js'
 import { TOKEN_BENCH } from './protocol.js'
 import { redisServerAvailable, startRedisServer, type RedisServer } from '../helpers/redis.js'
 
-const DURATION = positive('BENCH_DURATION', 5)
-const ROUNDS = Math.round(positive('BENCH_ROUNDS', 5))
+const DURATION = positive('BENCH_DURATION', 3)
+const ROUNDS = Math.round(positive('BENCH_ROUNDS', 9))
 const CONNECTIONS = Math.round(positive('BENCH_CONNECTIONS', 50))
 const WARMUP = Math.min(2, DURATION)
+/** Server CPU share (of one core) below which a run did not have the machine to itself. */
+const SATURATED = 0.85
 const PROFILE = process.env.BENCH_PROFILE
 const ONLY = new Set((process.env.BENCH_ONLY ?? 'guard,token,memory').split(',').map(s => s.trim()))
 
@@ -175,6 +177,8 @@ interface Measured {
   bad: number
   /** Requests per second of each round, in order. */
   runs: number[]
+  /** Server CPU time / wall time of each round. */
+  runCpu: number[]
 }
 
 /** A warm-up run of each target, then ROUNDS rounds in which every target runs once, in turn. */
@@ -203,7 +207,8 @@ async function alternate (targets: Target[]): Promise<Map<string, Measured>> {
       cpu: median(list.map(s => s.cpu)),
       us: median(list.map(s => s.cpu * 1e6 / s.rps)),
       bad: list.reduce((sum, s) => sum + s.bad, 0),
-      runs: list.map(s => s.rps)
+      runs: list.map(s => s.rps),
+      runCpu: list.map(s => s.cpu)
     })
   }
   return out
@@ -221,6 +226,8 @@ interface Row {
   ratio?: number
   /** Lowest and highest per-round ratio. */
   spread?: [number, number]
+  /** Rounds that counted, of all. */
+  counted?: [number, number]
   reference?: string
   /** Minimum ratio. */
   target?: number
@@ -239,12 +246,19 @@ function verdict (row: Row): string {
 
 function versus (scenario: string, m: Measured | undefined, ref: Measured | undefined, reference: string, target?: number): void {
   if (m === undefined || ref === undefined) return
-  const perRound = m.runs.map((rps, i) => rps / (ref.runs[i] as number))
+  // A round in which either server had less than SATURATED of a core measured the machine (another
+  // tenant, the load generator starved), not the server: its pair does not count. With fewer than
+  // three pairs left, all of them count and the row says so.
+  const pairs = m.runs.map((rps, i) => ({ ratio: rps / (ref.runs[i] as number), ok: (m.runCpu[i] as number) >= SATURATED && (ref.runCpu[i] as number) >= SATURATED }))
+  const usable = pairs.filter(p => p.ok)
+  const counted = usable.length >= 3 ? usable : pairs
+  const ratios = counted.map(p => p.ratio)
   rows.push({
     scenario,
     m,
-    ratio: median(perRound),
-    spread: [Math.min(...perRound), Math.max(...perRound)],
+    ratio: median(ratios),
+    spread: [Math.min(...ratios), Math.max(...ratios)],
+    counted: [usable.length >= 3 ? usable.length : 0, pairs.length],
     reference,
     ...(target !== undefined ? { target } : {})
   })
@@ -264,7 +278,7 @@ function printTable (): void {
       m ? m.cpu.toFixed(2) : '-',
       m ? m.us.toFixed(0) : '-',
       row.ratio !== undefined ? row.ratio.toFixed(2) : '-',
-      row.spread !== undefined ? `${row.spread[0].toFixed(2)}-${row.spread[1].toFixed(2)}` : '-',
+      row.spread !== undefined ? `${row.spread[0].toFixed(2)}-${row.spread[1].toFixed(2)} (${row.counted?.[0]}/${row.counted?.[1]})` : '-',
       row.reference ?? '-',
       row.target !== undefined ? `>= ${row.target.toFixed(2)}` : '-',
       row.m === undefined ? (row.note ?? 'n/a').split(/[ :(]/)[0] as string : v
@@ -274,10 +288,12 @@ function printTable (): void {
   for (const row of rows) {
     if (row.m === undefined && row.note !== undefined) console.log(`  ${row.scenario}: ${row.note}`)
   }
-  // A server that did not get most of a core was waiting for the machine, not for its own work.
-  const starved = [...new Set(rows.filter(r => r.m !== undefined && r.m.cpu < 0.8).map(r => r.scenario))]
+  // Rows whose ratio had to use starved rounds (fewer than three rounds with a saturated server).
+  const starved = [...new Set(rows.filter(r => r.counted !== undefined && r.counted[0] === 0).map(r => r.scenario))]
+  console.log(`  rounds: the per-round ratios that counted (lowest-highest) and how many rounds counted: a round counts when ` +
+    `both servers had at least ${SATURATED * 100} % of a core.`)
   if (starved.length > 0) {
-    console.log(`  note: the server had less than 80 % of a core in: ${starved.join('; ')}. The machine was busy ` +
+    console.log(`  note: fewer than three rounds had a saturated server in: ${starved.join('; ')}. The machine was busy ` +
       'with something else; those ratios are noise more than measurement: run again when it is quiet.')
   }
 }
