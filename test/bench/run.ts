@@ -290,7 +290,7 @@ function printTable (): void {
   }
   // Rows whose ratio had to use starved rounds (fewer than three rounds with a saturated server).
   const starved = [...new Set(rows.filter(r => r.counted !== undefined && r.counted[0] === 0).map(r => r.scenario))]
-  console.log(`  rounds: the per-round ratios that counted (lowest-highest) and how many rounds counted: a round counts when ` +
+  console.log('  rounds: the per-round ratios that counted (lowest-highest) and how many rounds counted: a round counts when ' +
     `both servers had at least ${SATURATED * 100} % of a core.`)
   if (starved.length > 0) {
     console.log(`  note: fewer than three rounds had a saturated server in: ${starved.join('; ')}. The machine was busy ` +
