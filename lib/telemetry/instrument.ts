@@ -91,35 +91,28 @@ function runner (
   record: ((operation: string, ms: number, error: unknown, failed: boolean) => void) | undefined,
   failureAttributes: (err: unknown) => Attributes
 ): { run: Run, runSync: RunSync } {
-  const failed = (span: Span | undefined, err: unknown): void => {
-    if (span === undefined) return
-    span.setAttributes(failureAttributes(err))
-    span.setStatus({ code: SpanStatusCode.ERROR })
-  }
-  const measure = async (operation: string, fn: () => unknown, span: Span | undefined): Promise<unknown> => {
-    const start = record === undefined ? 0 : performance.now()
-    try {
-      const result = span !== undefined && span.isRecording()
-        ? await context.with(trace.setSpan(context.active(), span), fn)
-        : await fn()
-      record?.(operation, performance.now() - start, undefined, false)
-      return result
-    } catch (err) {
-      record?.(operation, performance.now() - start, err, true)
-      failed(span, err)
-      throw err
-    } finally {
-      span?.end()
-    }
-  }
   // A span only under a recording parent (a flow step, an HTTP span): never a trace of its own.
   const startSpan = (operation: string): Span | undefined => tracer !== undefined && trace.getActiveSpan()?.isRecording() === true
     ? tracer.startSpan(spanName(operation), { kind: SpanKind.INTERNAL, attributes: attributes(operation) })
     : undefined
+  /** Nothing to record and nobody listening (no SDK, no parent, not sampled): no timing, no extra promise. */
+  const quiet = (span: Span | undefined): boolean => record === undefined && (span === undefined || !span.isRecording())
+  /** Call with the span current while it runs (so that client spans of a Redis or HTTP instrumentation nest under it). */
+  const within = (span: Span | undefined, call: () => unknown): unknown => span !== undefined && span.isRecording()
+    ? context.with(trace.setSpan(context.active(), span), call)
+    : call()
+  /** The outcome: recorded, on the span, and the span ended. */
+  const finish = (operation: string, start: number, span: Span | undefined, failure: { err: unknown } | undefined): void => {
+    record?.(operation, performance.now() - start, failure?.err, failure !== undefined)
+    if (failure !== undefined && span !== undefined) {
+      span.setAttributes(failureAttributes(failure.err))
+      span.setStatus({ code: SpanStatusCode.ERROR })
+    }
+    span?.end()
+  }
   const run: Run = (operation, fn, self, args) => {
     const span = startSpan(operation)
-    // Nothing to record and nobody listening (no SDK, no parent, not sampled): no extra promise, no timing.
-    if (record === undefined && (span === undefined || !span.isRecording())) {
+    if (quiet(span)) {
       span?.end()
       try {
         return fn.apply(self, args) as Promise<unknown>
@@ -127,28 +120,35 @@ function runner (
         return Promise.reject(err)
       }
     }
-    return measure(operation, () => fn.apply(self, args), span)
+    const start = performance.now()
+    let pending: unknown
+    try {
+      pending = within(span, () => fn.apply(self, args))
+    } catch (err) {
+      finish(operation, start, span, { err })
+      return Promise.reject(err)
+    }
+    return Promise.resolve(pending).then(
+      result => { finish(operation, start, span, undefined); return result },
+      (err: unknown) => { finish(operation, start, span, { err }); throw err }
+    )
   }
   const runSync: RunSync = (operation, fn, self, args) => {
     const span = startSpan(operation)
-    if (record === undefined && (span === undefined || !span.isRecording())) {
+    if (quiet(span)) {
       span?.end()
       return fn.apply(self, args)
     }
-    const start = record === undefined ? 0 : performance.now()
+    const start = performance.now()
+    let result: unknown
     try {
-      const result = span !== undefined && span.isRecording()
-        ? context.with(trace.setSpan(context.active(), span), () => fn.apply(self, args))
-        : fn.apply(self, args)
-      record?.(operation, performance.now() - start, undefined, false)
-      return result
+      result = within(span, () => fn.apply(self, args))
     } catch (err) {
-      record?.(operation, performance.now() - start, err, true)
-      failed(span, err)
+      finish(operation, start, span, { err })
       throw err
-    } finally {
-      span?.end()
     }
+    finish(operation, start, span, undefined)
+    return result
   }
   return { run, runSync }
 }
