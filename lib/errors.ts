@@ -142,7 +142,12 @@ const clientErrorDescriptions: Record<string, string> = {
 /** Error handler installed on every OAuth route context. */
 export function oauthErrorHandler (err: unknown, request: RequestLike, reply: ReplyLike): unknown {
   const oauth = toOAuthError(err)
+  logOAuthError(request, err, oauth)
+  return sendOAuthError(reply, oauth)
+}
+
+/** Server-side failures are logged (a 503 without its stack: the dependency said it all); client errors are not. */
+export function logOAuthError (request: RequestLike, err: unknown, oauth: OAuthError): void {
   if (oauth.statusCode >= 500 && oauth.statusCode !== 503) request.log.error({ err }, 'OAuth endpoint failed')
   else if (oauth.statusCode === 503) request.log.warn({ err: { name: (err as Error).name, message: (err as Error).message } }, 'OAuth endpoint: dependency unavailable')
-  return sendOAuthError(reply, oauth)
 }

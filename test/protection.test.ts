@@ -27,7 +27,11 @@ t.test('each endpoint limit trips at its budget, answers in the OAuth shape, and
     for (let i = 0; i < 2; i++) t.not((await send()).statusCode, 429, `${name}: request ${i + 1} within budget`)
     const limited = await send()
     t.equal(limited.statusCode, 429, `${name}: third request limited`)
-    if (name !== 'authorize') {
+    if (name === 'authorize') {
+      t.match(limited.headers['content-type'], /^text\/html/, 'authorize: a page for the browser, not JSON')
+      t.match(limited.headers['content-security-policy'], /default-src 'none'/)
+      t.match((limited as unknown as { body: string }).body, /Too many requests/)
+    } else {
       t.equal(limited.json().error, 'temporarily_unavailable', `${name}: OAuth error shape`)
     }
     t.ok(limited.headers['retry-after'], `${name}: Retry-After`)
@@ -206,4 +210,17 @@ t.test('guessing tokens at a guarded route is limited per address', async t => {
   const grant = await app.mcpOAuth.grants.createGrant({ userId: 'u', clientId: 'c', scopes: ['mcp:tools'], resource: RESOURCE })
   const good = (await app.mcpOAuth.grants.issueTokens(grant)).access_token
   t.equal((await app.inject({ method: 'POST', url: '/mcp', headers: { authorization: `Bearer ${good}` } })).statusCode, 200, 'a valid token is counted for its user, not the address')
+})
+
+t.test('browser routes answer what they throw with a page, never JSON or a stack', async t => {
+  const { app } = await buildApp(t, { clients: [CLIENT] })
+  const tooBig = await app.inject({ method: 'POST', url: '/oauth/consent', headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: 'a=' + 'x'.repeat(70 * 1024) })
+  t.equal(tooBig.statusCode, 413)
+  t.match(tooBig.headers['content-type'], /^text\/html/)
+  t.match(tooBig.body, /Request refused/)
+  t.match(tooBig.body, /Request body too large/)
+  t.equal(tooBig.headers['x-frame-options'], 'DENY')
+  const badCallback = await app.inject({ url: '/oauth/callback?' + 'x=' + 'y'.repeat(10) + '&state=a&state=b' })
+  t.match(badCallback.headers['content-type'], /^text\/html/, 'the callback too')
+  t.notOk(badCallback.statusCode >= 500)
 })

@@ -2,7 +2,8 @@ import cookie from '@fastify/cookie'
 import formbody from '@fastify/formbody'
 import rateLimit from '@fastify/rate-limit'
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
-import { OAuthError, oauthErrorHandler } from '../errors.js'
+import { logOAuthError, OAuthError, oauthErrorHandler, toOAuthError } from '../errors.js'
+import { errorPage, sendPage } from './html.js'
 import type { Auditor } from '../security/audit.js'
 import type { ResolvedConfig, RateLimitName } from '../options.js'
 import { authorizeRoutes, type AuthorizeRouteDeps } from './authorize.js'
@@ -114,6 +115,14 @@ export const oauthRoutes: FastifyPluginAsync<OAuthRouteDeps> = async (fastify, d
   // Cookies (the consent form's CSRF token, the remembered consent) only where a browser comes:
   // the token, revocation and registration endpoints do not run the cookie hooks.
   await fastify.register(async (browser) => {
+    // A browser gets a page, not JSON, for whatever these routes throw (a rate limit above all).
+    browser.setErrorHandler((err, request, reply) => {
+      const oauth = toOAuthError(err)
+      logOAuthError(request, err, oauth)
+      for (const [name, value] of Object.entries(oauth.headers)) reply.header(name, value)
+      const title = oauth.statusCode === 429 ? 'Too many requests' : oauth.statusCode >= 500 ? 'Something went wrong' : 'Request refused'
+      return sendPage(reply, deps.style, oauth.statusCode, errorPage(deps.style, config, title, oauth.description))
+    })
     await browser.register(cookie)
     await browser.register(authorizeRoutes, deps)
     await browser.register(callbackRoutes, deps)
