@@ -436,6 +436,9 @@ t.test('storage and provider wrappers: errors by kind, methods replaced later, n
   raw.getGrant = async () => { throw new StoreUnavailableError('down') }
   await t.rejects(store.getGrant('nope', Date.now()), StoreUnavailableError, 'a method replaced on the store is picked up')
   t.same(await store.stats?.(), await raw.stats(), 'stats() is passed through, not measured')
+  const patched = instrumentStore(new MemoryStore({ sweepIntervalMs: 0 }), undefined, undefined)
+  patched.getClient = async () => null
+  t.equal(await patched.getClient('any', Date.now()), null, 'a method can be assigned on the wrapped store too')
   // The guard's in-process lookup counts as getAccessToken, failures included.
   t.equal(store.getAccessTokenNow?.('nope', Date.now()), null)
   raw.getAccessTokenNow = () => { throw new StoreUnavailableError('down') }

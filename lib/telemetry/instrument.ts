@@ -72,7 +72,10 @@ function measured<T extends object> (
         value: function (...args: unknown[]) {
           return through(operation, Reflect.get(target, method, target) as (...a: unknown[]) => unknown, target, args)
         },
-        enumerable: false
+        enumerable: false,
+        // Assignable, as on the store itself (a caller patching a method patches what the services call).
+        writable: true,
+        configurable: true
       })
     }
   }
