@@ -46,6 +46,20 @@ export type ValidatedMetadata = Pick<ClientRecord,
   'redirectUris' | 'tokenEndpointAuthMethod' | 'grantTypes' | 'responseTypes' | 'applicationType' | 'clientName' | 'scope' | 'metadata'>
 
 /** Validate RFC 7591 client metadata. Throws invalid_client_metadata / invalid_redirect_uri (400). */
+/** The fields of a client record that come from its validated metadata (registration and update alike). */
+function metadataFields (meta: ValidatedMetadata): Pick<ClientRecord, 'redirectUris' | 'tokenEndpointAuthMethod' | 'grantTypes' | 'responseTypes' | 'applicationType' | 'metadata' | 'clientName' | 'scope'> {
+  return {
+    redirectUris: meta.redirectUris,
+    tokenEndpointAuthMethod: meta.tokenEndpointAuthMethod,
+    grantTypes: meta.grantTypes,
+    responseTypes: meta.responseTypes,
+    applicationType: meta.applicationType,
+    metadata: meta.metadata,
+    ...(meta.clientName !== undefined ? { clientName: meta.clientName } : {}),
+    ...(meta.scope !== undefined ? { scope: meta.scope } : {})
+  }
+}
+
 export function validateClientMetadata (input: unknown, config: ResolvedConfig): ValidatedMetadata {
   if (input === null || typeof input !== 'object' || Array.isArray(input)) throw bad('The body must be a JSON object of client metadata')
   const body = input as Record<string, unknown>
@@ -182,12 +196,7 @@ export class RegistrationService {
     const secret = meta.tokenEndpointAuthMethod === 'none' ? undefined : generateToken('clientSecret')
     const record: ClientRecord = {
       clientId: `mcp_${generateId()}`,
-      redirectUris: meta.redirectUris,
-      tokenEndpointAuthMethod: meta.tokenEndpointAuthMethod,
-      grantTypes: meta.grantTypes,
-      responseTypes: meta.responseTypes,
-      applicationType: meta.applicationType,
-      metadata: meta.metadata,
+      ...metadataFields(meta),
       clientIdIssuedAt: Math.floor(now / 1000),
       source: 'dcr',
       registeredFrom,
@@ -198,8 +207,6 @@ export class RegistrationService {
       record.clientSecretHash = hashToken(secret)
       record.clientSecretExpiresAt = 0
     }
-    if (meta.clientName !== undefined) record.clientName = meta.clientName
-    if (meta.scope !== undefined) record.scope = meta.scope
     await this.#d.store.saveClient(record)
     this.#d.auditor.emit('client_registered', { clientId: record.clientId, source: 'dcr' })
     return this.#information(record, registrationToken, secret)
@@ -232,12 +239,7 @@ export class RegistrationService {
     const registrationToken = generateToken('registrationToken')
     const updated: ClientRecord = {
       clientId,
-      redirectUris: meta.redirectUris,
-      tokenEndpointAuthMethod: meta.tokenEndpointAuthMethod,
-      grantTypes: meta.grantTypes,
-      responseTypes: meta.responseTypes,
-      applicationType: meta.applicationType,
-      metadata: meta.metadata,
+      ...metadataFields(meta),
       clientIdIssuedAt: client.clientIdIssuedAt,
       source: client.source,
       registrationTokenHash: hashToken(registrationToken)
@@ -253,8 +255,6 @@ export class RegistrationService {
       }
       updated.clientSecretExpiresAt = 0
     }
-    if (meta.clientName !== undefined) updated.clientName = meta.clientName
-    if (meta.scope !== undefined) updated.scope = meta.scope
     await this.#d.store.saveClient(updated)
     return this.#information(updated, registrationToken, secret)
   }

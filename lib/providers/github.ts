@@ -11,7 +11,7 @@
  * (https://ghe.example.com/api/v3).
  */
 
-import { createHash } from 'node:crypto'
+import { s256 } from '../core/pkce.js'
 import { checkUpstreamUrl, isTransientStatus, safeCause, safeCode } from './oidc.js'
 import {
   UpstreamError,
@@ -274,7 +274,7 @@ export function githubProvider (opts: GithubProviderOptions): Provider {
       url.searchParams.set('redirect_uri', input.redirectUri)
       url.searchParams.set('scope', scopes.join(' '))
       url.searchParams.set('state', input.state)
-      url.searchParams.set('code_challenge', createHash('sha256').update(input.codeVerifier).digest('base64url'))
+      url.searchParams.set('code_challenge', s256(input.codeVerifier))
       url.searchParams.set('code_challenge_method', 'S256')
       return url
     },
