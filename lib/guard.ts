@@ -93,7 +93,7 @@ export function createAuthenticate (config: ResolvedConfig, validator: TokenVali
       let result = known
       if (result === undefined) {
         try {
-          result = await validator.validate(token, resource.resource)
+          result = await validator.lookup(token, resource.resource)
         } catch (err) {
           unavailable(request, reply, err)
           return false

@@ -5,7 +5,24 @@ import { generateId, generateToken, hashToken } from '../lib/core/tokens.js'
 import { storeContract } from './helpers/store-contract.js'
 
 t.test('storage contract: MemoryStore', async t => {
-  storeContract(t, async () => new MemoryStore({ sweepIntervalMs: 0 }))
+  storeContract(t, async () => new MemoryStore({ sweepIntervalMs: 0 }), { answersNow: true })
+})
+
+t.test('an access token read after its expiry is dropped at once, not at the next sweep', async t => {
+  const T0 = Date.UTC(2026, 0, 1)
+  const store = new MemoryStore({ sweepIntervalMs: 0, now: () => T0 })
+  t.teardown(() => store.close())
+  const grantId = generateId()
+  await store.saveGrant({ grantId, userId: 'u', clientId: 'c', scopes: [], resource: 'r', createdAt: T0, expiresAt: T0 + 10_000 })
+  const sync = hashToken(generateToken('accessToken'))
+  const async = hashToken(generateToken('accessToken'))
+  for (const h of [sync, async]) {
+    await store.saveAccessToken(h, { grantId, userId: 'u', clientId: 'c', scopes: [], resource: 'r', issuedAt: T0, expiresAt: T0 + 1000 })
+  }
+  t.equal(store.getAccessTokenNow(sync, T0 + 1000), null)
+  t.equal(await store.getAccessToken(async, T0 + 1000), null)
+  t.equal((await store.stats()).accessTokens, 0, 'both records are gone')
+  t.equal(store.getAccessTokenNow(sync, T0), null, 'and stay gone for an earlier clock')
 })
 
 t.test('the sweep reclaims expired records in slices and keeps live ones', async t => {

@@ -85,6 +85,33 @@ function replicaTests (server: RedisServer): void {
     t.equal((await call(b, next.access_token)).statusCode, 401, 'and at B')
   })
 
+  t.test('a token in use at B (kept in B\'s cache), revoked at A: B refuses it as soon as Redis tells it', async t => {
+    const p = prefix()
+    const a = await replica(t, server, p)
+    const b = await replica(t, server, p)
+    const tokens = await issue(a, 'erin')
+    for (let i = 0; i < 5; i++) t.equal((await call(b, tokens.access_token)).statusCode, 200)
+    const store = b.mcpOAuth.storage as unknown as RedisStore
+    t.ok(store.cacheStatus.entries >= 1, 'B serves it from memory')
+    const revoked = await a.inject({ method: 'POST', url: '/oauth/revoke', payload: { token: tokens.access_token, client_id: CLIENT.client_id } })
+    t.equal(revoked.statusCode, 200)
+    // In one process, A's answer can come before B's socket has been read: B may answer from its
+    // cache until the event loop reads Redis's message.
+    let status = 200
+    let stale = 0
+    const started = performance.now()
+    while (status === 200 && performance.now() - started < 2000) {
+      status = (await call(b, tokens.access_token)).statusCode
+      if (status === 200) {
+        stale++
+        await new Promise(resolve => setImmediate(resolve))
+      }
+    }
+    t.equal(status, 401, 'refused at B')
+    t.comment(`B refused the revoked token ${(performance.now() - started).toFixed(1)} ms after A answered the revocation (${stale} answer(s) before)`)
+    t.equal((await call(a, tokens.access_token)).statusCode, 401, 'and at A')
+  })
+
   t.test('20 concurrent refreshes split across both keep exactly one family', async t => {
     const p = prefix()
     const a = await replica(t, server, p)

@@ -35,21 +35,27 @@ export class TokenValidator {
   }
 
   async validate (token: string, resource?: string): Promise<ValidationResult> {
-    return this.validateNow(token, resource) ?? await this.#validateAsync(token, resource)
+    if (!looksLike('accessToken', token)) return MALFORMED
+    const hash = hashToken(token)
+    const now = this.#now() - this.#skewMs
+    const known = this.#store.getAccessTokenNow?.(hash, now)
+    return result(known !== undefined ? known : await this.#store.getAccessToken(hash, now), resource)
   }
 
   /**
    * The same, answered synchronously when the store can (`getAccessTokenNow`); undefined when it
-   * cannot, and then `validate` is the way.
+   * cannot, and then `lookup` (or `validate`) is the way.
    */
   validateNow (token: string, resource?: string): ValidationResult | undefined {
     if (!looksLike('accessToken', token)) return MALFORMED
     const store = this.#store
     if (store.getAccessTokenNow === undefined) return undefined
-    return result(store.getAccessTokenNow(hashToken(token), this.#now() - this.#skewMs), resource)
+    const known = store.getAccessTokenNow(hashToken(token), this.#now() - this.#skewMs)
+    return known === undefined ? undefined : result(known, resource)
   }
 
-  async #validateAsync (token: string, resource: string | undefined): Promise<ValidationResult> {
+  /** The store's answer through I/O, for a token `validateNow` could not answer (it checked the shape). */
+  async lookup (token: string, resource?: string): Promise<ValidationResult> {
     return result(await this.#store.getAccessToken(hashToken(token), this.#now() - this.#skewMs), resource)
   }
 }

@@ -7,6 +7,7 @@ import type {
   RefreshTokenRecord, RotateResult, Store, StoreStats
 } from './types.js'
 import { StoreUnavailableError } from './types.js'
+import { TokenCache, cacheSettings, type TokenCacheOptions } from './redis-cache.js'
 
 export interface RedisStoreOptions {
   /**
@@ -31,6 +32,14 @@ export interface RedisStoreOptions {
    * argument (saves). Pass the plugin's own clock. Default `Date.now`.
    */
   now?: () => number
+  /**
+   * Access-token records kept in this process and served without a round trip, exact through
+   * Redis's invalidation messages (`CLIENT TRACKING`, Redis 6 or later, on one extra connection).
+   * A revocation on another replica reaches this one when Redis's message does (normally well
+   * under a millisecond; at worst a failed heartbeat later, about a second, when the extra
+   * connection silently dies). `false` turns it off: every lookup is a GET. Default on.
+   */
+  cache?: TokenCacheOptions | false
 }
 
 /** Errors raised by the store itself (timeouts, closed store); Redis errors pass through as they are. */
@@ -169,17 +178,18 @@ addToFamily(ARGV[2] .. 'gf:' .. old[3], ARGV[9], ARGV[2], gttl)
 return { 'rotated', old[1] }
 `
 
-/** KEYS: grant, family. ARGV: prefix, grantId. */
+/** KEYS: grant, family. ARGV: prefix, grantId. Returns whether the grant existed ('1'/'0'), then the family's members. */
 const REVOKE = LUA_HELPERS + `
 local ids = redis.call('HMGET', KEYS[1], 'uid', 'cid')
-local existed = redis.call('DEL', KEYS[1])
+local out = { tostring(redis.call('DEL', KEYS[1])) }
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   redis.call('DEL', memberKey(ARGV[1], m))
+  out[#out + 1] = m
 end
 redis.call('DEL', KEYS[2])
 if ids[1] then redis.call('SREM', ARGV[1] .. 'gu:' .. ids[1], ARGV[2]) end
 if ids[2] then redis.call('SREM', ARGV[1] .. 'gc:' .. ids[2], ARGV[2]) end
-return existed
+return out
 `
 
 /** KEYS: index. ARGV: prefix, field ('uid' | 'cid'), value, now. Drops dead ids as it reads. */
@@ -399,6 +409,7 @@ export class RedisStore implements Store {
   readonly #timeoutMs: number
   readonly #now: () => number
   readonly #waiters = new Set<() => void>()
+  readonly #cache: TokenCache | undefined
   #closed = false
   #lastError: Error | undefined
 
@@ -417,6 +428,8 @@ export class RedisStore implements Store {
     const timeout = opts.commandTimeoutMs ?? 500
     if (!Number.isFinite(timeout) || timeout <= 0) throw new TypeError('RedisStore: commandTimeoutMs must be a positive number')
     this.#timeoutMs = timeout
+    // Checked before a connection exists: a bad option must not leave one open.
+    const cache = opts.cache === false ? undefined : cacheSettings(opts.cache)
     this.#prefix = opts.prefix ?? 'mcp-oauth:'
     this.#now = opts.now ?? Date.now
     if (opts.client) {
@@ -444,6 +457,12 @@ export class RedisStore implements Store {
     this.#clientBounded = typeof bound === 'number' && bound > 0 && bound <= timeout
     this.#client.on('ready', this.#onReady)
     this.#client.on('end', this.#onReady)
+    this.#cache = cache === undefined ? undefined : new TokenCache(this.#client, this.#prefix + 'at:', timeout, cache)
+  }
+
+  /** The local access-token cache: whether it serves right now, and how many records it keeps. */
+  get cacheStatus (): { active: boolean, entries: number, lastError?: string } {
+    return this.#cache?.status ?? { active: false, entries: 0 }
   }
 
   // ---- grants and tokens ----------------------------------------------------------------
@@ -476,10 +495,34 @@ export class RedisStore implements Store {
     const saved = await this.#eval('saveAccessToken', SCRIPTS.saveToken,
       [p + 'at:' + hash, p + 'g:' + token.grantId, p + 'gf:' + token.grantId],
       ['a', 'a:' + hash, ttlOf(token.expiresAt, this.#now()), p, JSON.stringify(token)])
+    this.#cache?.forget(hash)
     if (saved !== 1) throw new Error('saveAccessToken: the grant does not exist')
   }
 
   async getAccessToken (hash: string, now: number): Promise<AccessTokenRecord | null> {
+    const cache = this.#cache
+    if (cache === undefined) return await this.#fetchAccessToken(hash, now)
+    const kept = cache.get(hash, now)
+    if (kept !== undefined) return kept
+    const ticket = cache.begin(hash)
+    let token: AccessTokenRecord | null = null
+    try {
+      token = await this.#fetchAccessToken(hash, -Infinity)
+    } finally {
+      cache.end(hash, ticket, token)
+    }
+    return token === null || token.expiresAt <= now ? null : { ...token, scopes: token.scopes.slice() }
+  }
+
+  /**
+   * From the local cache: the record (a copy), or null when it is kept but expired at `now`;
+   * undefined when the cache does not have it (or is off), and then `getAccessToken` asks Redis.
+   */
+  getAccessTokenNow (hash: string, now: number): AccessTokenRecord | null | undefined {
+    return this.#closed ? undefined : this.#cache?.get(hash, now)
+  }
+
+  async #fetchAccessToken (hash: string, now: number): Promise<AccessTokenRecord | null> {
     const json = await this.#op('getAccessToken', () => this.#client.get(this.#prefix + 'at:' + hash))
     if (json == null) return null
     const token = JSON.parse(json) as AccessTokenRecord
@@ -487,7 +530,12 @@ export class RedisStore implements Store {
   }
 
   async deleteAccessToken (hash: string): Promise<boolean> {
-    return (await this.#op('deleteAccessToken', () => this.#client.del(this.#prefix + 'at:' + hash))) === 1
+    this.#cache?.forget(hash)
+    try {
+      return (await this.#op('deleteAccessToken', () => this.#client.del(this.#prefix + 'at:' + hash))) === 1
+    } finally {
+      this.#cache?.forget(hash)
+    }
   }
 
   async saveRefreshToken (hash: string, token: RefreshTokenRecord): Promise<void> {
@@ -535,8 +583,13 @@ export class RedisStore implements Store {
 
   async revokeGrant (grantId: string): Promise<boolean> {
     const p = this.#prefix
-    const existed = await this.#eval('revokeGrant', SCRIPTS.revoke, [p + 'g:' + grantId, p + 'gf:' + grantId], [p, grantId])
-    return existed === 1
+    const reply = strings(await this.#eval('revokeGrant', SCRIPTS.revoke, [p + 'g:' + grantId, p + 'gf:' + grantId], [p, grantId]))
+    // The family's access tokens leave this process's cache now, not when Redis's message arrives.
+    for (let i = 1; i < reply.length; i++) {
+      const member = reply[i] as string
+      if (member.startsWith('a:')) this.#cache?.forget(member.slice(2))
+    }
+    return reply[0] === '1'
   }
 
   async listGrants (filter: { userId: string } | { clientId: string }, now: number): Promise<string[]> {
@@ -648,6 +701,7 @@ export class RedisStore implements Store {
   async close (): Promise<void> {
     if (this.#closed) return
     this.#closed = true
+    await this.#cache?.close()
     this.#client.off('ready', this.#onReady)
     this.#client.off('end', this.#onReady)
     this.#onReady()

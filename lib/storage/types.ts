@@ -148,11 +148,13 @@ export interface TokenStore {
   saveAccessToken (hash: string, token: AccessTokenRecord): Promise<void>
   getAccessToken (hash: string, now: number): Promise<AccessTokenRecord | null>
   /**
-   * Optional: the same lookup, answered synchronously, for a store that holds tokens in this
-   * process. The guard uses it when present, so a request passes without a promise; a store that
-   * does I/O leaves it out.
+   * Optional: the same lookup, answered synchronously from this process's memory (the memory
+   * store always answers; the Redis store answers from its local cache). `undefined` means "not
+   * known without I/O": the caller then uses `getAccessToken`. A record or null returned here must
+   * be what `getAccessToken` would answer. The guard tries it first, so a request it answers passes
+   * without a promise.
    */
-  getAccessTokenNow? (hash: string, now: number): AccessTokenRecord | null
+  getAccessTokenNow? (hash: string, now: number): AccessTokenRecord | null | undefined
   deleteAccessToken (hash: string): Promise<boolean>
 
   saveRefreshToken (hash: string, token: RefreshTokenRecord): Promise<void>

@@ -150,7 +150,9 @@ function runner (
       finish(operation, start, span, { err })
       throw err
     }
-    finish(operation, start, span, undefined)
+    // `undefined`: the store could not answer without I/O, and the operation that follows is measured.
+    if (result === undefined) span?.end()
+    else finish(operation, start, span, undefined)
     return result
   }
   return { run, runSync }

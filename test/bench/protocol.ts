@@ -10,6 +10,8 @@ export type ServerSpec =
     kind: 'guard'
     store: 'memory' | 'redis'
     redisUrl?: string
+    /** Redis store: its local access-token cache (default on); false = every lookup is a GET. */
+    redisCache?: boolean
     rateLimit: boolean
     metrics: boolean
   }

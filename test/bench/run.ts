@@ -3,7 +3,8 @@
  * machine is shared and noisy, so absolute figures mean little; ratios measured side by side do).
  *
  *   guard   one process, the same handler at /bare and behind the guard at /protected; also the
- *           401 path, the per-user rate limiter, metrics on, and the Redis store.
+ *           401 path, the per-user rate limiter, metrics on, and the Redis store (with its local
+ *           access-token cache, and with `cache: false`).
  *   token   the plugin's token endpoint (refresh rotation, code exchange) against oidc-provider
  *           doing the same grants, and against a bare route that parses the same form body.
  *   memory  heap per live grant at 100,000 grants; heap and event-loop delay around the sweep.
@@ -323,11 +324,14 @@ async function guardBench (): Promise<void> {
     const limited = await start({ kind: 'guard', store: 'memory', rateLimit: true, metrics: false })
     const metrics = await start({ kind: 'guard', store: 'memory', rateLimit: false, metrics: true })
     let redisServer: BenchServer | { unsupported: string }
+    let redisUncached: BenchServer | { unsupported: string }
     if (redisServerAvailable()) {
       redis = await startRedisServer()
       redisServer = await start({ kind: 'guard', store: 'redis', redisUrl: redis.url, rateLimit: false, metrics: false })
+      redisUncached = await start({ kind: 'guard', store: 'redis', redisUrl: redis.url, redisCache: false, rateLimit: false, metrics: false })
     } else {
       redisServer = { unsupported: 'skipped: redis-server is not installed (apt-get install redis-server)' }
+      redisUncached = redisServer
     }
     const bearer = (s: BenchServer) => ({ authorization: `Bearer ${s.accessToken as string}` })
     const targets: Target[] = [
@@ -338,6 +342,7 @@ async function guardBench (): Promise<void> {
     if (limited instanceof BenchServer) targets.push({ name: 'rate-limited', server: limited, method: 'GET', path: '/protected', headers: bearer(limited), expect: 200 })
     if (metrics instanceof BenchServer) targets.push({ name: 'metrics', server: metrics, method: 'GET', path: '/protected', headers: bearer(metrics), expect: 200 })
     if (redisServer instanceof BenchServer) targets.push({ name: 'redis', server: redisServer, method: 'GET', path: '/protected', headers: bearer(redisServer), expect: 200 })
+    if (redisUncached instanceof BenchServer) targets.push({ name: 'redis-uncached', server: redisUncached, method: 'GET', path: '/protected', headers: bearer(redisUncached), expect: 200 })
     const r = await alternate(targets)
     const bare = r.get('bare')
     rows.push({ scenario: 'guard: /bare (memory process)', ...(bare ? { m: bare } : {}), ratio: 1, reference: 'itself' })
@@ -347,8 +352,11 @@ async function guardBench (): Promise<void> {
     else rows.push({ scenario: 'guard: /protected + per-user rate limit', note: limited.unsupported })
     if (metrics instanceof BenchServer) versus('guard: /protected, metrics on', r.get('metrics'), r.get('protected'), '/protected, metrics off')
     else rows.push({ scenario: 'guard: /protected, metrics on', note: `n/a (${metrics.unsupported})` })
-    if (redisServer instanceof BenchServer) versus('guard: /protected, Redis store', r.get('redis'), bare, '/bare', 0.6)
-    else rows.push({ scenario: 'guard: /protected, Redis store', note: redisServer.unsupported })
+    if (redisServer instanceof BenchServer) versus('guard: /protected, Redis store (local cache)', r.get('redis'), bare, '/bare', 0.6)
+    else rows.push({ scenario: 'guard: /protected, Redis store (local cache)', note: redisServer.unsupported })
+    // The same store with `cache: false`: every request is a GET (what the first use of a token costs).
+    if (redisUncached instanceof BenchServer) versus('guard: /protected, Redis store, cache off', r.get('redis-uncached'), bare, '/bare')
+    else rows.push({ scenario: 'guard: /protected, Redis store, cache off', note: redisUncached.unsupported })
   } finally {
     for (const s of started) await s.stop()
     await redis?.destroy()

@@ -51,7 +51,7 @@ async function guardServer (s: Extract<ServerSpec, { kind: 'guard' }>): Promise<
   if (s.metrics) Object.assign(opts, { metrics: { enabled: true, token: 'bench-metrics-token-0123456789' } })
   if (s.store === 'redis') {
     const { RedisStore } = await import('../../lib/storage/redis.js')
-    opts.store = new RedisStore({ url: s.redisUrl as string, commandTimeoutMs: 2000 })
+    opts.store = new RedisStore({ url: s.redisUrl as string, commandTimeoutMs: 2000, ...(s.redisCache === false ? { cache: false } : {}) })
   }
   await app.register(mcpOAuth, opts)
   const handler = async () => ({ ok: true })
