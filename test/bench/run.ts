@@ -16,7 +16,8 @@
  *
  * Environment: BENCH_DURATION (seconds per run, default 3), BENCH_ROUNDS (default 9),
  * BENCH_CONNECTIONS (default 50), BENCH_GRANTS (memory, default 100000),
- * BENCH_ONLY (comma-separated: guard,token,memory; default all), BENCH_PROFILE (a folder: a V8
+ * BENCH_ONLY (comma-separated: guard,token,memory; default all), BENCH_TARGETS (comma-separated
+ * target names within those parts, e.g. bare,protected: for a quick A/B), BENCH_PROFILE (a folder: a V8
  * CPU profile of the server is written there for every measured run, minting left out).
  * Exit status 1 when a target is missed or a run was invalid (unexpected status codes).
  */
@@ -37,6 +38,7 @@ const WARMUP = Math.min(2, DURATION)
 const SATURATED = 0.85
 const PROFILE = process.env.BENCH_PROFILE
 const ONLY = new Set((process.env.BENCH_ONLY ?? 'guard,token,memory').split(',').map(s => s.trim()))
+const TARGETS = process.env.BENCH_TARGETS ? new Set(process.env.BENCH_TARGETS.split(',').map(s => s.trim())) : undefined
 
 function positive (name: string, def: number): number {
   const raw = process.env[name]
@@ -183,7 +185,9 @@ interface Measured {
 }
 
 /** A warm-up run of each target, then ROUNDS rounds in which every target runs once, in turn. */
-async function alternate (targets: Target[]): Promise<Map<string, Measured>> {
+async function alternate (all: Target[]): Promise<Map<string, Measured>> {
+  // A row needs its target and its reference: without either it is left out of the table.
+  const targets = TARGETS === undefined ? all : all.filter(t => TARGETS.has(t.name))
   for (const target of targets) await measure(target, WARMUP)
   const samples = new Map<string, Sample[]>(targets.map(t => [t.name, []]))
   for (let round = 0; round < ROUNDS; round++) {
