@@ -1,5 +1,6 @@
 import type { FastifyReply, FastifyRequest, HookHandlerDoneFunction, onRequestHookHandler } from 'fastify'
 import { errors } from './errors.js'
+import { TOKEN_PREFIX } from './core/tokens.js'
 import type { TokenValidator, ValidationResult } from './core/validator.js'
 import type { ResolvedConfig, ResolvedResource } from './options.js'
 import type { LimiterHolder } from './routes/oauth.js'
@@ -13,6 +14,8 @@ export interface AuthenticateOptions {
 
 /** RFC 6750 §2.1: b64token, case-insensitive scheme, one or more spaces. */
 const BEARER = /^bearer +([A-Za-z0-9\-._~+/]+=*) *$/i
+/** The usual header: Bearer and a token of the shape this server issues (checked once, here). */
+const OURS = new RegExp(`^[Bb][Ee][Aa][Rr][Ee][Rr] +(${TOKEN_PREFIX.accessToken}[A-Za-z0-9_-]{43}) *$`)
 const SCHEME_ONLY = /^bearer *$/i
 
 function quote (value: string): string {
@@ -117,8 +120,9 @@ export function createAuthenticate (config: ResolvedConfig, validator: TokenVali
         return
       }
       const header = request.headers.authorization
-      // The usual request (a well-formed Bearer header) needs one regex; the others find out why not.
-      const match = header === undefined ? null : BEARER.exec(header)
+      // The usual request (one of our tokens, well-formed) needs one regex; the others find out why not.
+      const ours = header === undefined ? null : OURS.exec(header)
+      const match = ours ?? (header === undefined ? null : BEARER.exec(header))
       if (match === null) {
         if (header === undefined || header === '' || !/^bearer(?: |$)/i.test(header)) {
           // No credentials, or another scheme: RFC 6750 §3.1 says no error code.
@@ -132,7 +136,7 @@ export function createAuthenticate (config: ResolvedConfig, validator: TokenVali
       const token = match[1] as string
       let result: ValidationResult | undefined
       try {
-        result = validator.validateNow(token, resource.resource)
+        result = ours !== null ? validator.validateShapedNow(token, resource.resource) : validator.validateNow(token, resource.resource)
       } catch (err) {
         unavailable(request, reply, err)
         return

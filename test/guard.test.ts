@@ -95,7 +95,7 @@ t.test('missing scope: 403 insufficient_scope naming the needed scope', async t 
 
 t.test('success: request.mcpAuth holds the identity; scheme is case-insensitive', async t => {
   const { app, tokens, grant, clock } = await withToken(t, { scopes: ['mcp:tools', 'mcp:admin'] })
-  for (const scheme of ['Bearer', 'bearer', 'BEARER']) {
+  for (const scheme of ['Bearer', 'bearer', 'BEARER', 'bEaReR', 'Bearer  ']) {
     const res = await app.inject({ method: 'POST', url: '/mcp/admin', headers: { authorization: `${scheme} ${tokens.access_token}` } })
     t.equal(res.statusCode, 200, scheme)
     t.same(res.json().auth, {
@@ -110,6 +110,13 @@ t.test('success: request.mcpAuth holds the identity; scheme is case-insensitive'
   }
   const open = await app.inject('/open')
   t.same(open.json(), { auth: null }, 'mcpAuth is null where the guard does not run')
+  // The token itself is case-sensitive: another case of it is a token this server never issued.
+  const access = tokens.access_token as string
+  for (const other of [access.toUpperCase(), 'MCPAT_' + access.slice(6), access + '=', access.slice(0, -1)]) {
+    const res = await app.inject({ method: 'POST', url: '/mcp/admin', headers: { authorization: `Bearer ${other}` } })
+    t.equal(res.statusCode, 401)
+    t.equal(res.json().error_description, 'The access token is not one this server issued')
+  }
 })
 
 t.test('a revoked grant stops its access tokens at the guard', async t => {

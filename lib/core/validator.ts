@@ -48,6 +48,11 @@ export class TokenValidator {
    */
   validateNow (token: string, resource?: string): ValidationResult | undefined {
     if (!looksLike('accessToken', token)) return MALFORMED
+    return this.validateShapedNow(token, resource)
+  }
+
+  /** `validateNow` for a token whose shape the caller has checked (`looksLike('accessToken', token)`). */
+  validateShapedNow (token: string, resource?: string): ValidationResult | undefined {
     const store = this.#store
     if (store.getAccessTokenNow === undefined) return undefined
     const known = store.getAccessTokenNow(hashToken(token), this.#now() - this.#skewMs)

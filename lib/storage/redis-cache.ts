@@ -1,4 +1,3 @@
-import { performance } from 'node:perf_hooks'
 import type { Redis } from 'ioredis'
 import type { AccessTokenRecord } from './types.js'
 
@@ -27,7 +26,7 @@ const INVALIDATE = '__redis__:invalidate'
 
 interface Entry {
   record: AccessTokenRecord
-  /** performance.now() after which the entry is not served. */
+  /** The heartbeat tick from which the entry is not served. */
   until: number
 }
 
@@ -54,10 +53,12 @@ export class TokenCache {
   readonly #conn: Redis
   readonly #prefix: string
   readonly #max: number
-  readonly #maxAge: number
   readonly #entries = new Map<string, Entry>()
   readonly #pending = new Map<string, Pending>()
   readonly #heartbeat: NodeJS.Timeout
+  /** Heartbeats an entry lives: it is served for at most `maxAgeMs` (the clock is the heartbeat, no call per read). */
+  readonly #lifeTicks: number
+  #tick = 0
   #on = false
   /** Bumped whenever the cache turns off or is flushed: a read from an earlier epoch is not kept. */
   #epoch = 0
@@ -72,7 +73,6 @@ export class TokenCache {
   constructor (source: Redis, keyPrefix: string, timeoutMs: number, opts: TokenCacheOptions = {}) {
     const { maxEntries: max, maxAgeMs: maxAge } = cacheSettings(opts)
     this.#max = max
-    this.#maxAge = maxAge
     this.#prefix = keyPrefix
     this.#conn = source.duplicate({
       // Invalidations reach a RESP2 connection as Pub/Sub messages; ioredis drops RESP3 `invalidate` pushes.
@@ -92,7 +92,9 @@ export class TokenCache {
     this.#conn.on('close', this.#off)
     this.#conn.on('end', this.#off)
     this.#conn.on('messageBuffer', this.#onMessage)
-    this.#heartbeat = setInterval(this.#ping, Math.min(1000, maxAge / 2))
+    const every = Math.min(1000, maxAge / 2)
+    this.#lifeTicks = Math.max(1, Math.floor(maxAge / every))
+    this.#heartbeat = setInterval(this.#ping, every)
     this.#heartbeat.unref()
   }
 
@@ -112,7 +114,7 @@ export class TokenCache {
   get (hash: string, now: number): AccessTokenRecord | null | undefined {
     const entry = this.#entries.get(hash)
     if (entry === undefined) return undefined
-    if (performance.now() > entry.until) {
+    if (this.#tick >= entry.until) {
       this.#entries.delete(hash)
       return undefined
     }
@@ -141,7 +143,7 @@ export class TokenCache {
       const oldest = this.#entries.keys().next().value
       if (oldest !== undefined) this.#entries.delete(oldest)
     }
-    this.#entries.set(hash, { record, until: performance.now() + this.#maxAge })
+    this.#entries.set(hash, { record, until: this.#tick + this.#lifeTicks })
   }
 
   /** This store changed or removed the token: drop it now (the invalidation message follows). */
@@ -204,6 +206,7 @@ export class TokenCache {
   }
 
   readonly #ping = (): void => {
+    this.#tick++
     if (!this.#on || this.#pinging) return
     this.#pinging = true
     const conn = this.#conn

@@ -56,8 +56,9 @@ export async function setupTelemetry (fastify: FastifyInstance, options: Resolve
     })
   const tracing = options.tracing === null ? undefined : new Tracing(options.tracing)
 
-  const store = instrumentStore(deps.store, tracing?.tracer, metrics?.recordStorage)
-  const provider = deps.provider === undefined ? undefined : instrumentProvider(deps.provider, tracing?.tracer, metrics?.recordProvider)
+  const live = (): boolean => tracing?.live === true
+  const store = instrumentStore(deps.store, tracing?.tracer, metrics?.recordStorage, live)
+  const provider = deps.provider === undefined ? undefined : instrumentProvider(deps.provider, tracing?.tracer, metrics?.recordProvider, live)
   if (metrics !== undefined) {
     auditor.subscribe(metrics.onAudit)
     metrics.install(fastify)

@@ -32,8 +32,8 @@ export function errorKind (err: unknown): string {
 
 /** Run `fn` on `self` with `args` as one measured operation (no closure per call on the quiet path). */
 type Run = (operation: string, fn: (...args: unknown[]) => unknown, self: unknown, args: unknown[]) => Promise<unknown>
-/** The same for a synchronous method. */
-type RunSync = (operation: string, fn: (...args: unknown[]) => unknown, self: unknown, args: unknown[]) => unknown
+/** The same for a synchronous method of two arguments (no array per call on the hot path). */
+type RunSync = (operation: string, fn: (a: unknown, b: unknown) => unknown, self: unknown, a: unknown, b: unknown) => unknown
 
 /** Synchronous store methods and the operation they are measured as. */
 const SYNC_STORE_OPERATIONS: ReadonlyMap<string, string> = new Map([['getAccessTokenNow', 'getAccessToken']])
@@ -64,20 +64,21 @@ function measured<T extends object> (
     }
   })
   const front = Object.create(rest) as Record<string, unknown>
-  for (const [methods, through] of [[operations, run], [syncOperations, runSync]] as const) {
-    for (const [method, operation] of methods) {
-      const original: unknown = Reflect.get(target, method, target)
-      if (typeof original !== 'function') continue
-      Object.defineProperty(front, method, {
-        value: function (...args: unknown[]) {
-          return through(operation, Reflect.get(target, method, target) as (...a: unknown[]) => unknown, target, args)
-        },
-        enumerable: false,
-        // Assignable, as on the store itself (a caller patching a method patches what the services call).
-        writable: true,
-        configurable: true
-      })
-    }
+  const define = (method: string, value: unknown): void => {
+    // Assignable, as on the store itself (a caller patching a method patches what the services call).
+    Object.defineProperty(front, method, { value, enumerable: false, writable: true, configurable: true })
+  }
+  for (const [method, operation] of operations) {
+    if (typeof Reflect.get(target, method, target) !== 'function') continue
+    define(method, function (...args: unknown[]) {
+      return run(operation, Reflect.get(target, method, target) as (...a: unknown[]) => unknown, target, args)
+    })
+  }
+  for (const [method, operation] of syncOperations) {
+    if (typeof Reflect.get(target, method, target) !== 'function') continue
+    define(method, function (a: unknown, b: unknown) {
+      return runSync(operation, Reflect.get(target, method, target) as (a: unknown, b: unknown) => unknown, target, a, b)
+    })
   }
   return front as T
 }
@@ -89,13 +90,15 @@ function measured<T extends object> (
  */
 function runner (
   tracer: Tracer | undefined,
+  live: () => boolean,
   spanName: (operation: string) => string,
   attributes: (operation: string) => Attributes,
   record: ((operation: string, ms: number, error: unknown, failed: boolean) => void) | undefined,
   failureAttributes: (err: unknown) => Attributes
 ): { run: Run, runSync: RunSync } {
-  // A span only under a recording parent (a flow step, an HTTP span): never a trace of its own.
-  const startSpan = (operation: string): Span | undefined => tracer !== undefined && trace.getActiveSpan()?.isRecording() === true
+  // A span only under a recording parent (a flow step, an HTTP span): never a trace of its own; and
+  // no context lookup at all while no OpenTelemetry SDK is registered (`live`).
+  const startSpan = (operation: string): Span | undefined => tracer !== undefined && live() && trace.getActiveSpan()?.isRecording() === true
     ? tracer.startSpan(spanName(operation), { kind: SpanKind.INTERNAL, attributes: attributes(operation) })
     : undefined
   /** Nothing to record and nobody listening (no SDK, no parent, not sampled): no timing, no extra promise. */
@@ -136,16 +139,16 @@ function runner (
       (err: unknown) => { finish(operation, start, span, { err }); throw err }
     )
   }
-  const runSync: RunSync = (operation, fn, self, args) => {
+  const runSync: RunSync = (operation, fn, self, a, b) => {
     const span = startSpan(operation)
     if (quiet(span)) {
       span?.end()
-      return fn.apply(self, args)
+      return fn.call(self, a, b)
     }
     const start = performance.now()
     let result: unknown
     try {
-      result = within(span, () => fn.apply(self, args))
+      result = within(span, () => fn.call(self, a, b))
     } catch (err) {
       finish(operation, start, span, { err })
       throw err
@@ -158,12 +161,16 @@ function runner (
   return { run, runSync }
 }
 
+function always (): boolean {
+  return true
+}
+
 function errorType (err: unknown): string {
   return err instanceof Error ? err.name : typeof err
 }
 
 /** The store, with a span and a measurement around every contract operation. */
-export function instrumentStore (store: Store, tracer: Tracer | undefined, record: StorageRecorder | undefined): Store {
+export function instrumentStore (store: Store, tracer: Tracer | undefined, record: StorageRecorder | undefined, live: () => boolean = always): Store {
   const backend = store.constructor?.name ?? 'custom'
   const operations = new Map<string, string>(STORE_OPERATIONS.map(op => [op, op]))
   const attrs = new Map<string, Attributes>(STORE_OPERATIONS.map(op => [op, {
@@ -173,6 +180,7 @@ export function instrumentStore (store: Store, tracer: Tracer | undefined, recor
   const names = new Map<string, string>(STORE_OPERATIONS.map(op => [op, `storage.${op}`]))
   const runners = runner(
     tracer,
+    live,
     op => names.get(op) as string,
     op => attrs.get(op) as Attributes,
     record === undefined ? undefined : (op, ms, _err, failed) => record(op, ms, !failed),
@@ -182,11 +190,12 @@ export function instrumentStore (store: Store, tracer: Tracer | undefined, recor
 }
 
 /** The provider, with a span and a measurement around every call to the identity provider. */
-export function instrumentProvider (provider: Provider, tracer: Tracer | undefined, record: ProviderRecorder | undefined): Provider {
+export function instrumentProvider (provider: Provider, tracer: Tracer | undefined, record: ProviderRecorder | undefined, live: () => boolean = always): Provider {
   const name = provider.name
   const operations = new Map<string, string>(Object.entries(PROVIDER_OPERATIONS))
   const runners = runner(
     tracer,
+    live,
     op => `provider.${op}`,
     op => ({ 'mcp_oauth.provider.name': name, 'mcp_oauth.provider.operation': op }),
     record === undefined ? undefined : (op, ms, err, failed) => record(name, op, ms, failed ? (err ?? new Error('failed')) : undefined),
