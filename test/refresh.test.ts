@@ -200,6 +200,24 @@ t.test('expiry at each boundary', async t => {
   t.equal(end.json().error, 'invalid_grant', 'absolute grant lifetime (1000 s) over despite use')
 })
 
+t.test('an access token never outlives its grant (first issue and rotation)', async t => {
+  const ctx = await setup(t, { ttl: { accessToken: 600, refreshToken: 1000, grant: 1000 } })
+  const { tokens } = await issue(ctx)
+  t.equal(tokens.expires_in, 600)
+  ctx.clock.advance(700_000)
+  const r = await refresh(ctx, tokens.refresh_token)
+  t.equal(r.status, 200)
+  t.equal(r.body.expires_in, 300, 'the grant has 300 s left: so has the access token')
+  ctx.clock.advance(299_999)
+  t.equal(await call(ctx, r.body.access_token as string), 200)
+  ctx.clock.advance(1)
+  t.equal(await call(ctx, r.body.access_token as string), 401, 'dead with its grant, in the memory store as in Redis')
+  const late = await ctx.app.mcpOAuth.grants.createGrant({ userId: 'u-2', clientId: PUBLIC.client_id, scopes: ['mcp:tools'], resource: RESOURCE })
+  ctx.clock.advance(999_500)
+  const tail = await ctx.app.mcpOAuth.grants.issueTokens(late)
+  t.equal(tail.expires_in, 0, 'half a second left: expires_in rounds down, never negative')
+})
+
 t.test('revocation (RFC 7009)', async t => {
   const ctx = await setup(t)
   const revoke = (body: Record<string, string>, headers: Record<string, string> = {}) => ctx.app.inject({

@@ -60,7 +60,8 @@ export class GrantService {
     const now = this.#now()
     const accessToken = generateToken('accessToken')
     const refreshToken = generateToken('refreshToken')
-    const accessExpiresAt = now + this.#config.ttl.accessToken * 1000
+    // Never past the grant: a token of an ended grant is dead in every store, and caches can trust expiresAt.
+    const accessExpiresAt = Math.min(now + this.#config.ttl.accessToken * 1000, grant.expiresAt)
     const accessRecord = {
       grantId: grant.grantId,
       clientId: grant.clientId,
@@ -82,9 +83,14 @@ export class GrantService {
     return {
       access_token: accessToken,
       token_type: 'Bearer',
-      expires_in: this.#config.ttl.accessToken,
+      expires_in: secondsUntil(accessExpiresAt, now),
       refresh_token: refreshToken,
       scope: scopes.join(' ')
     }
   }
+}
+
+/** `expires_in` for a deadline: whole seconds left, never negative. */
+export function secondsUntil (expiresAt: number, now: number): number {
+  return Math.max(0, Math.floor((expiresAt - now) / 1000))
 }

@@ -3,7 +3,7 @@ import { OAuthError } from '../errors.js'
 import type { ResolvedConfig } from '../options.js'
 import type { Auditor } from '../security/audit.js'
 import type { ClientRecord, RefreshTokenRecord, Store } from '../storage/types.js'
-import type { TokenResponse } from './grants.js'
+import { secondsUntil, type TokenResponse } from './grants.js'
 import { matchResource } from './resource.js'
 import { narrowScopes } from './scopes.js'
 import { generateId, hashToken, looksLike, TOKEN_PREFIX } from './tokens.js'
@@ -98,10 +98,12 @@ export class RefreshService {
     const { accessToken, refreshToken } = deriveSuccessor(token, salt)
     const accessHash = hashToken(accessToken)
     const scope = scopes.scopes.join(' ')
+    // Never past the grant (as at the first issue).
+    const accessExpiresAt = Math.min(now + config.ttl.accessToken * 1000, grant.expiresAt)
     const pair: TokenResponse = {
       access_token: accessToken,
       token_type: 'Bearer',
-      expires_in: config.ttl.accessToken,
+      expires_in: secondsUntil(accessExpiresAt, now),
       refresh_token: refreshToken,
       scope
     }
@@ -114,7 +116,7 @@ export class RefreshService {
       scopes: scopes.scopes,
       resource: grant.resource,
       issuedAt: now,
-      expiresAt: now + config.ttl.accessToken * 1000,
+      expiresAt: accessExpiresAt,
       ...(grant.email !== undefined ? { email: grant.email } : {})
     })
     const next: RefreshTokenRecord = {
