@@ -3,6 +3,7 @@ import Fastify from 'fastify'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { mcpOAuth, type AuditEventName } from '../lib/index.js'
 import { buildApp, ISSUER, RESOURCE } from './helpers/app.js'
+import { Auditor } from '../lib/security/audit.js'
 
 const CLIENT = { client_id: 'app', redirect_uris: ['https://app.example.com/cb'] }
 const budget = { max: 2, windowSeconds: 1 }
@@ -197,6 +198,28 @@ t.test('the default audit sink logs a stable event field and hashes user ids', a
   t.notMatch(JSON.stringify(lines), 'alice@example.com', 'no user id in clear')
   t.match(line?.userId, /^[A-Za-z0-9_-]{16}$/)
   t.ok(lines.some(l => l.event === 'config_weakened' && l.level === 40), 'weakened settings at warn')
+})
+
+t.test('the default audit sink skips only a logger method that provably does nothing', async t => {
+  const calls: string[] = []
+  // One real function for every level (a logger that routes all of them to one place): always called.
+  const shared = function log (obj: object) { calls.push((obj as { event: string }).event) }
+  const routed = new Auditor({ debug: shared, info: shared, warn: shared })
+  routed.emit('token_refreshed', { clientId: 'c', userId: 'u', grantId: 'g' })
+  routed.emit('pkce_failure', { clientId: 'c' })
+  t.same(calls, ['token_refreshed', 'pkce_failure'])
+  // Fastify's logger with `logger: false`: its methods are empty functions; the line is not even built.
+  const app = Fastify({ logger: false })
+  t.teardown(() => app.close())
+  let built = 0
+  const quiet = new Auditor(app.log)
+  quiet.subscribe(() => { built++ })
+  quiet.emit('token_refreshed', { clientId: 'c', get userId () { calls.push('hashed'); return 'u' }, grantId: 'g' })
+  t.equal(built, 1, 'listeners still get the event')
+  t.notOk(calls.includes('hashed'), 'nothing built for a method that does nothing')
+  const arrow = new Auditor({ debug: () => {}, info: () => { calls.push('arrow') }, warn: () => {} })
+  arrow.emit('token_refreshed', { clientId: 'c', userId: 'u', grantId: 'g' })
+  t.ok(calls.includes('arrow'), 'anything but a plain empty function is called')
 })
 
 t.test('guessing tokens at a guarded route is limited per address', async t => {

@@ -55,8 +55,9 @@ export class Auditor {
   constructor (logger: Logger, sink?: AuditSink) {
     this.#sink = sink ?? ((event, fields) => {
       const level = WARN.has(event) ? 'warn' : DEBUG.has(event) ? 'debug' : 'info'
-      // Build nothing (no copy, no hash) for a line the logger would drop.
-      if (logger.isLevelEnabled?.(level) === false) return
+      // Build nothing (no copy, no hash) for a line the logger would drop, or hand to a method that
+      // does nothing (Fastify's logger when `logger: false`).
+      if (logger.isLevelEnabled?.(level) === false || doesNothing(logger[level])) return
       const line: Record<string, unknown> = { event, ...fields }
       if ('userId' in line && typeof line.userId === 'string') line.userId = hashUserId(line.userId)
       const msg = event === 'config_weakened' ? String((fields as { setting: string }).setting) : `audit: ${event}`
@@ -70,12 +71,28 @@ export class Auditor {
   }
 
   emit<E extends AuditEventName> (event: E, fields: AuditEvents[E]): void {
-    for (const fn of [this.#sink, ...this.#listeners]) {
-      try {
-        fn(event, fields)
-      } catch {
-        // An audit sink must never break the request that emitted the event.
-      }
+    this.#deliver(this.#sink, event, fields)
+    for (const fn of this.#listeners) this.#deliver(fn, event, fields)
+  }
+
+  #deliver<E extends AuditEventName> (fn: AuditSink, event: E, fields: AuditEvents[E]): void {
+    try {
+      fn(event, fields)
+    } catch {
+      // An audit sink must never break the request that emitted the event.
     }
   }
+}
+
+/** Functions known to have an empty body (checked once each). */
+const empty = new WeakMap<(...args: never[]) => unknown, boolean>()
+
+/** True only for a function whose source is provably empty, like `function noop () {}`: calling it has no effect. */
+function doesNothing (fn: (...args: never[]) => unknown): boolean {
+  let known = empty.get(fn)
+  if (known === undefined) {
+    known = /^function\s*[\w$]*\s*\(\s*\)\s*\{\s*\}$/.test(Function.prototype.toString.call(fn))
+    empty.set(fn, known)
+  }
+  return known
 }
