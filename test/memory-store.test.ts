@@ -1,6 +1,7 @@
 import t from 'tap'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { MemoryStore } from '../lib/storage/memory.js'
+import type { ClientRecord } from '../lib/storage/types.js'
 import { generateId, generateToken, hashToken } from '../lib/core/tokens.js'
 import { storeContract } from './helpers/store-contract.js'
 
@@ -23,6 +24,51 @@ t.test('an access token read after its expiry is dropped at once, not at the nex
   t.equal(await store.getAccessToken(async, T0 + 1000), null)
   t.equal((await store.stats()).accessTokens, 0, 'both records are gone')
   t.equal(store.getAccessTokenNow(sync, T0), null, 'and stay gone for an earlier clock')
+})
+
+t.test('the sweep visits records by their expiry: what is kept longer, saved again or never expires stays', async t => {
+  const T0 = Date.UTC(2026, 0, 1)
+  let clock = T0
+  const store = new MemoryStore({ sweepIntervalMs: 0, now: () => clock })
+  t.teardown(() => store.close())
+  const request = { clientId: 'c', redirectUri: 'http://127.0.0.1/cb', codeChallenge: 'x', codeChallengeMethod: 'S256' as const, scopes: [], resource: 'r' }
+  const codeRecord = (expiresAt: number) => ({ ...request, grantId: 'g', userId: 'u', issuedAt: T0, expiresAt })
+  const flowRecord = (expiresAt: number) => ({ ...request, upstreamVerifier: 'v', browserBinding: 'b', createdAt: T0, expiresAt })
+  // A code used before it expires is kept (for replay detection) until retainUntil.
+  await store.saveCode('used', codeRecord(T0 + 1000))
+  await store.saveCode('unused', codeRecord(T0 + 1000))
+  t.equal((await store.consumeCode('used', T0 + 500, T0 + 900_000)).status, 'ok')
+  // A grant saved again with a later expiry.
+  const grant = { grantId: 'g1', userId: 'u', clientId: 'c', scopes: [], resource: 'r', createdAt: T0, expiresAt: T0 + 1000 }
+  await store.saveGrant(grant)
+  await store.saveGrant({ ...grant, expiresAt: T0 + 3_600_000 })
+  await store.saveFlow('short', flowRecord(T0 + 1000))
+  await store.saveFlow('forever', flowRecord(Number.POSITIVE_INFINITY))
+  const client: ClientRecord = {
+    clientId: 'kept',
+    redirectUris: ['http://127.0.0.1/cb'],
+    tokenEndpointAuthMethod: 'none',
+    grantTypes: ['authorization_code'],
+    responseTypes: ['code'],
+    applicationType: 'native',
+    metadata: {},
+    clientIdIssuedAt: T0,
+    source: 'dcr'
+  }
+  await store.saveClient({ ...client, clientId: 'temp', expiresAt: T0 + 1000 })
+  await store.saveClient(client)
+
+  clock = T0 + 600_000
+  await store.sweep()
+  t.same(await store.stats(), { accessTokens: 0, refreshTokens: 0, grants: 1, clients: 1, flows: 1, codes: 1 },
+    'gone: the unused code, the short flow, the expired client; kept: the used code, the grant saved again, the flow without end, the client without expiry')
+  t.equal((await store.consumeCode('used', clock, clock)).status, 'reused', 'the used code is still remembered')
+  clock = T0 + 1_000_000
+  await store.sweep()
+  t.equal((await store.stats()).codes, 0, 'and forgotten after retainUntil')
+  clock = T0 + 4_000_000
+  await store.sweep()
+  t.same(await store.stats(), { accessTokens: 0, refreshTokens: 0, grants: 0, clients: 1, flows: 1, codes: 0 }, 'the grant at its later expiry')
 })
 
 t.test('the sweep reclaims expired records in slices and keeps live ones', async t => {
