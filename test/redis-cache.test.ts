@@ -6,7 +6,7 @@ import { TokenCache } from '../lib/storage/redis-cache.js'
 import type { AccessTokenRecord, GrantRecord } from '../lib/storage/types.js'
 import { generateId, generateToken, hashToken } from '../lib/core/tokens.js'
 import { storeContract } from './helpers/store-contract.js'
-import { redisServerAvailable, startRedisServer } from './helpers/redis.js'
+import { withRedisServer } from './helpers/redis-tests.js'
 import type { RedisServer } from './helpers/redis.js'
 
 // The RedisStore's local access-token cache (lib/storage/redis-cache.ts) against a real
@@ -15,18 +15,7 @@ import type { RedisServer } from './helpers/redis.js'
 
 const HOUR = 3_600_000
 
-if (!redisServerAvailable()) {
-  if (process.env.CI) {
-    t.fail('redis-server is not on the PATH but CI is set: install it (apt-get install -y redis-server); the Redis cache is untested')
-  } else {
-    t.comment('redis-server not installed: Redis cache tests skipped')
-    t.test('RedisStore cache', { skip: 'redis-server not installed: Redis tests skipped' }, () => {})
-  }
-} else {
-  const server = await startRedisServer()
-  t.teardown(() => server.destroy())
-  cacheTests(server)
-}
+await withRedisServer('the Redis store\'s cache', cacheTests)
 
 /** Poll `check` (every few ms, at most `ms`): true once it held. */
 async function until (check: () => boolean, ms = 3000): Promise<boolean> {

@@ -5,7 +5,8 @@ import { RedisStore } from '../lib/storage/redis.js'
 import type { GrantRecord, RefreshTokenRecord } from '../lib/storage/types.js'
 import { generateId, generateToken, hashToken } from '../lib/core/tokens.js'
 import { storeContract } from './helpers/store-contract.js'
-import { freePort, redisServerAvailable, startRedisServer } from './helpers/redis.js'
+import { freePort, startRedisServer } from './helpers/redis.js'
+import { withRedisServer } from './helpers/redis-tests.js'
 import type { RedisServer } from './helpers/redis.js'
 
 // These tests start their own redis-server (a child process on a free loopback port), so all
@@ -16,21 +17,7 @@ const HOUR = 3_600_000
 /** The contract suite's own epoch (test/helpers/store-contract.ts). */
 const T0 = Date.UTC(2026, 0, 1)
 
-if (!redisServerAvailable()) {
-  if (process.env.CI) {
-    t.fail('redis-server is not on the PATH but CI is set: install it (apt-get install -y redis-server); the Redis store is untested')
-  } else {
-    // ==========================================================================================
-    //   redis-server not installed: Redis tests skipped  (apt-get install -y redis-server)
-    // ==========================================================================================
-    t.comment('redis-server not installed: Redis tests skipped')
-    t.test('RedisStore', { skip: 'redis-server not installed: Redis tests skipped' }, () => {})
-  }
-} else {
-  const server = await startRedisServer()
-  t.teardown(() => server.destroy())
-  redisTests(server)
-}
+await withRedisServer('the Redis store', redisTests)
 
 function redisTests (server: RedisServer): void {
   let n = 0

@@ -2,7 +2,8 @@ import t from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { mcpOAuth, type McpOAuthOptions } from '../lib/index.js'
 import { RedisStore } from '../lib/storage/redis.js'
-import { redisServerAvailable, startRedisServer, type RedisServer } from './helpers/redis.js'
+import type { RedisServer } from './helpers/redis.js'
+import { withRedisServer } from './helpers/redis-tests.js'
 import { loginTokens, readUpstream, startLogin, writeUpstream } from './helpers/login.js'
 import { oidcProvider } from '../lib/providers/oidc.js'
 
@@ -16,14 +17,7 @@ const ISSUER = 'https://auth.example.com'
 const RESOURCE = `${ISSUER}/mcp`
 const CLIENT = { client_id: 'app', redirect_uris: ['http://127.0.0.1/cb'] }
 
-if (!redisServerAvailable()) {
-  if (process.env.CI) t.fail('redis-server is not on the PATH but CI is set: install it (apt-get install -y redis-server)')
-  else t.test('replicas', { skip: 'redis-server not installed: Redis tests skipped' }, () => {})
-} else {
-  const server = await startRedisServer({ appendonly: true })
-  t.teardown(() => server.destroy())
-  replicaTests(server)
-}
+await withRedisServer('replicas', replicaTests, { appendonly: true })
 
 async function replica (t: { teardown (fn: () => unknown): void }, server: RedisServer, prefix: string, opts: Partial<McpOAuthOptions> = {}): Promise<FastifyInstance> {
   const app = Fastify({ logger: false })
