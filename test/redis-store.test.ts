@@ -166,6 +166,24 @@ function redisTests (server: RedisServer): void {
     t.equal(await redis.exists(prefix + 'gu:user-1'), 0, 'and it left the user index')
   })
 
+  t.test('saveGrantWithTokens: one script; the tokens\' TTLs are capped by the grant\'s, the family holds both', async t => {
+    const prefix = freshPrefix()
+    const s = store(t, { prefix })
+    const redis = inspector(t)
+    const now = Date.now()
+    const g = grant(now, { expiresAt: now + 60_000 })
+    const a = hashToken(generateToken('accessToken'))
+    const r = hashToken(generateToken('refreshToken'))
+    await s.saveGrantWithTokens(g, { hash: a, token: access(g, now) }, { hash: r, token: refresh(g, now) })
+    for (const key of ['g:' + g.grantId, 'at:' + a, 'rt:' + r, 'gf:' + g.grantId]) {
+      const ttl = await redis.pttl(prefix + key)
+      t.ok(ttl > 0 && ttl <= 60_000, `${key.split(':')[0]}: TTL within the grant's minute (${ttl} ms)`)
+    }
+    t.same((await redis.smembers(prefix + 'gf:' + g.grantId)).sort(), ['a:' + a, 'r:' + r].sort())
+    t.same(await s.listGrants({ userId: g.userId }, now), [g.grantId], 'indexed by user like saveGrant')
+    t.same(await s.getRefreshToken(r, now), refresh(g, now))
+  })
+
   t.test('a client without expiresAt is kept without TTL; a later expiry replaces that', async t => {
     const prefix = freshPrefix()
     const s = store(t, { prefix })

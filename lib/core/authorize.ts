@@ -321,7 +321,7 @@ export class AuthorizationFlow {
         throw new OAuthError('invalid_target', 'The resource does not match the authorization request')
       }
     }
-    const grant = await this.#d.grants.createGrant({
+    const { grant, tokens } = await this.#d.grants.createGrantWithTokens({
       grantId: record.grantId,
       userId: record.userId,
       clientId: record.clientId,
@@ -331,7 +331,6 @@ export class AuthorizationFlow {
       ...(record.upstream !== undefined ? { upstream: record.upstream } : {}),
       ...(record.provider !== undefined ? { provider: record.provider } : {})
     })
-    const tokens = await this.#d.grants.issueTokens(grant)
     this.#d.auditor.emit('token_issued', { clientId: client.clientId, userId: grant.userId, grantId: grant.grantId, grantType: 'authorization_code' })
     return tokens
   }

@@ -1,6 +1,6 @@
 import { generateId, generateToken, hashToken } from './tokens.js'
 import type { ResolvedConfig } from '../options.js'
-import type { GrantRecord, TokenStore } from '../storage/types.js'
+import type { AccessTokenRecord, GrantRecord, RefreshTokenRecord, TokenStore } from '../storage/types.js'
 
 export interface TokenResponse {
   access_token: string
@@ -38,7 +38,39 @@ export class GrantService {
   }
 
   async createGrant (input: NewGrant): Promise<GrantRecord> {
+    const grant = this.#grant(input, this.#now())
+    await this.#store.saveGrant(grant)
+    return grant
+  }
+
+  /** A fresh access token and refresh token for a grant (first issue after a code exchange). */
+  async issueTokens (grant: GrantRecord, scopes: string[] = grant.scopes): Promise<TokenResponse> {
+    const pair = this.#pair(grant, scopes, this.#now())
+    await this.#store.saveAccessToken(pair.access.hash, pair.access.token)
+    await this.#store.saveRefreshToken(pair.refresh.hash, pair.refresh.token)
+    return pair.response
+  }
+
+  /**
+   * A grant and its first token pair (what a code exchange creates), in one store call when the
+   * store offers one (`saveGrantWithTokens`), else as createGrant + issueTokens would.
+   */
+  async createGrantWithTokens (input: NewGrant): Promise<{ grant: GrantRecord, tokens: TokenResponse }> {
     const now = this.#now()
+    const grant = this.#grant(input, now)
+    const { access, refresh, response } = this.#pair(grant, grant.scopes, now)
+    const store = this.#store
+    if (store.saveGrantWithTokens !== undefined) {
+      await store.saveGrantWithTokens(grant, access, refresh)
+    } else {
+      await store.saveGrant(grant)
+      await store.saveAccessToken(access.hash, access.token)
+      await store.saveRefreshToken(refresh.hash, refresh.token)
+    }
+    return { grant, tokens: response }
+  }
+
+  #grant (input: NewGrant, now: number): GrantRecord {
     const grant: GrantRecord = {
       grantId: input.grantId ?? generateId(),
       userId: input.userId,
@@ -51,41 +83,48 @@ export class GrantService {
     if (input.email !== undefined) grant.email = input.email
     if (input.upstream !== undefined) grant.upstream = input.upstream
     if (input.provider !== undefined) grant.provider = input.provider
-    await this.#store.saveGrant(grant)
     return grant
   }
 
-  /** A fresh access token and refresh token for a grant (first issue after a code exchange). */
-  async issueTokens (grant: GrantRecord, scopes: string[] = grant.scopes): Promise<TokenResponse> {
-    const now = this.#now()
+  /** New tokens for a grant: what the store keeps (hashes and records) and what the client gets. */
+  #pair (grant: GrantRecord, scopes: string[], now: number): {
+    access: { hash: string, token: AccessTokenRecord }
+    refresh: { hash: string, token: RefreshTokenRecord }
+    response: TokenResponse
+  } {
     const accessToken = generateToken('accessToken')
     const refreshToken = generateToken('refreshToken')
     // Never past the grant: a token of an ended grant is dead in every store, and caches can trust expiresAt.
     const accessExpiresAt = Math.min(now + this.#config.ttl.accessToken * 1000, grant.expiresAt)
-    const accessRecord = {
+    const access: AccessTokenRecord = {
       grantId: grant.grantId,
       clientId: grant.clientId,
       userId: grant.userId,
       scopes,
       resource: grant.resource,
       issuedAt: now,
-      expiresAt: accessExpiresAt,
-      ...(grant.email !== undefined ? { email: grant.email } : {})
+      expiresAt: accessExpiresAt
     }
-    await this.#store.saveAccessToken(hashToken(accessToken), accessRecord)
-    await this.#store.saveRefreshToken(hashToken(refreshToken), {
-      grantId: grant.grantId,
-      clientId: grant.clientId,
-      scopes,
-      issuedAt: now,
-      expiresAt: Math.min(now + this.#config.ttl.refreshToken * 1000, grant.expiresAt)
-    })
+    if (grant.email !== undefined) access.email = grant.email
     return {
-      access_token: accessToken,
-      token_type: 'Bearer',
-      expires_in: secondsUntil(accessExpiresAt, now),
-      refresh_token: refreshToken,
-      scope: scopes.join(' ')
+      access: { hash: hashToken(accessToken), token: access },
+      refresh: {
+        hash: hashToken(refreshToken),
+        token: {
+          grantId: grant.grantId,
+          clientId: grant.clientId,
+          scopes,
+          issuedAt: now,
+          expiresAt: Math.min(now + this.#config.ttl.refreshToken * 1000, grant.expiresAt)
+        }
+      },
+      response: {
+        access_token: accessToken,
+        token_type: 'Bearer',
+        expires_in: secondsUntil(accessExpiresAt, now),
+        refresh_token: refreshToken,
+        scope: scopes.join(' ')
+      }
     }
   }
 }

@@ -302,6 +302,20 @@ export class MemoryStore implements Store {
   // ---- grants and tokens ----------------------------------------------------------------
 
   async saveGrant (grant: GrantRecord): Promise<void> {
+    this.#putGrant(grant)
+  }
+
+  async saveGrantWithTokens (
+    grant: GrantRecord,
+    access: { hash: string, token: AccessTokenRecord },
+    refresh: { hash: string, token: RefreshTokenRecord }
+  ): Promise<void> {
+    this.#putGrant(grant)
+    this.#putAccess(access.hash, access.token)
+    this.#putRefresh(refresh.hash, refresh.token)
+  }
+
+  #putGrant (grant: GrantRecord): void {
     const entry = new GrantEntry(grant, this.#interned)
     // Saved again: the family carries over; its tokens keep the grant fields they were saved with.
     const previous = this.#grants.get(grant.grantId)
@@ -326,6 +340,10 @@ export class MemoryStore implements Store {
   }
 
   async saveAccessToken (hash: string, token: AccessTokenRecord): Promise<void> {
+    this.#putAccess(hash, token)
+  }
+
+  #putAccess (hash: string, token: AccessTokenRecord): void {
     const entry = this.#grants.get(token.grantId)
     if (!entry) throw new Error('saveAccessToken: the grant does not exist')
     const sharesGrant = token.clientId === entry.clientId && token.userId === entry.userId &&
@@ -358,6 +376,10 @@ export class MemoryStore implements Store {
   }
 
   async saveRefreshToken (hash: string, token: RefreshTokenRecord): Promise<void> {
+    this.#putRefresh(hash, token)
+  }
+
+  #putRefresh (hash: string, token: RefreshTokenRecord): void {
     const entry = this.#grants.get(token.grantId)
     if (!entry) throw new Error('saveRefreshToken: the grant does not exist')
     this.#refresh.set(hash, this.#refreshEntry(entry, token))

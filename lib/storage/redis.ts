@@ -91,11 +91,8 @@ local function pruneIndex (idx, prefix)
 end
 `
 
-/**
- * KEYS: grant, family, by-user index, by-client index.
- * ARGV: json, expiresAt, userId, clientId, upstream, hasUpstream, ttl, grantId, prefix.
- */
-const SAVE_GRANT = LUA_HELPERS + `
+/** The grant's part of SAVE_GRANT and SAVE_GRANT_WITH_TOKENS (same KEYS[1-4] and ARGV[1-9]). */
+const GRANT_PART = `
 local old = redis.call('HMGET', KEYS[1], 'uid', 'cid')
 if old[1] and old[1] ~= ARGV[3] then redis.call('SREM', ARGV[9] .. 'gu:' .. old[1], ARGV[8]) end
 if old[2] and old[2] ~= ARGV[4] then redis.call('SREM', ARGV[9] .. 'gc:' .. old[2], ARGV[8]) end
@@ -110,6 +107,36 @@ for i = 3, 4 do
   redis.call('SADD', KEYS[i], ARGV[8])
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
 end
+`
+
+/**
+ * KEYS: grant, family, by-user index, by-client index.
+ * ARGV: json, expiresAt, userId, clientId, upstream, hasUpstream, ttl, grantId, prefix.
+ */
+const SAVE_GRANT = LUA_HELPERS + GRANT_PART + `
+return 1
+`
+
+/**
+ * A grant and its first two tokens (a code exchange) in one round trip. KEYS: as SAVE_GRANT, then
+ * the access token, the refresh token. ARGV: as SAVE_GRANT (1-9), then the access token's family
+ * member, ttl, json (10-12), the refresh token's family member, ttl, json, expiresAt, grantId (13-17).
+ * Token TTLs are capped by the grant's, as in SAVE_TOKEN.
+ */
+const SAVE_GRANT_WITH_TOKENS = LUA_HELPERS + GRANT_PART + `
+local gttl = tonumber(ARGV[7])
+local function capped (t)
+  t = tonumber(t)
+  if t > gttl then return gttl end
+  return t
+end
+redis.call('DEL', KEYS[5])
+redis.call('SET', KEYS[5], ARGV[12], 'PX', capped(ARGV[11]))
+addToFamily(KEYS[2], ARGV[10], ARGV[9], gttl)
+redis.call('DEL', KEYS[6])
+redis.call('HSET', KEYS[6], 'r', ARGV[15], 'e', ARGV[16], 'g', ARGV[17])
+redis.call('PEXPIRE', KEYS[6], capped(ARGV[14]))
+addToFamily(KEYS[2], ARGV[13], ARGV[9], gttl)
 return 1
 `
 
@@ -327,6 +354,7 @@ return 0
 const SCRIPTS = {
   releaseLock: script(RELEASE_LOCK),
   saveGrant: script(SAVE_GRANT),
+  saveGrantWithTokens: script(SAVE_GRANT_WITH_TOKENS),
   updateUpstream: script(UPDATE_UPSTREAM),
   saveToken: script(SAVE_TOKEN),
   getRefresh: script(GET_REFRESH),
@@ -474,6 +502,25 @@ export class RedisStore implements Store {
       [p + 'g:' + grant.grantId, p + 'gf:' + grant.grantId, p + 'gu:' + grant.userId, p + 'gc:' + grant.clientId],
       [JSON.stringify(rest), grant.expiresAt, grant.userId, grant.clientId, upstream ?? '',
         upstream === undefined ? '0' : '1', ttlOf(grant.expiresAt, this.#now()), grant.grantId, p])
+  }
+
+  async saveGrantWithTokens (
+    grant: GrantRecord,
+    access: { hash: string, token: AccessTokenRecord },
+    refresh: { hash: string, token: RefreshTokenRecord }
+  ): Promise<void> {
+    const { upstream, ...rest } = grant
+    const p = this.#prefix
+    const now = this.#now()
+    const r = refresh.token
+    await this.#eval('saveGrantWithTokens', SCRIPTS.saveGrantWithTokens,
+      [p + 'g:' + grant.grantId, p + 'gf:' + grant.grantId, p + 'gu:' + grant.userId, p + 'gc:' + grant.clientId,
+        p + 'at:' + access.hash, p + 'rt:' + refresh.hash],
+      [JSON.stringify(rest), grant.expiresAt, grant.userId, grant.clientId, upstream ?? '',
+        upstream === undefined ? '0' : '1', ttlOf(grant.expiresAt, now), grant.grantId, p,
+        'a:' + access.hash, ttlOf(access.token.expiresAt, now), JSON.stringify(access.token),
+        'r:' + refresh.hash, ttlOf(r.expiresAt, now), JSON.stringify(refreshBase(r)), r.expiresAt, r.grantId])
+    this.#cache?.forget(access.hash)
   }
 
   async getGrant (grantId: string, now: number): Promise<GrantRecord | null> {

@@ -158,6 +158,15 @@ export interface TokenStore {
   deleteAccessToken (hash: string): Promise<boolean>
 
   saveRefreshToken (hash: string, token: RefreshTokenRecord): Promise<void>
+  /**
+   * Optional: saveGrant, then saveAccessToken and saveRefreshToken for it, in one call (what a
+   * code exchange writes). A store that offers it saves a round trip or two per exchange.
+   */
+  saveGrantWithTokens? (
+    grant: GrantRecord,
+    access: { hash: string, token: AccessTokenRecord },
+    refresh: { hash: string, token: RefreshTokenRecord }
+  ): Promise<void>
   /** Returns rotated tokens too (with `rotatedAt`), until they expire, for reuse detection. */
   getRefreshToken (hash: string, now: number): Promise<RefreshTokenRecord | null>
   /**

@@ -95,6 +95,24 @@ export function storeContract (t: Test, make: () => Promise<Store>, { answersNow
     }
   })
 
+  t.test('saveGrantWithTokens (optional): the grant and both tokens, as the three saves would store them', async t => {
+    const store = await fresh(t)
+    if (store.saveGrantWithTokens === undefined) {
+      t.pass('not offered: the services make the three calls')
+      return
+    }
+    const g = grant({ upstream: 'blob' })
+    const a = hashToken(generateToken('accessToken'))
+    const r = hashToken(generateToken('refreshToken'))
+    await store.saveGrantWithTokens(g, { hash: a, token: access(g) }, { hash: r, token: refresh(g) })
+    t.same(await store.getGrant(g.grantId, T0), g)
+    t.same(await store.getAccessToken(a, T0), access(g))
+    t.same(await store.getRefreshToken(r, T0), refresh(g))
+    t.equal(await store.revokeGrant(g.grantId), true)
+    t.equal(await store.getAccessToken(a, T0), null, 'the tokens are the grant\'s family: revoked with it')
+    t.equal(await store.getRefreshToken(r, T0), null)
+  })
+
   t.test('refresh rotation is compare-and-swap', async t => {
     const store = await fresh(t)
     const g = grant()
