@@ -227,7 +227,7 @@ t.test('a login, refresh, reuse, revocation and rate-limit trips move exactly th
   // Storage
   t.equal(delta(METRIC_NAMES.storageOperations, { operation: 'consumeCode', result: 'ok' }), 4, 'A, F twice, G')
   t.equal(delta(`${METRIC_NAMES.storageDuration}_count`, { operation: 'consumeCode' }), 4)
-  t.equal(delta(METRIC_NAMES.storageOperations, { operation: 'rotateRefreshToken', result: 'ok' }), 1)
+  t.equal(delta(METRIC_NAMES.storageOperations, { operation: 'rotateRefreshTokenWithAccess', result: 'ok' }), 1, 'the rotation and the new access token in one call')
   t.equal(delta(METRIC_NAMES.storageOperations, { operation: 'saveFlow' }), 3)
   t.equal(delta(METRIC_NAMES.storageOperations, { operation: 'takeFlow' }), 3)
   t.equal(delta(METRIC_NAMES.storageOperations, { result: 'error' }), 0)

@@ -113,7 +113,7 @@ t.test('a login as a span tree, with storage and provider spans under each step,
   t.same(childNames(spans, consent), ['storage.getClient', 'provider.authorization_url', 'storage.saveFlow'])
   t.same(childNames(spans, callback), ['storage.takeFlow', 'provider.exchange_code', 'storage.saveCode'], 'callback: the flow, the provider, the code')
   t.same(childNames(spans, exchange), ['storage.getClient', 'storage.consumeCode', 'storage.saveGrantWithTokens'], 'exchange: the grant and its tokens in one store call')
-  t.ok(childNames(spans, byStep['oauth.refresh'] as ReadableSpan).includes('storage.rotateRefreshToken'))
+  t.ok(childNames(spans, byStep['oauth.refresh'] as ReadableSpan).includes('storage.rotateRefreshTokenWithAccess'))
 
   const exchangeSpan = one(t, childrenOf(spans, callback), 'provider.exchange_code')
   t.equal(exchangeSpan.attributes['mcp_oauth.provider.name'], 'oidc')

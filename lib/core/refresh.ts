@@ -2,7 +2,7 @@ import { hash } from 'node:crypto'
 import { OAuthError } from '../errors.js'
 import type { ResolvedConfig } from '../options.js'
 import type { Auditor } from '../security/audit.js'
-import type { ClientRecord, RefreshTokenRecord, Store } from '../storage/types.js'
+import type { AccessTokenRecord, ClientRecord, RefreshTokenRecord, RotateResult, Store } from '../storage/types.js'
 import { secondsUntil, type TokenResponse } from './grants.js'
 import { matchResource } from './resource.js'
 import { narrowScopes } from './scopes.js'
@@ -107,18 +107,16 @@ export class RefreshService {
       refresh_token: refreshToken,
       scope
     }
-    // The access token is stored before the swap so that a concurrent loser, which hands out this
-    // same pair from the grace window, never hands out a token the guard does not know yet.
-    await store.saveAccessToken(accessHash, {
+    const access: AccessTokenRecord = {
       grantId: grant.grantId,
       clientId: grant.clientId,
       userId: grant.userId,
       scopes: scopes.scopes,
       resource: grant.resource,
       issuedAt: now,
-      expiresAt: accessExpiresAt,
-      ...(grant.email !== undefined ? { email: grant.email } : {})
-    })
+      expiresAt: accessExpiresAt
+    }
+    if (grant.email !== undefined) access.email = grant.email
     const next: RefreshTokenRecord = {
       grantId: grant.grantId,
       clientId: grant.clientId,
@@ -126,12 +124,22 @@ export class RefreshService {
       issuedAt: now,
       expiresAt: Math.min(now + config.ttl.refreshToken * 1000, grant.expiresAt)
     }
-    const result = await store.rotateRefreshToken(hash, { hash: hashToken(refreshToken), token: next }, now, successorInfo(salt, scope))
+    const successor = { hash: hashToken(refreshToken), token: next }
+    let result: RotateResult
+    if (store.rotateRefreshTokenWithAccess !== undefined) {
+      // One atomic step: the access token exists exactly when the rotation happened.
+      result = await store.rotateRefreshTokenWithAccess(hash, successor, { hash: accessHash, token: access }, now, successorInfo(salt, scope))
+    } else {
+      // The access token is stored before the swap so that a concurrent loser, which hands out this
+      // same pair from the grace window, never hands out a token the guard does not know yet.
+      await store.saveAccessToken(accessHash, access)
+      result = await store.rotateRefreshToken(hash, successor, now, successorInfo(salt, scope))
+      if (result.status !== 'rotated') await store.deleteAccessToken(accessHash)
+    }
     if (result.status === 'rotated') {
       auditor.emit('token_refreshed', { clientId: client.clientId, userId: grant.userId, grantId: grant.grantId })
       return pair
     }
-    await store.deleteAccessToken(accessHash)
     if (result.status === 'already_rotated') return this.#replayed(token, result.previous, now)
     throw invalid()
   }

@@ -407,6 +407,27 @@ export class MemoryStore implements Store {
     now: number,
     successor?: string
   ): Promise<RotateResult> {
+    return this.#rotate(oldHash, next, now, successor)
+  }
+
+  async rotateRefreshTokenWithAccess (
+    oldHash: string,
+    next: { hash: string, token: RefreshTokenRecord },
+    access: { hash: string, token: AccessTokenRecord },
+    now: number,
+    successor?: string
+  ): Promise<RotateResult> {
+    const result = this.#rotate(oldHash, next, now, successor)
+    if (result.status === 'rotated') this.#putAccess(access.hash, access.token)
+    return result
+  }
+
+  #rotate (
+    oldHash: string,
+    next: { hash: string, token: RefreshTokenRecord },
+    now: number,
+    successor: string | undefined
+  ): RotateResult {
     const stored = this.#refresh.get(oldHash)
     if (!stored || stored.expiresAt <= now) return { status: 'unknown' }
     const entry = this.#liveGrant(stored.grantId, now)

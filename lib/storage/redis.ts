@@ -180,8 +180,9 @@ return { t[1], t[2], t[4] or '', t[5] and '1' or '0', t[5] or '', ge or '' }
 `
 
 /**
- * The compare-and-swap. KEYS: old token, new token. ARGV: now, prefix, new json, new expiresAt,
- * new grantId, new ttl, hasSuccessor, successor, new family member.
+ * The compare-and-swap. KEYS: old token, new token, and (optional) a new access token. ARGV: now,
+ * prefix, new json, new expiresAt, new grantId, new ttl, hasSuccessor, successor, new family
+ * member, and with the access token: its family member, ttl, json (saved only when rotated).
  */
 const ROTATE = LUA_HELPERS + `
 local old = redis.call('HMGET', KEYS[1], 'r', 'e', 'g', 'ra', 's')
@@ -202,6 +203,13 @@ redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'r', ARGV[3], 'e', ARGV[4], 'g', ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ttl)
 addToFamily(ARGV[2] .. 'gf:' .. old[3], ARGV[9], ARGV[2], gttl)
+if ARGV[10] then
+  local attl = tonumber(ARGV[11])
+  if gttl > 0 and gttl < attl then attl = gttl end
+  redis.call('DEL', KEYS[3])
+  redis.call('SET', KEYS[3], ARGV[12], 'PX', attl)
+  addToFamily(ARGV[2] .. 'gf:' .. old[3], ARGV[10], ARGV[2], gttl)
+end
 return { 'rotated', old[1] }
 `
 
@@ -608,11 +616,40 @@ export class RedisStore implements Store {
     now: number,
     successor?: string
   ): Promise<RotateResult> {
+    return await this.#rotate('rotateRefreshToken', oldHash, next, undefined, now, successor)
+  }
+
+  async rotateRefreshTokenWithAccess (
+    oldHash: string,
+    next: { hash: string, token: RefreshTokenRecord },
+    access: { hash: string, token: AccessTokenRecord },
+    now: number,
+    successor?: string
+  ): Promise<RotateResult> {
+    try {
+      return await this.#rotate('rotateRefreshTokenWithAccess', oldHash, next, access, now, successor)
+    } finally {
+      this.#cache?.forget(access.hash)
+    }
+  }
+
+  async #rotate (
+    name: string,
+    oldHash: string,
+    next: { hash: string, token: RefreshTokenRecord },
+    access: { hash: string, token: AccessTokenRecord } | undefined,
+    now: number,
+    successor: string | undefined
+  ): Promise<RotateResult> {
     const p = this.#prefix
-    const reply = strings(await this.#eval('rotateRefreshToken', SCRIPTS.rotate,
-      [p + 'rt:' + oldHash, p + 'rt:' + next.hash],
-      [now, p, JSON.stringify(refreshBase(next.token)), next.token.expiresAt, next.token.grantId,
-        ttlOf(next.token.expiresAt, now), successor === undefined ? '0' : '1', successor ?? '', 'r:' + next.hash]))
+    const keys = [p + 'rt:' + oldHash, p + 'rt:' + next.hash]
+    const args: Array<string | number> = [now, p, JSON.stringify(refreshBase(next.token)), next.token.expiresAt, next.token.grantId,
+      ttlOf(next.token.expiresAt, now), successor === undefined ? '0' : '1', successor ?? '', 'r:' + next.hash]
+    if (access !== undefined) {
+      keys.push(p + 'at:' + access.hash)
+      args.push('a:' + access.hash, ttlOf(access.token.expiresAt, now), JSON.stringify(access.token))
+    }
+    const reply = strings(await this.#eval(name, SCRIPTS.rotate, keys, args))
     switch (reply[0]) {
       case 'rotated':
         return { status: 'rotated', previous: refreshRecord(reply[1] as string, '', undefined) }

@@ -179,6 +179,18 @@ export interface TokenStore {
     now: number,
     successor?: string
   ): Promise<RotateResult>
+  /**
+   * Optional: rotateRefreshToken that also saves the new access token (into the family), in the
+   * same atomic step and only when the rotation happens (`rotated`). A store that offers it saves
+   * a round trip per refresh, and a lost race leaves no access token behind.
+   */
+  rotateRefreshTokenWithAccess? (
+    oldHash: string,
+    next: { hash: string, token: RefreshTokenRecord },
+    access: { hash: string, token: AccessTokenRecord },
+    now: number,
+    successor?: string
+  ): Promise<RotateResult>
 
   /** Remove a grant with every access and refresh token of its family. False when already gone. */
   revokeGrant (grantId: string): Promise<boolean>

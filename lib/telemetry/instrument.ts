@@ -7,7 +7,7 @@ import { UpstreamError } from '../providers/types.js'
 /** The storage contract's operations: the only methods measured (and the only operation label values). */
 export const STORE_OPERATIONS = [
   'saveGrant', 'getGrant', 'updateGrantUpstream', 'saveAccessToken', 'getAccessToken', 'deleteAccessToken',
-  'saveGrantWithTokens',
+  'saveGrantWithTokens', 'rotateRefreshTokenWithAccess',
   'saveRefreshToken', 'getRefreshToken', 'rotateRefreshToken', 'revokeGrant', 'listGrants',
   'saveClient', 'getClient', 'deleteClient', 'countClientsFrom',
   'saveFlow', 'takeFlow', 'saveCode', 'consumeCode'

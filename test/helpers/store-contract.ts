@@ -113,6 +113,34 @@ export function storeContract (t: Test, make: () => Promise<Store>, { answersNow
     t.equal(await store.getRefreshToken(r, T0), null)
   })
 
+  t.test('rotateRefreshTokenWithAccess (optional): the access token is saved exactly when the rotation happens', async t => {
+    const store = await fresh(t)
+    if (store.rotateRefreshTokenWithAccess === undefined) {
+      t.pass('not offered: the service saves the access token itself')
+      return
+    }
+    const g = grant()
+    await store.saveGrant(g)
+    const h1 = hashToken(generateToken('refreshToken'))
+    await store.saveRefreshToken(h1, refresh(g))
+    const a1 = hashToken(generateToken('accessToken'))
+    const h2 = hashToken(generateToken('refreshToken'))
+    const won = await store.rotateRefreshTokenWithAccess(h1, { hash: h2, token: refresh(g) }, { hash: a1, token: access(g) }, T0 + 1000, 'info')
+    t.equal(won.status, 'rotated')
+    t.same(await store.getAccessToken(a1, T0 + 1000), access(g), 'saved with the rotation')
+    t.equal((await store.getRefreshToken(h1, T0 + 1000))?.successor, 'info')
+    const a2 = hashToken(generateToken('accessToken'))
+    const lost = await store.rotateRefreshTokenWithAccess(h1, { hash: hashToken('other'), token: refresh(g) }, { hash: a2, token: access(g) }, T0 + 2000)
+    t.equal(lost.status, 'already_rotated')
+    t.equal(await store.getAccessToken(a2, T0 + 2000), null, 'a lost race leaves no access token')
+    const a3 = hashToken(generateToken('accessToken'))
+    const unknown = await store.rotateRefreshTokenWithAccess(hashToken('nope'), { hash: hashToken('x'), token: refresh(g) }, { hash: a3, token: access(g) }, T0)
+    t.equal(unknown.status, 'unknown')
+    t.equal(await store.getAccessToken(a3, T0), null)
+    t.equal(await store.revokeGrant(g.grantId), true)
+    t.equal(await store.getAccessToken(a1, T0 + 1000), null, 'the access token joined the family')
+  })
+
   t.test('refresh rotation is compare-and-swap', async t => {
     const store = await fresh(t)
     const g = grant()
