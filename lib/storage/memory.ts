@@ -257,10 +257,10 @@ class ExpiryIndex {
 
 /**
  * The embedded store: Maps, lazy expiry on read, and an incremental sweep that reclaims expired
- * records in short slices so the event loop is never held for long; the sweep visits only records
- * whose expiry has come (an index by expiry time), so its cost follows expirations, not the store's size. Every operation runs without
- * an `await` between its read and its write, which is what makes take-once and compare-and-swap
- * atomic in one process.
+ * records in short slices so the event loop is never held for long. The sweep visits only records
+ * whose expiry has come (an index by expiry time), so its cost follows expirations, not the
+ * store's size. Every operation runs without an `await` between its read and its write, which is
+ * what makes take-once and compare-and-swap atomic in one process.
  */
 export class MemoryStore implements Store {
   readonly #grants = new Map<string, GrantEntry>()

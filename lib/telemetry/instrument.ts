@@ -6,9 +6,9 @@ import { UpstreamError } from '../providers/types.js'
 
 /** The storage contract's operations: the only methods measured (and the only operation label values). */
 export const STORE_OPERATIONS = [
-  'saveGrant', 'getGrant', 'updateGrantUpstream', 'saveAccessToken', 'getAccessToken', 'deleteAccessToken',
-  'saveGrantWithTokens', 'rotateRefreshTokenWithAccess',
-  'saveRefreshToken', 'getRefreshToken', 'rotateRefreshToken', 'revokeGrant', 'listGrants',
+  'saveGrant', 'saveGrantWithTokens', 'getGrant', 'updateGrantUpstream',
+  'saveAccessToken', 'getAccessToken', 'deleteAccessToken',
+  'saveRefreshToken', 'getRefreshToken', 'rotateRefreshToken', 'rotateRefreshTokenWithAccess', 'revokeGrant', 'listGrants',
   'saveClient', 'getClient', 'deleteClient', 'countClientsFrom',
   'saveFlow', 'takeFlow', 'saveCode', 'consumeCode'
 ] as const
