@@ -113,6 +113,15 @@ export class BenchServer {
     await this.#ask({ op: 'discard', items })
   }
 
+  /**
+   * Guard servers: nanoseconds per call of the guard's hook, called in process with a request
+   * object of its own (no HTTP). It trains the hook's inline caches on that object: ask a server
+   * that serves no measured traffic.
+   */
+  async hookCost (): Promise<number> {
+    return (await this.#ask({ op: 'hook-cost' })).nsPerCall ?? 0
+  }
+
   /** Start a CPU profile of the server (BENCH_PROFILE). */
   async profileStart (): Promise<void> {
     await this.#ask({ op: 'profile-start' })

@@ -35,6 +35,8 @@ export type Request =
   /** BENCH_PROFILE: a V8 CPU profile of the server around one measured run (not the minting). */
   | { id: number, op: 'profile-start' }
   | { id: number, op: 'profile-stop', file: string }
+  /** Guard servers: time the guard's onRequest hook in process (no HTTP), on a server used for nothing else. */
+  | { id: number, op: 'hook-cost' }
 
 export interface Reply {
   type: 'reply'
@@ -43,6 +45,8 @@ export interface Reply {
   items?: string[]
   /** process.cpuUsage(), user + system, microseconds. */
   cpuMicros?: number
+  /** hook-cost: nanoseconds per call of the guard's hook (median of several rounds). */
+  nsPerCall?: number
   error?: string
 }
 

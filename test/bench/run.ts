@@ -240,6 +240,8 @@ interface Row {
 }
 
 const rows: Row[] = []
+/** Lines printed under the table: figures that are not ratios of two HTTP runs. */
+const notes: string[] = []
 let failed = false
 
 function verdict (row: Row): string {
@@ -297,6 +299,7 @@ function printTable (): void {
   const starved = [...new Set(rows.filter(r => r.counted !== undefined && r.counted[0] === 0).map(r => r.scenario))]
   console.log('  rounds: the per-round ratios that counted (lowest-highest) and how many rounds counted: a round counts when ' +
     `both servers had at least ${SATURATED * 100} % of a core.`)
+  for (const note of notes) console.log(`  ${note}`)
   if (starved.length > 0) {
     console.log(`  note: fewer than three rounds had a saturated server in: ${starved.join('; ')}. The machine was busy ` +
       'with something else; those ratios are noise more than measurement: run again when it is quiet.')
@@ -337,11 +340,14 @@ async function guardBench (): Promise<void> {
       redisServer = { unsupported: 'skipped: redis-server is not installed (apt-get install redis-server)' }
       redisUncached = redisServer
     }
+    // A server for the in-process timing of the hook only: it serves no measured request.
+    const probe = await start({ kind: 'guard', store: 'memory', rateLimit: false, metrics: false })
     const bearer = (s: BenchServer) => ({ authorization: `Bearer ${s.accessToken as string}` })
     const targets: Target[] = [
       // The same request to both routes (the bare route ignores the header): the guard is the only difference.
       { name: 'bare', server: main, method: 'GET', path: '/bare', headers: bearer(main), expect: 200 },
       { name: 'protected', server: main, method: 'GET', path: '/protected', headers: bearer(main), expect: 200 },
+      { name: 'noop-hook', server: main, method: 'GET', path: '/hooked', headers: bearer(main), expect: 200 },
       { name: 'no-token', server: main, method: 'GET', path: '/protected', expect: 401 }
     ]
     if (limited instanceof BenchServer) targets.push({ name: 'rate-limited', server: limited, method: 'GET', path: '/protected', headers: bearer(limited), expect: 200 })
@@ -351,7 +357,14 @@ async function guardBench (): Promise<void> {
     const r = await alternate(targets)
     const bare = r.get('bare')
     rows.push({ scenario: 'guard: /bare (memory process)', ...(bare ? { m: bare } : {}), ratio: 1, reference: 'itself' })
+    if (probe instanceof BenchServer && bare !== undefined && (TARGETS === undefined || TARGETS.has('protected'))) {
+      const us = await probe.hookCost() / 1000
+      notes.push(`guard hook in process (memory store, valid token, no HTTP): ${us.toFixed(2)} us per call, ` +
+        `${(100 * us / bare.us).toFixed(1)} % of /bare's server time per request in this run (${bare.us.toFixed(0)} us); ` +
+        `that alone would put /protected at ${(bare.us / (bare.us + us)).toFixed(2)} of /bare`)
+    }
     versus('guard: /protected, memory store, no rate limit', r.get('protected'), bare, '/bare', 0.9)
+    versus('guard: a do-nothing onRequest hook instead (Fastify)', r.get('noop-hook'), bare, '/bare')
     versus('guard: 401 path (no token)', r.get('no-token'), bare, '/bare')
     if (limited instanceof BenchServer) versus('guard: /protected + per-user rate limit', r.get('rate-limited'), bare, '/bare')
     else rows.push({ scenario: 'guard: /protected + per-user rate limit', note: limited.unsupported })
