@@ -1,6 +1,6 @@
 import t from 'tap'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
-import { MemoryStore } from '../lib/storage/memory.js'
+import { added, MemoryStore, type Hashes } from '../lib/storage/memory.js'
 import type { ClientRecord } from '../lib/storage/types.js'
 import { generateId, generateToken, hashToken } from '../lib/core/tokens.js'
 import { storeContract } from './helpers/store-contract.js'
@@ -143,4 +143,44 @@ t.test('compact records: callers get copies, and nothing is lost in the compacti
   const grant = await store.getGrant(grantId, now)
   grant?.scopes.push('x')
   t.same((await store.getGrant(grantId, now))?.scopes, ['a', 'b', 'c'], 'grants are copies too')
+})
+
+t.test('a family list costs a bounded number of lookups per new token, and drops the dead as it grows', async t => {
+  /** A record map that counts its lookups. */
+  class Counting extends Map<string, unknown> {
+    lookups = 0
+    override has (key: string): boolean {
+      this.lookups++
+      return super.has(key)
+    }
+  }
+  const live = new Counting()
+  let hashes: Hashes
+  for (let i = 0; i < 1000; i++) {
+    const h = `live-${i}`
+    live.set(h, true)
+    hashes = added(hashes, h, live)
+  }
+  t.equal(Array.isArray(hashes) ? hashes.length : -1, 1000, 'every live member is kept')
+  // Pruning at 8, 16, ..., 512: 1016 lookups for 1000 additions; checking every time past 8 was 496,000.
+  t.ok(live.lookups <= 2 * 1000, `lookups for 1000 additions to a family whose records all live: ${live.lookups}`)
+  t.same(new Set(hashes as string[]).size, 1000, 'no member twice')
+
+  const dead = new Counting()
+  let list: Hashes
+  let longest = 0
+  for (let i = 0; i < 1000; i++) {
+    // Only the newest record is alive: its predecessors expired and were swept.
+    dead.clear()
+    dead.set(`gone-${i}`, true)
+    list = added(list, `gone-${i}`, dead)
+    longest = Math.max(longest, Array.isArray(list) ? list.length : 1)
+  }
+  t.ok(longest <= 8, `a family whose old records are gone stays short (longest list ${longest})`)
+  t.ok(dead.lookups <= 2 * 1000, `lookups: ${dead.lookups}`)
+  t.ok(Array.isArray(list) && list.includes('gone-999'), 'the newest is listed')
+
+  t.equal(added(undefined, 'a', live), 'a', 'the first member is the hash itself')
+  t.equal(added('a', 'a', live), 'a', 'the same hash again changes nothing')
+  t.same(added('a', 'b', live), ['a', 'b'], 'a second member makes a list, without a lookup')
 })

@@ -79,7 +79,7 @@ function copy (list: readonly string[]): string[] {
 }
 
 /** One hash, several, or none. */
-type Hashes = string | string[] | undefined
+export type Hashes = string | string[] | undefined
 
 /** An access token whose client, user, e-mail and resource are its grant's. */
 class AccessEntry {
@@ -694,10 +694,18 @@ export class MemoryStore implements Store {
  * A family's hashes with one more. Dead hashes (their record gone) are dropped on the way, at once
  * while there are few and amortised past that, so a long-lived family does not grow forever.
  */
-function added (hashes: Hashes, hash: string, records: Map<string, unknown>): Hashes {
-  if (hashes === undefined) return hash
-  if (typeof hashes === 'string') return records.has(hashes) && hashes !== hash ? [hashes, hash] : hash
-  const list = hashes.length < 8 ? hashes : hashes.filter(h => records.has(h))
+/**
+ * `hashes` with `hash` added. Hashes whose record is gone (expired and swept, deleted) are dropped
+ * when the list's length reaches a power of two from 8 on (8, 16, 32...): on average at most two
+ * lookups per addition however long the family lives, where checking the list on every addition
+ * past 8 cost a lookup per member each time (a family refreshed hourly for a month keeps its 720
+ * rotated refresh tokens for reuse detection). Exported for its test.
+ */
+export function added (hashes: Hashes, hash: string, records: ReadonlyMap<string, unknown>): Hashes {
+  if (hashes === undefined || hashes === hash) return hash
+  if (typeof hashes === 'string') return [hashes, hash]
+  const n = hashes.length
+  const list = n >= 8 && (n & (n - 1)) === 0 ? hashes.filter(h => records.has(h)) : hashes
   list.push(hash)
   return list
 }
