@@ -272,6 +272,33 @@ function redisTests (server: RedisServer): void {
     t.equal(await redis.exists(prefix + 'gu:busy'), 0, 'listing prunes the rest')
   })
 
+  t.test('adding to a large family or index costs a few lookups, not one per member', async t => {
+    const prefix = freshPrefix()
+    const s = store(t, { prefix })
+    const redis = inspector(t)
+    const now = Date.now()
+    /** EXISTS calls so far on this server (scripts' calls included). */
+    const existsCalls = async (): Promise<number> => {
+      const info = await redis.info('commandstats')
+      return Number(/cmdstat_exists:calls=(\d+)/.exec(info)?.[1] ?? 0)
+    }
+    const g = grant(now, { userId: 'prolific', clientId: 'popular' })
+    await s.saveGrant(g)
+    const N = 200
+    let before = await existsCalls()
+    for (let i = 0; i < N; i++) await s.saveAccessToken(hashToken(generateToken('accessToken')), access(g, now))
+    const family = await existsCalls() - before
+    t.equal(await redis.scard(prefix + 'gf:' + g.grantId), N, 'every live member stays')
+    // Checking every member past 16 on each addition would be about 18,000 calls.
+    t.ok(family <= 4 * N, `EXISTS calls for ${N} live tokens added to one family: ${family}`)
+
+    before = await existsCalls()
+    for (let i = 0; i < N; i++) await s.saveGrant(grant(now, { userId: 'prolific', clientId: 'popular' }))
+    const index = await existsCalls() - before
+    t.equal(await redis.scard(prefix + 'gc:popular'), N + 1, 'the client index keeps every live grant')
+    t.ok(index <= 6 * N, `EXISTS calls for ${N} grants of one user and client: ${index}`)
+  })
+
   t.test('store rules: mismatched families, unknown grants, options', async t => {
     const prefix = freshPrefix()
     const s = store(t, { prefix })

@@ -65,29 +65,35 @@ export class RedisStoreError extends StoreUnavailableError {
 // into `{}` and round large numbers). Scripts derive some keys from values (the family of a token,
 // the grant of a refresh token), so the store needs a standalone Redis (or Sentinel), not Cluster.
 
-/** A set with at least this many members is pruned of dead entries before each addition. */
+/**
+ * From this size on, each addition to a family or index set first draws PRUNE_DRAWS members at
+ * random and drops those whose record is gone (expired, evicted, revoked). The cost is fixed per
+ * addition however large the set is (checking every member each time made a client with 10,000 live
+ * grants cost 10,000 EXISTS per new grant), and a set keeps about twice its live members at most:
+ * with a fraction f of dead members, each addition removes 2f of them on average, as many as die.
+ */
 const PRUNE_AT = 16
+const PRUNE_DRAWS = 2
 
 const LUA_HELPERS = `
 local function memberKey (prefix, m)
   if string.sub(m, 1, 1) == 'a' then return prefix .. 'at:' .. string.sub(m, 3) end
   return prefix .. 'rt:' .. string.sub(m, 3)
 end
-local function addToFamily (fam, member, prefix, gttl)
-  if redis.call('SCARD', fam) >= ${PRUNE_AT} then
-    for _, m in ipairs(redis.call('SMEMBERS', fam)) do
-      if redis.call('EXISTS', memberKey(prefix, m)) == 0 then redis.call('SREM', fam, m) end
+local function pruneSome (set, keyOf)
+  if redis.call('SCARD', set) >= ${PRUNE_AT} then
+    for _, m in ipairs(redis.call('SRANDMEMBER', set, ${PRUNE_DRAWS})) do
+      if redis.call('EXISTS', keyOf(m)) == 0 then redis.call('SREM', set, m) end
     end
   end
+end
+local function addToFamily (fam, member, prefix, gttl)
+  pruneSome(fam, function (m) return memberKey(prefix, m) end)
   redis.call('SADD', fam, member)
   if gttl > 0 then redis.call('PEXPIRE', fam, gttl) end
 end
 local function pruneIndex (idx, prefix)
-  if redis.call('SCARD', idx) >= ${PRUNE_AT} then
-    for _, id in ipairs(redis.call('SMEMBERS', idx)) do
-      if redis.call('EXISTS', prefix .. 'g:' .. id) == 0 then redis.call('SREM', idx, id) end
-    end
-  end
+  pruneSome(idx, function (id) return prefix .. 'g:' .. id end)
 end
 `
 
