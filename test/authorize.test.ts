@@ -1,5 +1,7 @@
 import t from 'tap'
 import { s256 } from '../lib/core/pkce.js'
+import { matchResource } from '../lib/core/resource.js'
+import type { ResolvedResource } from '../lib/options.js'
 import { buildApp, ISSUER } from './helpers/app.js'
 
 const VERIFIER = 'dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk'
@@ -112,4 +114,22 @@ t.test('resource defaults to the single protected resource; scope to the default
   t.match(res.body, '<code>https://auth.example.com/mcp</code>')
   t.match(res.body, '<code>mcp:tools</code>')
   t.notMatch(res.body, 'mcp:admin')
+})
+
+t.test('matchResource: the configured spelling, equivalent spellings, and what names none', async t => {
+  const make = (resource: string): ResolvedResource => ({ resource, scopes: [], metadataPath: '/m', metadataUrl: 'https://x/m' }) as ResolvedResource
+  const mcp = make('https://auth.example.com/mcp')
+  const other = make('https://auth.example.com/other/')
+  const resources = [mcp, other]
+  t.equal(matchResource('https://auth.example.com/mcp', resources), mcp, 'as configured')
+  t.equal(matchResource('HTTPS://Auth.Example.com:443/mcp/', resources), mcp, 'scheme and host case, default port, trailing slash')
+  t.equal(matchResource('https://auth.example.com/other', resources), other, 'a configured trailing slash')
+  t.equal(matchResource('https://auth.example.com/other/', resources), other)
+  t.equal(matchResource('https://auth.example.com/mcp#frag', resources), null, 'a fragment names nothing')
+  t.equal(matchResource('https://auth.example.com/mcp?x=1', resources), null, 'a query is part of the name')
+  t.equal(matchResource('not a url', resources), null)
+  t.equal(matchResource('', resources), null)
+  // Asked again: the same answers from the cached forms of the configured resources.
+  t.equal(matchResource('HTTPS://AUTH.EXAMPLE.COM/mcp', resources), mcp)
+  t.equal(matchResource('https://auth.example.com:8443/mcp', resources), null, 'another port is another resource')
 })

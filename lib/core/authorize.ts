@@ -6,7 +6,7 @@ import { UpstreamError } from '../providers/types.js'
 import type { Auditor } from '../security/audit.js'
 import type { KeyRing } from '../security/keyring.js'
 import type { ClientRecord, CodeRecord, FlowRecord, Store } from '../storage/types.js'
-import type { GrantService, TokenResponse } from './grants.js'
+import type { GrantService, NewGrant, TokenResponse } from './grants.js'
 import { isValidChallenge, verifyPkce, type PkceMethod } from './pkce.js'
 import { isLoopbackRedirect, matchRedirectUri } from './redirect.js'
 import { matchResource } from './resource.js'
@@ -321,16 +321,17 @@ export class AuthorizationFlow {
         throw new OAuthError('invalid_target', 'The resource does not match the authorization request')
       }
     }
-    const { grant, tokens } = await this.#d.grants.createGrantWithTokens({
+    const input: NewGrant = {
       grantId: record.grantId,
       userId: record.userId,
       clientId: record.clientId,
       scopes: record.scopes,
-      resource: record.resource,
-      ...(record.email !== undefined ? { email: record.email } : {}),
-      ...(record.upstream !== undefined ? { upstream: record.upstream } : {}),
-      ...(record.provider !== undefined ? { provider: record.provider } : {})
-    })
+      resource: record.resource
+    }
+    if (record.email !== undefined) input.email = record.email
+    if (record.upstream !== undefined) input.upstream = record.upstream
+    if (record.provider !== undefined) input.provider = record.provider
+    const { grant, tokens } = await this.#d.grants.createGrantWithTokens(input)
     this.#d.auditor.emit('token_issued', { clientId: client.clientId, userId: grant.userId, grantId: grant.grantId, grantType: 'authorization_code' })
     return tokens
   }

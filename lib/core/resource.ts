@@ -6,9 +6,26 @@ import type { ResolvedResource } from '../options.js'
  * null when the value names none of them.
  */
 export function matchResource (value: string, resources: ResolvedResource[]): ResolvedResource | null {
+  // MCP clients send the resource on every authorization and token request, nearly always spelled
+  // as configured: that needs no URL parsing.
+  for (const r of resources) {
+    if (r.resource === value && configuredKey(r) !== null) return r
+  }
   const key = comparable(value)
   if (key === null) return null
-  return resources.find(r => comparable(r.resource) === key) ?? null
+  return resources.find(r => configuredKey(r) === key) ?? null
+}
+
+/** The comparable form of each configured resource, worked out once. */
+const configuredKeys = new WeakMap<ResolvedResource, string | null>()
+
+function configuredKey (resource: ResolvedResource): string | null {
+  let key = configuredKeys.get(resource)
+  if (key === undefined) {
+    key = comparable(resource.resource)
+    configuredKeys.set(resource, key)
+  }
+  return key
 }
 
 function comparable (value: string): string | null {

@@ -391,7 +391,8 @@ async function tokenBench (): Promise<void> {
     const oidc = await BenchServer.start({ kind: 'oidc' })
     if (!(oidc instanceof BenchServer)) throw new Error(`oidc-provider: ${oidc.unsupported}`)
     started.push(oidc)
-    const client = `client_id=${encodeURIComponent(TOKEN_BENCH.clientId)}`
+    // What MCP clients send: the client id and the resource (RFC 8707) on every token request.
+    const client = `client_id=${encodeURIComponent(TOKEN_BENCH.clientId)}&resource=${encodeURIComponent(TOKEN_BENCH.resource)}`
     const refreshBody = (token: string) => `grant_type=refresh_token&refresh_token=${encodeURIComponent(token)}&${client}`
     const codeBody = (code: string) => `grant_type=authorization_code&code=${encodeURIComponent(code)}` +
       `&redirect_uri=${encodeURIComponent(TOKEN_BENCH.redirectUri)}&code_verifier=${TOKEN_BENCH.codeVerifier}&${client}`
