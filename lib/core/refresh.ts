@@ -45,8 +45,11 @@ function successorInfo (salt: string, scope: string): string {
   return salt + ' ' + scope
 }
 
-/** The pair again, from the old token and what the store kept; null when that is not ours. */
-function replaySuccessor (refreshToken: string, info: string, expiresIn: number): TokenResponse | null {
+/**
+ * The pair again, from the old token and what the store kept; null when that is not ours.
+ * `expires_in` is left for the caller, which knows when the access token expires.
+ */
+function replaySuccessor (refreshToken: string, info: string): TokenResponse | null {
   const space = info.indexOf(' ')
   const salt = space < 0 ? '' : info.slice(0, space)
   if (!/^[A-Za-z0-9_-]{22}$/.test(salt)) return null
@@ -54,7 +57,7 @@ function replaySuccessor (refreshToken: string, info: string, expiresIn: number)
   return {
     access_token: pair.accessToken,
     token_type: 'Bearer',
-    expires_in: expiresIn,
+    expires_in: 0,
     refresh_token: pair.refreshToken,
     scope: info.slice(space + 1)
   }
@@ -149,8 +152,13 @@ export class RefreshService {
     const graceMs = this.#d.config.refreshGraceSeconds * 1000
     const rotatedAt = record.rotatedAt as number
     if (graceMs > 0 && now - rotatedAt <= graceMs && record.successor !== undefined) {
-      const pair = replaySuccessor(token, record.successor, this.#d.config.ttl.accessToken)
-      if (pair !== null) return pair
+      const pair = replaySuccessor(token, record.successor)
+      if (pair !== null) {
+        // The same access token as the first answer: it expires when it did then (0 once it is gone).
+        const access = await this.#d.store.getAccessToken(hashToken(pair.access_token), now)
+        pair.expires_in = access === null ? 0 : secondsUntil(access.expiresAt, now)
+        return pair
+      }
     }
     await this.#d.revokeGrant(record.grantId)
     this.#d.auditor.emit('refresh_reuse', { clientId: record.clientId, grantId: record.grantId })
