@@ -691,10 +691,6 @@ export class MemoryStore implements Store {
 }
 
 /**
- * A family's hashes with one more. Dead hashes (their record gone) are dropped on the way, at once
- * while there are few and amortised past that, so a long-lived family does not grow forever.
- */
-/**
  * `hashes` with `hash` added. Hashes whose record is gone (expired and swept, deleted) are dropped
  * when the list's length reaches a power of two from 8 on (8, 16, 32...): on average at most two
  * lookups per addition however long the family lives, where checking the list on every addition
