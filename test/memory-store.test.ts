@@ -1,9 +1,8 @@
 import t from 'tap'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { added, MemoryStore, type Hashes } from '../lib/storage/memory.js'
-import type { ClientRecord } from '../lib/storage/types.js'
 import { generateId, generateToken, hashToken } from '../lib/core/tokens.js'
-import { storeContract } from './helpers/store-contract.js'
+import { publicClient, storeContract } from './helpers/store-contract.js'
 
 t.test('storage contract: MemoryStore', async t => {
   storeContract(t, async () => new MemoryStore({ sweepIntervalMs: 0 }), { answersNow: true })
@@ -44,17 +43,7 @@ t.test('the sweep visits records by their expiry: what is kept longer, saved aga
   await store.saveGrant({ ...grant, expiresAt: T0 + 3_600_000 })
   await store.saveFlow('short', flowRecord(T0 + 1000))
   await store.saveFlow('forever', flowRecord(Number.POSITIVE_INFINITY))
-  const client: ClientRecord = {
-    clientId: 'kept',
-    redirectUris: ['http://127.0.0.1/cb'],
-    tokenEndpointAuthMethod: 'none',
-    grantTypes: ['authorization_code'],
-    responseTypes: ['code'],
-    applicationType: 'native',
-    metadata: {},
-    clientIdIssuedAt: T0,
-    source: 'dcr'
-  }
+  const client = publicClient({ clientId: 'kept', clientIdIssuedAt: T0 })
   await store.saveClient({ ...client, clientId: 'temp', expiresAt: T0 + 1000 })
   await store.saveClient(client)
 

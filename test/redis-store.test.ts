@@ -4,7 +4,7 @@ import { Redis } from 'ioredis'
 import { RedisStore } from '../lib/storage/redis.js'
 import type { GrantRecord, RefreshTokenRecord } from '../lib/storage/types.js'
 import { generateId, generateToken, hashToken } from '../lib/core/tokens.js'
-import { storeContract } from './helpers/store-contract.js'
+import { publicClient, storeContract } from './helpers/store-contract.js'
 import { freePort, startRedisServer } from './helpers/redis.js'
 import { withRedisServer } from './helpers/redis-tests.js'
 import type { RedisServer } from './helpers/redis.js'
@@ -122,19 +122,7 @@ function redisTests (server: RedisServer): void {
     await s.saveAccessToken(hashToken(generateToken('accessToken')), access(other, now))
     await s.saveRefreshToken(hashToken(generateToken('refreshToken')), refresh(other, now))
     t.equal(await s.updateGrantUpstream(g.grantId, 'enc:blob-2', now), true)
-    await s.saveClient({
-      clientId: 'c-' + generateId(),
-      redirectUris: ['http://127.0.0.1/cb'],
-      tokenEndpointAuthMethod: 'none',
-      grantTypes: ['authorization_code'],
-      responseTypes: ['code'],
-      applicationType: 'native',
-      metadata: {},
-      clientIdIssuedAt: Math.floor(now / 1000),
-      source: 'dcr',
-      registeredFrom: '192.0.2.1',
-      expiresAt: now + HOUR
-    })
+    await s.saveClient(publicClient({ clientIdIssuedAt: Math.floor(now / 1000), registeredFrom: '192.0.2.1', expiresAt: now + HOUR }))
     await s.saveFlow('flow-1', flow(now))
     const c = hashToken(generateToken('authorizationCode'))
     await s.saveCode(c, code(now, g.grantId))
@@ -189,18 +177,7 @@ function redisTests (server: RedisServer): void {
     const s = store(t, { prefix })
     const redis = inspector(t)
     const now = Date.now()
-    const client = {
-      clientId: 'static-1',
-      redirectUris: ['https://a.example.com/cb'],
-      tokenEndpointAuthMethod: 'none' as const,
-      grantTypes: ['authorization_code'],
-      responseTypes: ['code'],
-      applicationType: 'web' as const,
-      metadata: {},
-      clientIdIssuedAt: 0,
-      source: 'static' as const,
-      registeredFrom: '192.0.2.9'
-    }
+    const client = publicClient({ clientId: 'static-1', redirectUris: ['https://a.example.com/cb'], applicationType: 'web', source: 'static', registeredFrom: '192.0.2.9' })
     await s.saveClient(client)
     t.equal(await redis.pttl(prefix + 'c:static-1'), -1)
     t.equal(await redis.pttl(prefix + 'cf:192.0.2.9'), -1, 'the address index keeps a never-expiring member')

@@ -1,11 +1,27 @@
 import type { Test } from 'tap'
-import type { GrantRecord, Store } from '../../lib/storage/types.js'
+import type { ClientRecord, GrantRecord, Store } from '../../lib/storage/types.js'
 import { generateId, generateToken, hashToken } from '../../lib/core/tokens.js'
 
 /**
  * The storage contract, as tests. Every store implementation runs this suite; `make` returns a
  * fresh, empty store (it is closed at the end of each subtest).
  */
+/** A public (no secret) client record as dynamic registration makes it; tests change what they need. */
+export function publicClient (over: Partial<ClientRecord> = {}): ClientRecord {
+  return {
+    clientId: 'c-' + generateId(),
+    redirectUris: ['http://127.0.0.1/cb'],
+    tokenEndpointAuthMethod: 'none',
+    grantTypes: ['authorization_code'],
+    responseTypes: ['code'],
+    applicationType: 'native',
+    metadata: {},
+    clientIdIssuedAt: 0,
+    source: 'dcr',
+    ...over
+  }
+}
+
 export function storeContract (t: Test, make: () => Promise<Store>, { answersNow = false }: {
   /** `getAccessTokenNow` never answers undefined (a store that holds everything in process). */
   answersNow?: boolean
@@ -239,16 +255,7 @@ export function storeContract (t: Test, make: () => Promise<Store>, { answersNow
 
   t.test('clients counted per registering address', async t => {
     const store = await fresh(t)
-    const base = {
-      redirectUris: ['https://a.example.com/cb'],
-      tokenEndpointAuthMethod: 'none' as const,
-      grantTypes: ['authorization_code'],
-      responseTypes: ['code'],
-      applicationType: 'web' as const,
-      metadata: {},
-      clientIdIssuedAt: T0 / 1000,
-      source: 'dcr' as const
-    }
+    const base = publicClient({ redirectUris: ['https://a.example.com/cb'], applicationType: 'web', clientIdIssuedAt: T0 / 1000 })
     await store.saveClient({ ...base, clientId: 'a1', registeredFrom: '192.0.2.1' })
     await store.saveClient({ ...base, clientId: 'a2', registeredFrom: '192.0.2.1', expiresAt: T0 + HOUR })
     await store.saveClient({ ...base, clientId: 'b1', registeredFrom: '2001:db8::1' })
