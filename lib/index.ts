@@ -16,6 +16,7 @@ import { hashToken } from './core/tokens.js'
 import { Auditor } from './security/audit.js'
 import { KeyRing } from './security/keyring.js'
 import { Signer } from './security/signing.js'
+import { DeploymentKeys } from './security/secret.js'
 import { oauthRoutes, type LimiterHolder } from './routes/oauth.js'
 import { corsOptions } from './routes/cors.js'
 import cors from '@fastify/cors'
@@ -67,7 +68,9 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
       'register it at the root and put the path in the issuer')
   }
   const now = opts.now ?? Date.now
-  const auditor = new Auditor(fastify.log, opts.auditSink)
+  // Keys derived from the deployment secret, which the store never holds (DeploymentKeys).
+  const deploymentKeys = new DeploymentKeys(config.secret)
+  const auditor = new Auditor(fastify.log, opts.auditSink, deploymentKeys.key('user-pseudonym'))
   // Telemetry (lib/telemetry): metrics and spans wrap the store and the provider before any service
   // is built on them; with both off, they come back untouched and nothing else is added.
   const telemetryOptions = resolveTelemetryOptions(opts)
@@ -87,7 +90,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   const rateLimitRedis = (store as { rateLimitRedis?: unknown }).rateLimitRedis
   const grants = new GrantService(store, config, now)
   const keyRing = new KeyRing(config.encryptionKeys)
-  const signer = new Signer(config.cookieSecret)
+  const signer = new Signer(config.secret)
 
   if (opts.provider === undefined) config.warnings.push('no identity provider configured: the authorization endpoint cannot log anyone in')
   for (const warning of config.warnings) auditor.emit('config_weakened', { setting: warning })

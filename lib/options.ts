@@ -91,7 +91,8 @@ export const OptionsSchema = Type.Object({
     logoUrl: Type.Optional(Type.String({ maxLength: 2000 })),
     rememberDays: Type.Optional(Type.Integer({ minimum: 0, maximum: 365 }))
   }, { additionalProperties: false })),
-  cookieSecret: Type.Optional(Type.String({ minLength: 32, description: 'Signs consent cookies; the same on every replica' })),
+  secret: Type.Optional(Type.String({ minLength: 32, description: 'The deployment secret: signs consent cookies and keys refresh-token derivation and user pseudonyms; the same on every replica, never in the store' })),
+  cookieSecret: Type.Optional(Type.String({ minLength: 32, description: 'Former name of `secret` (still accepted)' })),
   encryption: Type.Optional(Type.Object({
     keys: Type.Array(Type.Object({ id: Type.String(), key: Type.String() }, { additionalProperties: false }), { minItems: 1 })
   }, { additionalProperties: false })),
@@ -192,7 +193,8 @@ export interface ResolvedConfig {
   redirects: RedirectPolicy
   pkce: { required: boolean, allowPlain: boolean }
   consent: { title: string, accentColor: string, logoUrl?: string, rememberDays: number }
-  cookieSecret?: string
+  /** The deployment secret (`secret`, or its former name `cookieSecret`); see DeploymentKeys. */
+  secret?: string
   /** Cookies get the __Host- prefix and Secure when the issuer is https. */
   secureCookies: boolean
   encryptionKeys: Array<{ id: string, key: string }>
@@ -361,7 +363,7 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
     },
     introspection: { resourceServers: data.introspection?.resourceServers ?? [] },
     upstreamRefreshThresholdSeconds: data.upstreamRefreshThresholdSeconds ?? 300,
-    ...(data.cookieSecret !== undefined ? { cookieSecret: data.cookieSecret } : {}),
+    ...(data.secret !== undefined || data.cookieSecret !== undefined ? { secret: (data.secret ?? data.cookieSecret) as string } : {}),
     warnings
   }
   if (config.pkce.allowPlain) warnings.push('pkce.allowPlain is on: the "plain" PKCE method protects nothing against an observer of the authorization request')
@@ -385,7 +387,8 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
     })
   }
   if (config.encryptionKeys.length === 0) warnings.push('no encryption key: upstream tokens are stored unencrypted (set encryption.keys)')
-  if (config.cookieSecret === undefined) warnings.push('no cookieSecret: consent cookies are signed with a per-process key (approvals are lost on restart and do not cross replicas)')
+  if (data.secret !== undefined && data.cookieSecret !== undefined && data.secret !== data.cookieSecret) throw bad('cookieSecret', 'is the former name of secret: give one of them')
+  if (config.secret === undefined) warnings.push('no secret: consent cookies, refresh-token derivation and user pseudonyms use a per-process key (approvals and grace-window replays are lost on restart and do not cross replicas; pseudonyms change at restart)')
   const clientIds = new Set<string>()
   config.clients.forEach((c, i) => {
     if (clientIds.has(c.client_id)) throw bad(`clients[${i}].client_id`, `duplicate client_id "${c.client_id}"`)

@@ -5,7 +5,7 @@ import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-ho
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base'
 import { FastifyOtelInstrumentation } from '@fastify/otel'
 import { hashToken } from '../lib/core/tokens.js'
-import { hashUserId, mcpOAuth, MemoryStore, StoreUnavailableError } from '../lib/index.js'
+import { mcpOAuth, MemoryStore, StoreUnavailableError } from '../lib/index.js'
 import { buildApp, ISSUER, RESOURCE } from './helpers/app.js'
 import { authorizeUrl, login, REDIRECT, registerClient, startLogin, token } from './helpers/login.js'
 import { Browser } from './helpers/browser.js'
@@ -128,7 +128,7 @@ t.test('a login as a span tree, with storage and provider spans under each step,
   t.equal(exchange.attributes['oauth.grant_type'], 'authorization_code')
   t.equal(exchange.attributes['http.route'], '/oauth/token')
   const loginEvent = callback.events.find(e => e.name === 'audit.login_succeeded')
-  t.equal(loginEvent?.attributes?.['enduser.pseudo.id'], hashUserId('alice'), 'the user, hashed as in the audit log')
+  t.equal(loginEvent?.attributes?.['enduser.pseudo.id'], h.app.mcpOAuth.auditor.pseudonym('alice'), 'the user, pseudonymised as in the audit log')
   t.ok(callback.events.some(e => e.name === 'audit.callback_processed' && e.attributes?.['oauth.outcome'] === 'success'))
   t.ok(exchange.events.some(e => e.name === 'audit.token_issued'))
   t.ok((byStep['oauth.revoke'] as ReadableSpan).events.some(e => e.name === 'audit.token_revoked' && e.attributes?.['oauth.token_type'] === 'refresh_token'))

@@ -1,4 +1,4 @@
-import { hash } from 'node:crypto'
+import { createHmac, randomBytes } from 'node:crypto'
 
 /** Every security-relevant event, with the fields each one carries. Never a secret. */
 export interface AuditEvents {
@@ -39,9 +39,14 @@ interface Logger {
   isLevelEnabled? (level: string): boolean
 }
 
-/** User ids are personal data: logs get a short, stable hash instead. */
-export function hashUserId (userId: string): string {
-  return hash('sha256', 'mcp-oauth-user\0' + userId, 'base64url').slice(0, 16)
+/**
+ * User ids are personal data: logs and spans get a short pseudonym instead, an HMAC keyed with a
+ * deployment secret. Unkeyed, a small id space (numeric GitHub ids, e-mail addresses of one domain)
+ * could be hashed exhaustively and the pseudonyms reversed; keyed, the same deployment gives stable
+ * pseudonyms and another deployment different ones.
+ */
+export function hashUserId (userId: string, key: Buffer | string): string {
+  return createHmac('sha256', key).update(userId).digest('base64url').slice(0, 16)
 }
 
 /**
@@ -51,19 +56,25 @@ export function hashUserId (userId: string): string {
 export class Auditor {
   readonly #sink: AuditSink
   readonly #listeners: AuditSink[] = []
+  readonly #pseudonymKey: Buffer
 
-  constructor (logger: Logger, sink?: AuditSink) {
+  /** `pseudonymKey` keys user pseudonyms (the plugin derives it from `secret`); random when absent. */
+  constructor (logger: Logger, sink?: AuditSink, pseudonymKey?: Buffer) {
+    this.#pseudonymKey = pseudonymKey ?? randomBytes(32)
     this.#sink = sink ?? ((event, fields) => {
       const level = WARN.has(event) ? 'warn' : DEBUG.has(event) ? 'debug' : 'info'
       // Build nothing (no copy, no hash) for a line the logger would drop, or hand to a method that
       // does nothing (Fastify's logger when `logger: false`).
       if (logger.isLevelEnabled?.(level) === false || doesNothing(logger[level])) return
       const line: Record<string, unknown> = { event, ...fields }
-      if ('userId' in line && typeof line.userId === 'string') line.userId = hashUserId(line.userId)
+      if ('userId' in line && typeof line.userId === 'string') line.userId = this.pseudonym(line.userId)
       const msg = event === 'config_weakened' ? String((fields as { setting: string }).setting) : `audit: ${event}`
       logger[level](line, msg)
     })
   }
+
+  /** The pseudonym logs and spans show for a user id (stable within one deployment). */
+  pseudonym = (userId: string): string => hashUserId(userId, this.#pseudonymKey)
 
   /** Another consumer of the same events (metrics, for one). Listeners get the raw fields. */
   subscribe (listener: AuditSink): void {

@@ -54,7 +54,7 @@ export async function setupTelemetry (fastify: FastifyInstance, options: Resolve
       staticClientIds: deps.staticClientIds,
       ...(deps.provider !== undefined ? { providerName: deps.provider.name } : {})
     })
-  const tracing = options.tracing === null ? undefined : new Tracing(options.tracing)
+  const tracing = options.tracing === null ? undefined : new Tracing(options.tracing, auditor.pseudonym)
 
   const live = (): boolean => tracing?.live === true
   const store = instrumentStore(deps.store, tracing?.tracer, metrics?.recordStorage, live)

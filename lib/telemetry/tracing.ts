@@ -1,6 +1,6 @@
 import { context, trace, ProxyTracerProvider, SpanKind, SpanStatusCode, type Attributes, type Context, type Tracer } from '@opentelemetry/api'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteHandlerMethod, RouteOptions } from 'fastify'
-import { hashUserId, type AuditEventName, type AuditEvents } from '../security/audit.js'
+import type { AuditEventName, AuditEvents } from '../security/audit.js'
 import type { ResolvedTracingOptions } from './options.js'
 
 export const TRACER_NAME = 'fastify-mcp-oauth'
@@ -53,7 +53,10 @@ export class Tracing {
   /** The API's proxy provider, until an SDK is found behind it. */
   #proxy: ProxyTracerProvider | undefined
 
-  constructor (options: ResolvedTracingOptions) {
+  readonly #pseudonym: (userId: string) => string
+
+  constructor (options: ResolvedTracingOptions, pseudonym: (userId: string) => string) {
+    this.#pseudonym = pseudonym
     const provider = options.tracerProvider ?? trace.getTracerProvider()
     this.tracer = provider.getTracer(TRACER_NAME)
     this.#proxy = provider instanceof ProxyTracerProvider ? provider : undefined
@@ -123,7 +126,7 @@ export class Tracing {
     const attributes: Attributes = {}
     for (const [key, value] of Object.entries(fields)) {
       if (typeof value !== 'string') continue
-      if (key === 'userId') attributes['enduser.pseudo.id'] = hashUserId(value)
+      if (key === 'userId') attributes['enduser.pseudo.id'] = this.#pseudonym(value)
       const name = EVENT_ATTRIBUTES[key]
       if (name !== undefined) attributes[name] = value
     }
