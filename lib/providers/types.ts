@@ -20,6 +20,7 @@ export interface UpstreamUser {
   /** Stable, provider-scoped subject (never an e-mail address, which can change hands). */
   id: string
   email?: string
+  /** The plugin keeps `email` (in tokens and `request.mcpAuth`) only when this is true. */
   emailVerified?: boolean
   name?: string
 }
