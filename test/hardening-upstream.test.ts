@@ -1,9 +1,13 @@
 import t from 'tap'
 import type { Test } from 'tap'
+import { randomBytes } from 'node:crypto'
+import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
+import formbody from '@fastify/formbody'
 import { mcpOAuth, type McpOAuthOptions } from '../lib/index.js'
 import { oidcProvider, type MapUser } from '../lib/providers/oidc.js'
 import { googleProvider } from '../lib/providers/google.js'
+import { githubProvider } from '../lib/providers/github.js'
 import { UpstreamError, type Provider } from '../lib/providers/types.js'
 import { RedisStore } from '../lib/storage/redis.js'
 import type { AuditEventName } from '../lib/security/audit.js'
@@ -247,6 +251,83 @@ t.test('e-mail: an address the IdP no longer vouches for ends the grant at the r
   const res = await refresh(h, tokens)
   t.equal(res.body.error, 'invalid_grant')
   t.match(h.events.find(e => (e.event as string) === 'upstream_access_lost')?.fields, { reason: 'identity_changed' })
+})
+
+/**
+ * A stand-in for github.com (an OAuth App: tokens without refresh tokens that do not expire) with
+ * the REST endpoints the provider reads; GitHub itself cannot run on loopback. The test changes a
+ * user's organisations and revokes tokens behind our back.
+ */
+async function startGithub (t: Test): Promise<{ baseUrl: string, orgs: Map<string, string[]>, tokens: Map<string, string>, apiCalls: () => number }> {
+  const app = Fastify({ forceCloseConnections: true })
+  await app.register(formbody)
+  const codes = new Map<string, string>()
+  const tokens = new Map<string, string>()
+  const orgs = new Map<string, string[]>([['octo', ['acme']]])
+  let calls = 0
+  app.get('/login/oauth/authorize', async (request, reply) => {
+    const q = request.query as Record<string, string>
+    const code = randomBytes(16).toString('hex')
+    codes.set(code, 'octo')
+    const back = new URL(q.redirect_uri as string)
+    back.searchParams.set('code', code)
+    back.searchParams.set('state', q.state as string)
+    return await reply.redirect(back.href, 302)
+  })
+  app.post('/login/oauth/access_token', async (request) => {
+    const login = codes.get((request.body as Record<string, string>).code ?? '')
+    if (login === undefined) return { error: 'bad_verification_code' }
+    const token = `gho_${randomBytes(16).toString('hex')}`
+    tokens.set(token, login)
+    return { access_token: token, token_type: 'bearer', scope: 'read:user,user:email,read:org' }
+  })
+  const who = (authorization: string | undefined): string | undefined => tokens.get(authorization?.replace(/^Bearer /, '') ?? '')
+  app.get('/api/user', async (request, reply) => {
+    calls++
+    const login = who(request.headers.authorization)
+    if (login === undefined) return await reply.code(401).send({ message: 'Bad credentials' })
+    return { id: 101, login, name: 'Octo Cat', email: 'octo@example.com' }
+  })
+  app.get('/api/user/orgs', async (request, reply) => {
+    calls++
+    const login = who(request.headers.authorization)
+    if (login === undefined) return await reply.code(401).send({ message: 'Bad credentials' })
+    return (orgs.get(login) ?? []).map((name, i) => ({ login: name, id: i + 1 }))
+  })
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  t.teardown(() => app.close())
+  return { baseUrl: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`, orgs, tokens, apiCalls: () => calls }
+}
+
+t.test('deprovisioning with GitHub (no refresh token): membership and the token are checked again', async t => {
+  const gh = await startGithub(t)
+  const provider = (): Provider => githubProvider({ clientId: 'gh-app', clientSecret: 'gh-secret', baseUrl: gh.baseUrl, apiUrl: `${gh.baseUrl}/api`, allowedOrganizations: ['acme'], timeoutMs: 1500 })
+  const [h] = await setup(t, { provider }) as [Harness]
+
+  const first = await loginTokens(h, 'octo')
+  t.match((await mcp(h, first.access_token as string)).auth, { userId: '101', email: 'octo@example.com', emailVerified: true })
+  const atLogin = gh.apiCalls()
+  h.clock.advance(61 * MINUTE)
+  const ok = await refresh(h, first)
+  t.equal(ok.status, 200, 'still in the organisation: the re-check passes')
+  t.ok(gh.apiCalls() > atLogin, 'the stored token asked GitHub again')
+
+  h.clock.advance(40 * MINUTE)
+  const tokens = pair(await refresh(h, pair(ok, first.client_id as string)), first.client_id as string)
+  gh.orgs.set('octo', ['other'])
+  h.clock.advance(21 * MINUTE)
+  const res = await refresh(h, tokens)
+  t.equal(res.body.error, 'invalid_grant', 'removed from the organisation: refused')
+  t.equal((await mcp(h, tokens.access_token as string)).status, 401)
+  t.match(h.events.find(e => (e.event as string) === 'upstream_access_lost')?.fields, { provider: 'github', reason: 'not_allowed', userId: '101' })
+
+  gh.orgs.set('octo', ['acme'])
+  const second = await loginTokens(h, 'octo')
+  gh.tokens.clear() // the user revoked the app's authorization at GitHub
+  h.clock.advance(61 * MINUTE)
+  const revoked = await refresh(h, second)
+  t.equal(revoked.body.error, 'invalid_grant', 'a revoked GitHub authorization: refused')
+  t.match(h.events.filter(e => (e.event as string) === 'upstream_access_lost')[1]?.fields, { reason: 'invalid_grant' })
 })
 
 await withRedisServer('deprovisioning across replicas', server => {
