@@ -13,7 +13,7 @@ import { RedisStore } from '../lib/storage/redis.js'
 import type { AuditEventName } from '../lib/security/audit.js'
 import { startDevIdp } from '../example/dev-idp.js'
 import { TestClock } from './helpers/clock.js'
-import { freePort, loginTokens, token, type LoginHarness } from './helpers/login.js'
+import { freePort, loginTokens, readUpstream, token, writeUpstream, type LoginHarness } from './helpers/login.js'
 import { withRedisServer } from './helpers/redis-tests.js'
 
 // Findings 2 (deprovisioning: our refresh re-checks the user upstream) and 3 (only verified
@@ -209,6 +209,27 @@ t.test('deprovisioning: the login policy runs again (mapUser, Google hosted doma
     t.equal((await mcp(h, next.access_token as string)).status, 401, 'the live access token went with the grant')
     t.match(h.events.find(e => (e.event as string) === 'upstream_access_lost')?.fields, { provider: 'google', reason: 'not_allowed' })
   })
+})
+
+t.test('deprovisioning without an upstream refresh token: UserInfo with the stored access token asks', async t => {
+  const [h] = await setup(t) as [Harness]
+  const first = await loginTokens(h, 'alice')
+  // As if the IdP had issued no refresh token (no offline access).
+  const { grantId, tokens: upstream } = await readUpstream(h, first.access_token as string)
+  const { refreshToken: _dropped, ...withoutRefresh } = upstream
+  await writeUpstream(h, grantId, withoutRefresh)
+  h.clock.advance(61 * MINUTE)
+  const ok = await refresh(h, first)
+  t.equal(ok.status, 200, 'UserInfo still knows the user')
+  t.equal(h.idp.refreshCount(), 0, 'nothing to refresh upstream')
+
+  h.clock.advance(40 * MINUTE)
+  const tokens = pair(await refresh(h, pair(ok, first.client_id as string)), first.client_id as string)
+  h.disabled.add('alice')
+  h.clock.advance(21 * MINUTE)
+  const res = await refresh(h, tokens)
+  t.equal(res.body.error, 'invalid_grant', 'UserInfo refuses the token of a disabled account: refused')
+  t.equal((await mcp(h, tokens.access_token as string)).status, 401)
 })
 
 t.test('deprovisioning: upstreamRecheckSeconds 0 turns the re-check off (with a start-up warning)', async t => {
