@@ -47,6 +47,12 @@ export interface DevIdpOptions {
   accessTokenTtl?: number
   /** Extra or overriding claims for a login name. */
   claims?: (login: string) => Record<string, unknown>
+  /**
+   * Logins treated as disabled or deleted accounts, read at every use (a test may add to the set
+   * later): no account is found, so logging in, the refresh_token grant (invalid_grant) and
+   * UserInfo (invalid_token) fail for them.
+   */
+  disabledAccounts?: ReadonlySet<string>
 }
 
 export interface DevIdp {
@@ -56,6 +62,11 @@ export interface DevIdp {
   close(): Promise<void>
   /** How many token requests with grant_type=refresh_token arrived (successful or not). */
   refreshCount(): number
+  /**
+   * An outage of the token endpoint, until called again with 'none': a status (429, 503, ...)
+   * answered with a temporarily_unavailable error, or 'hang' (never answered until close()).
+   */
+  tokenOutage(mode: 'none' | 'hang' | number): void
 }
 
 /* Just enough of oidc-provider's shape for this file (the package ships no type declarations). */
@@ -179,6 +190,7 @@ export async function startDevIdp (opts: DevIdpOptions): Promise<DevIdp> {
     },
     clientBasedCORS: () => false,
     async findAccount (_ctx: unknown, sub: string) {
+      if (opts.disabledAccounts?.has(sub) === true) return undefined
       return {
         accountId: sub,
         async claims () {
@@ -220,12 +232,23 @@ export async function startDevIdp (opts: DevIdpOptions): Promise<DevIdp> {
   provider.on('grant.error', countRefresh)
   provider.on('server_error', (_ctx, err) => log(`dev IdP server error: ${String(err)}`))
 
-  server.on('request', provider.callback())
+  const handle = provider.callback()
+  let outage: 'none' | 'hang' | number = 'none'
+  server.on('request', (req, res) => {
+    if (outage === 'none' || req.method !== 'POST' || req.url?.split('?')[0] !== '/token') {
+      handle(req, res)
+      return
+    }
+    if (outage === 'hang') return // closeAllConnections() in close() ends it
+    res.writeHead(outage, { 'content-type': 'application/json', 'retry-after': '1' })
+    res.end(JSON.stringify({ error: 'temporarily_unavailable', error_description: 'simulated outage' }))
+  })
 
   let closing: Promise<void> | undefined
   return {
     issuer,
     refreshCount: () => refreshes,
+    tokenOutage: (mode) => { outage = mode },
     close () {
       closing ??= new Promise<void>((resolve) => {
         server.close(() => resolve())

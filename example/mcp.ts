@@ -9,8 +9,11 @@ export interface McpRoutesOptions {
   scopes?: string[]
 }
 
-/** The part of the access token's identity the `whoami` tool reveals (the grant id stays internal). */
-export type WhoAmI = Omit<McpAuthInfo, 'grantId'>
+/**
+ * The part of the access token's identity the `whoami` tool reveals (the grant id stays internal;
+ * `email` is present only when verified, so `emailVerified` adds nothing here).
+ */
+export type WhoAmI = Omit<McpAuthInfo, 'grantId' | 'emailVerified'>
 
 const WhoAmIShape = {
   userId: z.string(),

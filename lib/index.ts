@@ -152,10 +152,12 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
     now,
     revokeGrant,
     thresholdMs: config.upstreamRefreshThresholdSeconds * 1000,
-    lockWaitMs: config.upstreamTimeoutMs + 2000
+    recheckMs: config.upstreamRecheckSeconds * 1000,
+    // A re-check may make two upstream calls (refresh, then UserInfo or the user's organisations).
+    lockWaitMs: 2 * config.upstreamTimeoutMs + 2000
   })
   const flow = new AuthorizationFlow({ config, store, provider, grants, keyRing, auditor, now, findClient, revokeGrant })
-  const refresh = new RefreshService({ config, store, auditor, now, revokeGrant })
+  const refresh = new RefreshService({ config, store, auditor, now, revokeGrant, recheck: grant => upstream.recheck(grant) })
   const registration = new RegistrationService({ config, store, auditor, now })
 
   fastify.decorate('mcpOAuth', {

@@ -104,6 +104,7 @@ export const OptionsSchema = Type.Object({
     }, { additionalProperties: false })))
   }, { additionalProperties: false })),
   upstreamRefreshThresholdSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 86400, description: 'Refresh upstream tokens this close to expiry' })),
+  upstreamRecheckSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 7 * 86400, description: 'On a refresh, re-check the user upstream once the last check is this old; 0 = never' })),
   clientIdMetadataDocuments: Type.Optional(Type.Object({
     enabled: Type.Optional(Type.Boolean({ default: true })),
     timeoutMs: Type.Optional(Type.Integer({ minimum: 100, maximum: 30_000 })),
@@ -208,6 +209,7 @@ export interface ResolvedConfig {
   cimd: { enabled: boolean, timeoutMs: number, minCacheSeconds: number, maxCacheSeconds: number, allowPrivateAddresses: boolean }
   introspection: { resourceServers: Array<{ id: string, secret: string }> }
   upstreamRefreshThresholdSeconds: number
+  upstreamRecheckSeconds: number
   /** Settings that weaken security, each a sentence for the start-up log. */
   warnings: string[]
 }
@@ -363,6 +365,7 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
     },
     introspection: { resourceServers: data.introspection?.resourceServers ?? [] },
     upstreamRefreshThresholdSeconds: data.upstreamRefreshThresholdSeconds ?? 300,
+    upstreamRecheckSeconds: data.upstreamRecheckSeconds ?? 3600,
     ...(data.secret !== undefined || data.cookieSecret !== undefined ? { secret: (data.secret ?? data.cookieSecret) as string } : {}),
     warnings
   }
@@ -372,6 +375,8 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
   if (config.registration.mode === 'token' && config.registration.token === undefined) throw bad('registration.token', 'is required when registration.mode is "token"')
   if (config.refreshGraceSeconds === 0) warnings.push('refreshGraceSeconds is 0: a client that retries a refresh after a lost response loses its whole grant')
   if (config.refreshGraceSeconds > 60) warnings.push(`refreshGraceSeconds is ${config.refreshGraceSeconds}: a stolen, already used refresh token stays usable that long`)
+  if (config.upstreamRecheckSeconds === 0) warnings.push('upstreamRecheckSeconds is 0: a user disabled or refused at the identity provider keeps access until the grant ends')
+  else if (config.upstreamRecheckSeconds > 86400) warnings.push(`upstreamRecheckSeconds is ${config.upstreamRecheckSeconds}: a user disabled at the identity provider keeps access that long after the last check`)
   if (config.redirects.allowHttp) warnings.push('redirects.allowHttp is on: authorization codes may be sent over plain http')
   if (config.redirects.allowPrivateHosts) warnings.push('redirects.allowPrivateHosts is on: clients may redirect to private network addresses')
   if (config.cimd.allowPrivateAddresses) warnings.push('clientIdMetadataDocuments.allowPrivateAddresses is on: client metadata may be fetched from private addresses (SSRF); for tests only')

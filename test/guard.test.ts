@@ -101,6 +101,7 @@ t.test('success: request.mcpAuth holds the identity; scheme is case-insensitive'
     t.same(res.json().auth, {
       userId: 'user-42',
       email: 'ada@example.com',
+      emailVerified: true,
       clientId: 'client-7',
       scopes: ['mcp:tools', 'mcp:admin'],
       resource: RESOURCE,

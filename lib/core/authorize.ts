@@ -278,7 +278,8 @@ export class AuthorizationFlow {
       issuedAt: now,
       expiresAt: now + config.ttl.code * 1000
     }
-    if (user.email !== undefined) record.email = user.email
+    // Only an address the provider verified: with self sign-up anyone can claim any address.
+    if (user.email !== undefined && user.emailVerified === true) record.email = user.email
     await this.#d.store.saveCode(hashToken(code), record)
     this.#d.auditor.emit('login_succeeded', { clientId: flow.clientId, userId: user.id, provider: provider.name })
     return back({ code })

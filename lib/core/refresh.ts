@@ -15,6 +15,8 @@ export interface RefreshDeps {
   now: () => number
   /** Family revocation, including the upstream grant. */
   revokeGrant: (grantId: string) => Promise<boolean>
+  /** Deprovisioning: re-checks the user upstream when due; throws OAuthError (invalid_grant, 503). */
+  recheck?: (grant: NonNullable<Awaited<ReturnType<Store['getGrant']>>>) => Promise<void>
 }
 
 /** FixedInfo of the derivation: what the key is for (a new label for a new derivation). */
@@ -89,6 +91,7 @@ export class RefreshService {
 
     const grant = await store.getGrant(record.grantId, now)
     if (grant === null) throw invalid()
+    await this.#d.recheck?.(grant)
     const requested = typeof body.scope === 'string' ? body.scope : undefined
     const scopes = narrowScopes(requested, record.scopes)
     if (!scopes.ok) throw new OAuthError('invalid_scope', scopes.description)

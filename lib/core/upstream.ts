@@ -1,8 +1,9 @@
-import type { Provider, UpstreamTokens } from '../providers/types.js'
+import type { Provider, UpstreamTokens, UpstreamUser } from '../providers/types.js'
 import { UpstreamError } from '../providers/types.js'
 import type { Auditor } from '../security/audit.js'
 import type { KeyRing } from '../security/keyring.js'
-import type { Store } from '../storage/types.js'
+import type { GrantRecord, Store } from '../storage/types.js'
+import { OAuthError } from '../errors.js'
 
 export interface UpstreamAccess {
   accessToken: string
@@ -30,98 +31,188 @@ export interface UpstreamDeps {
   now: () => number
   /** Refresh when the upstream token expires within this many ms. */
   thresholdMs: number
+  /** Re-check the user upstream on our refresh once the last check is this old (ms); 0 = never. */
+  recheckMs: number
   revokeGrant: (grantId: string) => Promise<boolean>
   /** Longest a replica waits for another one's upstream refresh (and the lease's lifetime). */
   lockWaitMs: number
 }
 
+/** The grant's upstream blob: the provider's tokens, and when the user last passed a check upstream (epoch ms). */
+interface Sealed extends UpstreamTokens {
+  checkedAt?: number
+}
+
+/** What the grant needs to be known about it for a renewal. */
+type GrantView = Pick<GrantRecord, 'grantId' | 'userId' | 'clientId' | 'createdAt' | 'email' | 'provider'>
+
+/** Upstream failures after which the user must sign in again: our grant goes. */
+const ACCESS_LOST = new Set(['invalid_grant', 'access_denied', 'not_allowed'])
+
+/** Seconds a client is told to wait when the identity provider is unavailable. */
+const RETRY_AFTER = '5'
+const POLL_MS = 50
+
 /**
- * The upstream provider's tokens for a grant, refreshed when close to expiry. Concurrent callers
- * for one grant share one upstream refresh (a provider that rotates refresh tokens would otherwise
- * see its refresh token spent twice and revoke the user's session).
+ * The upstream provider's tokens for a grant, refreshed when close to expiry, and the re-check of
+ * the user upstream that our refresh asks for (deprovisioning). Both renew the same thing: the
+ * upstream refresh token is spent, the login policy runs again, the time of the check is sealed
+ * with the new tokens. Concurrent callers for one grant share one renewal, within the process and
+ * (with a store that offers leases) across replicas: a provider that rotates refresh tokens would
+ * otherwise see its refresh token spent twice and revoke the user's session.
  */
 export class UpstreamTokenService {
   readonly #d: UpstreamDeps
-  readonly #inflight = new Map<string, Promise<UpstreamAccess>>()
+  readonly #inflight = new Map<string, Promise<void>>()
 
   constructor (deps: UpstreamDeps) {
     this.#d = deps
   }
 
   async get (grantId: string): Promise<UpstreamAccess> {
-    const tokens = await this.#read(grantId)
+    const { tokens } = await this.#read(grantId)
     if (!this.#stale(tokens)) return access(tokens)
-    let pending = this.#inflight.get(grantId)
-    if (pending === undefined) {
-      pending = this.#refresh(grantId).finally(() => this.#inflight.delete(grantId))
-      this.#inflight.set(grantId, pending)
+    if (this.#d.provider === undefined || tokens.refreshToken === undefined) {
+      if (tokens.expiresAt !== undefined && tokens.expiresAt > this.#d.now()) return access(tokens)
+      throw new UpstreamTokenError('The upstream access token expired and cannot be refreshed', false)
     }
-    return pending
+    await this.#renew(grantId)
+    return access((await this.#read(grantId)).tokens)
+  }
+
+  /**
+   * Deprovisioning, on our refresh: when the user's last check upstream is older than the
+   * interval, renew (one upstream call per grant however many refreshes race). Throws OAuthError:
+   * invalid_grant when the user lost access (the grant is revoked by then), 503
+   * temporarily_unavailable when the identity provider cannot answer now (the grant stays).
+   */
+  async recheck (grant: GrantRecord): Promise<void> {
+    const { provider, recheckMs } = this.#d
+    // Grants without upstream tokens were not made by an upstream login (the application created
+    // them through the API): there is nothing to check them against.
+    if (recheckMs === 0 || provider === undefined || grant.upstream === undefined) return
+    // The login was a check: a grant younger than the interval is not due (and nothing is decrypted).
+    if (this.#d.now() - grant.createdAt < recheckMs) return
+    let tokens: Sealed
+    try {
+      tokens = this.#open(grant.grantId, grant.upstream)
+    } catch (err) {
+      // Cannot check now, which is not the provider refusing: a replica missing a key must not end
+      // every grant it touches.
+      throw new OAuthError('temporarily_unavailable', 'The upstream tokens could not be read; retry later', { headers: { 'retry-after': RETRY_AFTER }, cause: err })
+    }
+    try {
+      if (!this.#due(grant, tokens)) return
+      // A provider without recheck() checks by refreshing; without a refresh token it cannot.
+      if (provider.recheck === undefined && tokens.refreshToken === undefined) return
+      await this.#renew(grant.grantId)
+    } catch (err) {
+      if (!(err instanceof UpstreamTokenError)) throw err
+      if (err.retryable) throw new OAuthError('temporarily_unavailable', err.message, { headers: { 'retry-after': RETRY_AFTER }, cause: err })
+      throw new OAuthError('invalid_grant', err.message, { cause: err })
+    }
   }
 
   #stale (tokens: UpstreamTokens): boolean {
     return tokens.expiresAt !== undefined && tokens.expiresAt - this.#d.now() <= this.#d.thresholdMs
   }
 
-  async #read (grantId: string): Promise<UpstreamTokens> {
-    const grant = await this.#d.store.getGrant(grantId, this.#d.now())
-    if (grant === null) throw new UpstreamTokenError('The grant no longer exists', false)
-    if (grant.upstream === undefined) throw new UpstreamTokenError('The grant holds no upstream tokens', false)
+  #due (grant: GrantView, tokens: Sealed): boolean {
+    return this.#d.recheckMs > 0 && this.#d.now() - (tokens.checkedAt ?? grant.createdAt) >= this.#d.recheckMs
+  }
+
+  #open (grantId: string, sealed: string): Sealed {
     try {
-      return JSON.parse(this.#d.keyRing.open(grant.upstream, grantId)) as UpstreamTokens
+      return JSON.parse(this.#d.keyRing.open(sealed, grantId)) as Sealed
     } catch (err) {
       throw new UpstreamTokenError('The upstream tokens could not be decrypted (key ring changed?)', false, { cause: err })
     }
   }
 
-  async #refresh (grantId: string): Promise<UpstreamAccess> {
+  async #read (grantId: string): Promise<{ grant: GrantView, tokens: Sealed }> {
+    const grant = await this.#d.store.getGrant(grantId, this.#d.now())
+    if (grant === null) throw new UpstreamTokenError('The grant no longer exists', false)
+    if (grant.upstream === undefined) throw new UpstreamTokenError('The grant holds no upstream tokens', false)
+    return { grant, tokens: this.#open(grantId, grant.upstream) }
+  }
+
+  /** One renewal per grant in this process: a caller arriving meanwhile waits for it (it does what they need). */
+  async #renew (grantId: string): Promise<void> {
+    let pending = this.#inflight.get(grantId)
+    if (pending === undefined) {
+      pending = this.#renewLeased(grantId).finally(() => this.#inflight.delete(grantId))
+      this.#inflight.set(grantId, pending)
+    }
+    return pending
+  }
+
+  async #renewLeased (grantId: string): Promise<void> {
     const { store } = this.#d
-    if (store.acquireLock === undefined || store.releaseLock === undefined) return this.#refreshHeld(grantId)
+    if (store.acquireLock === undefined || store.releaseLock === undefined) return this.#renewHeld(grantId)
     // Across replicas: one lease per grant; the others wait for its result instead of spending
     // the same upstream refresh token a second time.
     const key = `upstream-refresh:${grantId}`
     const deadline = this.#d.now() + this.#d.lockWaitMs
-    for (;;) {
+    // Bounded by polls as well as by the clock (which tests may hold still).
+    for (let poll = 0; ; poll++) {
       const owner = await store.acquireLock(key, this.#d.lockWaitMs)
       if (owner !== null) {
         try {
-          return await this.#refreshHeld(grantId)
+          return await this.#renewHeld(grantId)
         } finally {
           await store.releaseLock(key, owner).catch(() => {})
         }
       }
-      await new Promise(resolve => setTimeout(resolve, 50))
-      const tokens = await this.#read(grantId)
-      if (!this.#stale(tokens)) return access(tokens)
-      if (this.#d.now() > deadline) throw new UpstreamTokenError('Another replica is refreshing the upstream token; retry shortly', true)
+      await new Promise(resolve => setTimeout(resolve, POLL_MS))
+      const { grant, tokens } = await this.#read(grantId)
+      if (!this.#stale(tokens) && !this.#due(grant, tokens)) return
+      if (this.#d.now() > deadline || poll * POLL_MS > this.#d.lockWaitMs) {
+        throw new UpstreamTokenError('Another replica is refreshing the upstream token; retry shortly', true)
+      }
     }
   }
 
-  async #refreshHeld (grantId: string): Promise<UpstreamAccess> {
-    // Read again inside the single flight: another replica or caller may have refreshed already.
-    const tokens = await this.#read(grantId)
-    if (!this.#stale(tokens)) return access(tokens)
+  async #renewHeld (grantId: string): Promise<void> {
+    // Read again inside the single flight: another replica or caller may have renewed already.
+    const { grant, tokens: sealed } = await this.#read(grantId)
+    if (!this.#stale(sealed) && !this.#due(grant, sealed)) return
     const provider = this.#d.provider
-    if (provider === undefined || tokens.refreshToken === undefined) {
-      if (tokens.expiresAt !== undefined && tokens.expiresAt > this.#d.now()) return access(tokens)
-      throw new UpstreamTokenError('The upstream access token expired and cannot be refreshed', false)
+    const { checkedAt: _checkedAt, ...tokens } = sealed
+    if (provider === undefined || (provider.recheck === undefined && tokens.refreshToken === undefined)) return
+    // Never hand one provider's tokens to another.
+    if (grant.provider !== undefined && grant.provider !== provider.name) {
+      return await this.#lost(grant, provider.name, 'provider_changed', 'The grant was made through another identity provider; the user must sign in again')
     }
     let next: UpstreamTokens
+    let user: UpstreamUser | undefined
     try {
-      next = await provider.refresh(tokens)
+      if (provider.recheck !== undefined) ({ tokens: next, user } = await provider.recheck(tokens))
+      else next = await provider.refresh(tokens)
     } catch (err) {
       const kind = err instanceof UpstreamError ? err.kind : 'temporary'
       this.#d.auditor.emit('upstream_failure', { provider: provider.name, kind, step: 'refresh' })
-      if (kind === 'invalid_grant') {
-        await this.#d.revokeGrant(grantId)
-        throw new UpstreamTokenError('The identity provider revoked the session; the user must sign in again', false, { cause: err })
+      if (ACCESS_LOST.has(kind)) {
+        const why = kind === 'not_allowed' && err instanceof UpstreamError ? `${err.message}; ` : 'The identity provider ended the session; '
+        return await this.#lost(grant, provider.name, kind, `${why}the user must sign in again`, err)
       }
       throw new UpstreamTokenError('The identity provider is unavailable; retry later', true, { cause: err })
     }
+    // The e-mail in our tokens must be one the provider still vouches for, for the same user.
+    const email = user?.emailVerified === true ? user.email : undefined
+    if (user !== undefined && (user.id !== grant.userId || email?.toLowerCase() !== grant.email?.toLowerCase())) {
+      return await this.#lost(grant, provider.name, 'identity_changed', 'The identity provider now describes the user differently; the user must sign in again')
+    }
     if (next.refreshToken === undefined && tokens.refreshToken !== undefined) next = { ...next, refreshToken: tokens.refreshToken }
-    const stored = await this.#d.store.updateGrantUpstream(grantId, this.#d.keyRing.seal(JSON.stringify(next), grantId), this.#d.now())
+    const renewed: Sealed = { ...next, checkedAt: this.#d.now() }
+    const stored = await this.#d.store.updateGrantUpstream(grantId, this.#d.keyRing.seal(JSON.stringify(renewed), grantId), this.#d.now())
     if (!stored) throw new UpstreamTokenError('The grant was revoked during the refresh', false)
-    return access(next)
+  }
+
+  /** The user lost access upstream: revoke the grant (with its upstream tokens) and say so. */
+  async #lost (grant: GrantView, provider: string, reason: string, message: string, cause?: unknown): Promise<never> {
+    await this.#d.revokeGrant(grant.grantId)
+    this.#d.auditor.emit('upstream_access_lost', { provider, reason, clientId: grant.clientId, userId: grant.userId, grantId: grant.grantId })
+    throw new UpstreamTokenError(message, false, cause === undefined ? undefined : { cause })
   }
 }
 

@@ -4,7 +4,10 @@ import type { AccessTokenRecord, TokenStore } from '../storage/types.js'
 /** What a valid access token says about the request. Users may augment it (declaration merging). */
 export interface McpAuthInfo {
   userId: string
+  /** The user's e-mail address, only ever one the identity provider verified. */
   email?: string
+  /** True when `email` is present (a verified address); false when there is none to rely on. */
+  emailVerified: boolean
   clientId: string
   scopes: string[]
   /** The resource (audience) the token was issued for. */
@@ -78,7 +81,8 @@ function result (record: AccessTokenRecord | null, resource: string | undefined)
     scopes: record.scopes,
     resource: record.resource,
     expiresAt: Math.floor(record.expiresAt / 1000),
-    grantId: record.grantId
+    grantId: record.grantId,
+    emailVerified: record.email !== undefined
   }
   if (record.email !== undefined) auth.email = record.email
   return { valid: true, auth }

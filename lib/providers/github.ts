@@ -264,6 +264,40 @@ export function githubProvider (opts: GithubProviderOptions): Provider {
     return false
   }
 
+  async function refreshTokens (tokens: UpstreamTokens): Promise<UpstreamTokens> {
+    if (tokens.refreshToken === undefined || tokens.refreshToken === '') {
+      // OAuth Apps (and GitHub Apps without expiring tokens) issue none.
+      throw new UpstreamError(name, 'invalid_grant', `${name}: there is no refresh token to use`)
+    }
+    return await tokenRequest('refresh', new URLSearchParams({
+      grant_type: 'refresh_token',
+      refresh_token: tokens.refreshToken
+    }), tokens)
+  }
+
+  /** The user behind a token, under the login policy (organisation membership). */
+  async function userFor (accessToken: string): Promise<UpstreamUser> {
+    const profile = await readUser(accessToken)
+    const user: UpstreamUser = { id: String(profile.id) }
+    if (typeof profile.name === 'string' && profile.name !== '') user.name = profile.name
+    else user.name = profile.login
+    if (typeof profile.email === 'string' && profile.email !== '') {
+      // GitHub only lets a verified address be the public profile e-mail.
+      user.email = profile.email
+      user.emailVerified = true
+    } else {
+      const email = await readEmail(accessToken)
+      if (email !== undefined) {
+        user.email = email
+        user.emailVerified = true
+      }
+    }
+    if (orgs.length > 0 && !(await isMember(accessToken))) {
+      throw new UpstreamError(name, 'not_allowed', `${name}: the user is not a member of an allowed organisation`)
+    }
+    return user
+  }
+
   return {
     name,
 
@@ -297,36 +331,19 @@ export function githubProvider (opts: GithubProviderOptions): Provider {
         redirect_uri: input.redirectUri,
         code_verifier: input.codeVerifier
       }))
-      const profile = await readUser(tokens.accessToken)
-      const user: UpstreamUser = { id: String(profile.id) }
-      if (typeof profile.name === 'string' && profile.name !== '') user.name = profile.name
-      else user.name = profile.login
-      if (typeof profile.email === 'string' && profile.email !== '') {
-        // GitHub only lets a verified address be the public profile e-mail.
-        user.email = profile.email
-        user.emailVerified = true
-      } else {
-        const email = await readEmail(tokens.accessToken)
-        if (email !== undefined) {
-          user.email = email
-          user.emailVerified = true
-        }
-      }
-      if (orgs.length > 0 && !(await isMember(tokens.accessToken))) {
-        throw new UpstreamError(name, 'not_allowed', `${name}: the user is not a member of an allowed organisation`)
-      }
+      const user = await userFor(tokens.accessToken)
       return { tokens, user }
     },
 
     async refresh (tokens: UpstreamTokens): Promise<UpstreamTokens> {
-      if (tokens.refreshToken === undefined || tokens.refreshToken === '') {
-        // OAuth Apps (and GitHub Apps without expiring tokens) issue none.
-        throw new UpstreamError(name, 'invalid_grant', `${name}: there is no refresh token to use`)
-      }
-      return await tokenRequest('refresh', new URLSearchParams({
-        grant_type: 'refresh_token',
-        refresh_token: tokens.refreshToken
-      }), tokens)
+      return await refreshTokens(tokens)
+    },
+
+    async recheck (tokens: UpstreamTokens): Promise<{ tokens: UpstreamTokens, user: UpstreamUser }> {
+      // OAuth App tokens have no refresh token and do not expire: the stored one asks (a revoked
+      // authorization answers 401, which is invalid_grant).
+      const next = tokens.refreshToken === undefined || tokens.refreshToken === '' ? tokens : await refreshTokens(tokens)
+      return { tokens: next, user: await userFor(next.accessToken) }
     },
 
     async revoke (tokens: UpstreamTokens): Promise<void> {

@@ -200,6 +200,20 @@ function toTokens (res: client.TokenEndpointResponse & client.TokenEndpointRespo
   return tokens
 }
 
+/**
+ * The claims of an ID token we stored after verifying it at login or refresh; undefined when
+ * there is none. Not verified again: it comes from our own store, sealed with the grant.
+ */
+function idTokenClaims (idToken: string | undefined): OidcClaims | undefined {
+  if (idToken === undefined) return undefined
+  try {
+    const claims = decodeJwt(idToken)
+    return typeof claims.sub === 'string' ? claims as OidcClaims : undefined
+  } catch {
+    return undefined
+  }
+}
+
 /** The default claims-to-user mapping: id = sub, email, email_verified, name. */
 export function defaultUserFromClaims (claims: OidcClaims): UpstreamUser {
   const user: UpstreamUser = { id: claims.sub }
@@ -302,6 +316,40 @@ export function oidcProvider (opts: OidcProviderOptions): Provider {
     return claims
   }
 
+  /** The refresh token grant; a refreshed ID token must name the same subject (OpenID Connect Core 12.2). */
+  async function refreshGrant (tokens: UpstreamTokens): Promise<client.TokenEndpointResponse & client.TokenEndpointResponseHelpers> {
+    if (tokens.refreshToken === undefined || tokens.refreshToken === '') {
+      throw new UpstreamError(name, 'invalid_grant', `${name}: there is no refresh token to use`)
+    }
+    const config = await configuration()
+    let res: client.TokenEndpointResponse & client.TokenEndpointResponseHelpers
+    try {
+      res = await client.refreshTokenGrant(config, tokens.refreshToken)
+    } catch (err) {
+      throw toUpstreamError(name, 'refresh', err)
+    }
+    const fresh = res.claims()
+    if (fresh !== undefined) {
+      const previousSub = idTokenClaims(tokens.idToken)?.sub
+      if (previousSub !== undefined && previousSub !== fresh.sub) {
+        throw new UpstreamError(name, 'invalid_response', `${name}: the refreshed ID token names another subject`)
+      }
+    }
+    return res
+  }
+
+  /** UserInfo for a re-check: a refused access token (401) means the upstream grant is gone. */
+  async function userInfo (config: client.Configuration, accessToken: string, sub: string | undefined): Promise<client.UserInfoResponse> {
+    try {
+      return await client.fetchUserInfo(config, accessToken, sub ?? client.skipSubjectCheck)
+    } catch (err) {
+      if (err instanceof client.WWWAuthenticateChallengeError && err.status === 401) {
+        throw new UpstreamError(name, 'invalid_grant', `${name}: the UserInfo endpoint refused the access token (HTTP 401)`, { cause: safeCause(err) })
+      }
+      throw toUpstreamError(name, 'userinfo', err)
+    }
+  }
+
   return {
     name,
 
@@ -349,30 +397,36 @@ export function oidcProvider (opts: OidcProviderOptions): Provider {
     },
 
     async refresh (tokens: UpstreamTokens): Promise<UpstreamTokens> {
-      if (tokens.refreshToken === undefined || tokens.refreshToken === '') {
-        throw new UpstreamError(name, 'invalid_grant', `${name}: there is no refresh token to use`)
-      }
+      return toTokens(await refreshGrant(tokens), tokens)
+    },
+
+    async recheck (tokens: UpstreamTokens): Promise<{ tokens: UpstreamTokens, user: UpstreamUser }> {
       const config = await configuration()
-      let res: client.TokenEndpointResponse & client.TokenEndpointResponseHelpers
-      try {
-        res = await client.refreshTokenGrant(config, tokens.refreshToken)
-      } catch (err) {
-        throw toUpstreamError(name, 'refresh', err)
-      }
-      const fresh = res.claims()
-      if (fresh !== undefined && tokens.idToken !== undefined) {
-        // OpenID Connect Core 12.2: a refreshed ID token must name the same subject.
-        let previousSub: unknown
-        try {
-          previousSub = decodeJwt(tokens.idToken).sub
-        } catch {
-          previousSub = undefined
+      const previous = idTokenClaims(tokens.idToken)
+      if (tokens.refreshToken !== undefined && tokens.refreshToken !== '') {
+        const res = await refreshGrant(tokens)
+        const next = toTokens(res, tokens)
+        const fresh = res.claims()
+        let claims: OidcClaims | undefined = fresh === undefined ? undefined : { ...fresh }
+        // As at login: UserInfo when the ID token lacks the e-mail (or always). Without a fresh ID
+        // token, UserInfo is the only fresh source, and its answer wins over the login's claims.
+        const wantUserInfo = userInfoMode === 'always' || (userInfoMode === 'auto' && claims?.email === undefined)
+        if (wantUserInfo && config.serverMetadata().userinfo_endpoint !== undefined) {
+          const info = await userInfo(config, next.accessToken, claims?.sub ?? previous?.sub)
+          claims = claims === undefined ? { ...previous, ...info } : { ...info, ...claims }
         }
-        if (previousSub !== undefined && previousSub !== fresh.sub) {
-          throw new UpstreamError(name, 'invalid_response', `${name}: the refreshed ID token names another subject`)
-        }
+        // Nothing fresher: the login's claims (the upstream refresh itself was the check).
+        claims ??= previous
+        if (claims === undefined) throw new UpstreamError(name, 'invalid_response', `${name}: there are no claims to check the user against`)
+        return { tokens: next, user: await mapClaims(name, claims, opts.mapUser) }
       }
-      return toTokens(res, tokens)
+      // No refresh token: UserInfo with the stored access token is the only way to ask; once that
+      // token has expired, the user has to sign in again.
+      if (config.serverMetadata().userinfo_endpoint === undefined) {
+        throw new UpstreamError(name, 'invalid_grant', `${name}: no refresh token and no UserInfo endpoint to re-check the user with`)
+      }
+      const info = await userInfo(config, tokens.accessToken, previous?.sub)
+      return { tokens, user: await mapClaims(name, { ...previous, ...info }, opts.mapUser) }
     },
 
     async revoke (tokens: UpstreamTokens): Promise<void> {

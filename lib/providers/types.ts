@@ -20,6 +20,7 @@ export interface UpstreamUser {
   /** Stable, provider-scoped subject (never an e-mail address, which can change hands). */
   id: string
   email?: string
+  /** The plugin keeps `email` (in tokens and `request.mcpAuth`) only when this is true. */
   emailVerified?: boolean
   name?: string
 }
@@ -51,6 +52,14 @@ export interface Provider {
   exchangeCode (input: ExchangeInput): Promise<{ tokens: UpstreamTokens, user: UpstreamUser }>
   /** Refresh upstream tokens. Keeps the old refresh token when the provider does not send a new one. */
   refresh (tokens: UpstreamTokens): Promise<UpstreamTokens>
+  /**
+   * Deprovisioning: may the user still sign in? Refreshes the tokens where the provider can (else
+   * asks with the stored ones) and applies the login policy again. Returns the tokens to keep and
+   * the user as the provider sees them now. Throws an UpstreamError: 'invalid_grant',
+   * 'access_denied' or 'not_allowed' when the user lost access, 'temporary' to retry later.
+   * Without it, the plugin re-checks with `refresh` alone (the policy is not run again).
+   */
+  recheck? (tokens: UpstreamTokens): Promise<{ tokens: UpstreamTokens, user: UpstreamUser }>
   /** Revoke upstream tokens (best effort); absent when the provider offers no revocation. */
   revoke? (tokens: UpstreamTokens): Promise<void>
 }

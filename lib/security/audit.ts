@@ -17,6 +17,8 @@ export interface AuditEvents {
   consent_denied: { clientId: string }
   login_succeeded: { clientId: string, userId: string, provider: string }
   upstream_failure: { provider: string, kind: string, step: 'authorize' | 'callback' | 'refresh' | 'revoke' }
+  /** The identity provider no longer accepts the user (disabled, out of the domain, refused by policy): the grant was revoked. */
+  upstream_access_lost: { provider: string, reason: string, clientId: string, userId: string, grantId: string }
   browser_mismatch: { clientId: string }
   rate_limited: { route: string }
   config_weakened: { setting: string }
@@ -29,7 +31,8 @@ export type AuditSink = <E extends AuditEventName>(event: E, fields: AuditEvents
 const DEBUG: ReadonlySet<AuditEventName> = new Set<AuditEventName>(['authorization_started', 'callback_processed'])
 
 const WARN: ReadonlySet<AuditEventName> = new Set<AuditEventName>([
-  'code_reuse', 'refresh_reuse', 'pkce_failure', 'invalid_redirect', 'upstream_failure', 'browser_mismatch', 'rate_limited', 'config_weakened'
+  'code_reuse', 'refresh_reuse', 'pkce_failure', 'invalid_redirect', 'upstream_failure', 'browser_mismatch', 'rate_limited', 'config_weakened',
+  'upstream_access_lost'
 ])
 
 interface Logger {

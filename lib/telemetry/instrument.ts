@@ -18,6 +18,7 @@ export const PROVIDER_OPERATIONS = {
   authorizationUrl: 'authorization_url',
   exchangeCode: 'exchange_code',
   refresh: 'refresh',
+  recheck: 'recheck',
   revoke: 'revoke'
 } as const
 

@@ -124,6 +124,8 @@ export class Metrics {
       // Counted elsewhere: logins by oauth_callback_processed_total, upstream failures by provider_api_errors_total.
       login_succeeded: null,
       upstream_failure: null,
+      // Counted by provider_api_errors_total (the failure that ended the grant).
+      upstream_access_lost: null,
       config_weakened: null
     }
   }
