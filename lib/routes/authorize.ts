@@ -8,7 +8,7 @@ import { hashToken, safeEqual } from '../core/tokens.js'
 import type { ResolvedConfig } from '../options.js'
 import type { Signer } from '../security/signing.js'
 import type { ClientRecord } from '../storage/types.js'
-import { consentPage, errorPage, sendPage, type PageStyle } from './html.js'
+import { consentPage, destinationOf, errorPage, sendPage, type PageStyle } from './html.js'
 import { cookieNames, readConsent, writeConsent } from './cookies.js'
 import { routeLimit } from './oauth.js'
 
@@ -91,13 +91,12 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
       })
     }
     const signed = signer.sign('authorization-request', { r: req, exp: now() + config.ttl.flow * 1000 } satisfies SignedRequest)
-    const redirectHost = new URL(req.redirectUri).host || new URL(req.redirectUri).protocol
     return sendPage(reply, style, 200, consentPage(style, config, {
       clientName: client.clientName ?? client.clientId,
       nameVerified: client.source !== 'dcr',
       ...(client.source === 'cimd' ? { verifiedHost: new URL(client.clientId).host } : {}),
       clientId: client.clientId,
-      redirectHost,
+      destination: destinationOf(req.redirectUri),
       scopes: req.scopes,
       resource: req.resource,
       allLoopback: client.redirectUris.every(u => /^http:\/\/(127\.0\.0\.1|\[::1\]|localhost)[:/]/i.test(u)),

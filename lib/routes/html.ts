@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
 import type { FastifyReply } from 'fastify'
+import { isLoopbackRedirect } from '../core/redirect.js'
 import type { ResolvedConfig } from '../options.js'
 
 /** Escape for HTML text and double-quoted attribute values. */
@@ -62,6 +63,30 @@ export function errorPage (style: PageStyle, config: ResolvedConfig, title: stri
 <p class="muted">You can close this window and try again from the application.</p>`)
 }
 
+/** Where a redirect URI sends the browser, as the pages tell the user. */
+export type Destination =
+  | { kind: 'web', host: string }
+  | { kind: 'local' }
+  | { kind: 'app', scheme: string }
+
+export function destinationOf (redirectUri: string): Destination {
+  const url = new URL(redirectUri)
+  if (url.protocol === 'https:' || url.protocol === 'http:') {
+    return isLoopbackRedirect(redirectUri) ? { kind: 'local' } : { kind: 'web', host: url.host }
+  }
+  // A private-use scheme names the app that claimed it; what follows "//" is whatever the app chose,
+  // not a host the browser goes to (com.evil.app://accounts.google.com/ is not Google).
+  return { kind: 'app', scheme: url.protocol.slice(0, -1) }
+}
+
+function destinationHtml (d: Destination): string {
+  switch (d.kind) {
+    case 'web': return `<strong>${escapeHtml(d.host)}</strong>`
+    case 'local': return 'an application on this computer (a loopback address)'
+    case 'app': return `the app <strong>${escapeHtml(d.scheme)}</strong> (whichever application on this device handles <code>${escapeHtml(d.scheme)}:</code> links)`
+  }
+}
+
 export interface ConsentView {
   clientName: string
   /** True when the name comes from a verified source (configuration, or a metadata document). */
@@ -69,7 +94,7 @@ export interface ConsentView {
   /** For a client ID metadata document: the host that published it (verified by TLS). */
   verifiedHost?: string
   clientId: string
-  redirectHost: string
+  destination: Destination
   scopes: string[]
   resource: string
   allLoopback: boolean
@@ -90,7 +115,7 @@ Approve only if you started this sign-in yourself, from an application you trust
   const body = `<h1>${escapeHtml(config.consent.title)}</h1>
 <p><strong><bdi>${escapeHtml(view.clientName)}</bdi></strong>${provenance} wants to access
 <code>${escapeHtml(view.resource)}</code> on your behalf.</p>
-<p class="muted">After you approve, you will be sent to <strong>${escapeHtml(view.redirectHost)}</strong>.
+<p class="muted">After you approve, you will be sent to ${destinationHtml(view.destination)}.
 Client ID: <code>${escapeHtml(view.clientId)}</code></p>
 <p>Permissions requested:</p><ul>${scopes}</ul>${loopback}
 <form method="post" action="${escapeHtml(view.action)}">
