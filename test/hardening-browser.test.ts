@@ -1,6 +1,11 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
+import { createServer } from 'node:https'
+import type { AddressInfo } from 'node:net'
 import { s256 } from '../lib/core/pkce.js'
-import { buildApp } from './helpers/app.js'
+import { buildApp, ISSUER, RESOURCE } from './helpers/app.js'
+import { Browser, decodeEntities } from './helpers/browser.js'
+import { authorizeUrl, registerClient, startLogin } from './helpers/login.js'
+import { selfSignedCert } from './helpers/tls.js'
 
 /**
  * Issue 15, the browser side: errors before consent (finding 6), remembered consent and native
@@ -9,6 +14,108 @@ import { buildApp } from './helpers/app.js'
 
 const VERIFIER = 'hardening-browser-verifier-' + 'q'.repeat(30)
 const WEB_REDIRECT = 'https://app.example.com/cb'
+
+/** The link an error page offers back to the application, decoded; undefined when there is none. */
+function backLink (body: string): { href: string, rel: string } | undefined {
+  const m = /<a\b([^>]*)>/.exec(body)
+  if (m === null) return undefined
+  const attr = (name: string) => decodeEntities(new RegExp(`\\b${name}="([^"]*)"`).exec(m[1] as string)?.[1] ?? '')
+  return { href: attr('href'), rel: attr('rel') }
+}
+
+/** What an error page must never do: move the browser on by itself. */
+function noAutoRedirect (t: Test, page: { body: string, headers: Headers | Record<string, unknown> }, what: string): void {
+  const header = (name: string) => page.headers instanceof Headers ? page.headers.get(name) : page.headers[name] as string | undefined
+  t.notOk(header('location'), `${what}: no Location`)
+  t.notOk(header('refresh'), `${what}: no Refresh header`)
+  t.notMatch(page.body, /http-equiv/i, `${what}: no meta refresh`)
+  t.notMatch(page.body, /<script/i, `${what}: no script`)
+  t.match(String(header('content-security-policy')), /default-src 'none'/, `${what}: the pages' CSP`)
+  t.match(String(header('content-security-policy')), /frame-ancestors 'none'/)
+}
+
+const atClient = (redirect: string) => (u: URL) => u.href.startsWith(redirect)
+
+// ---- finding 6: errors before consent ------------------------------------------------------
+
+t.test('finding 6: an error in a request from a client this browser never approved is a page, not a redirect', async t => {
+  const h = await startLogin(t, { clients: [{ client_id: 'static-web', redirect_uris: ['https://static.example.com/cb'] }] })
+  const client = await registerClient(h, { client_name: 'Evil <Corp>', redirect_uris: [WEB_REDIRECT] })
+  const id = client.client_id as string
+  const bad = authorizeUrl(h, id, VERIFIER, { redirect_uri: WEB_REDIRECT, scope: 'mcp:tools root' })
+  const browser = new Browser()
+
+  const page = await browser.get(bad, { stopAt: atClient(WEB_REDIRECT) })
+  t.notOk(page.stoppedAt, 'not sent to the unapproved client')
+  t.equal(page.status, 400)
+  t.match(page.headers.get('content-type'), /^text\/html/)
+  noAutoRedirect(t, page, 'error page')
+  t.match(page.body, 'Evil &#60;Corp&#62;', 'the application is named, escaped')
+  t.notMatch(page.body, '<Corp>')
+  t.match(page.body, 'invalid_scope', 'the error is named')
+  t.match(page.body, 'app.example.com', 'where the link leads')
+  const link = backLink(page.body)
+  t.ok(link, 'a link back to the application')
+  t.equal(link?.rel, 'noreferrer')
+  const back = new URL(link?.href ?? 'about:blank')
+  t.equal(back.origin + back.pathname, WEB_REDIRECT, 'the link goes to the registered redirect URI')
+  t.equal(back.searchParams.get('error'), 'invalid_scope')
+  t.ok(back.searchParams.get('error_description'))
+  t.equal(back.searchParams.get('state'), 'client-state-1')
+  t.equal(back.searchParams.get('iss'), h.issuer)
+
+  const other = await browser.get(authorizeUrl(h, id, VERIFIER, { redirect_uri: WEB_REDIRECT, response_type: 'token' }), { stopAt: atClient(WEB_REDIRECT) })
+  t.equal(other.status, 400, 'another error: a page too')
+  t.equal(new URL(backLink(other.body)?.href ?? 'about:blank').searchParams.get('error'), 'unsupported_response_type')
+
+  // The user denies on the consent page: their own choice, after seeing the application.
+  const consent = await browser.get(authorizeUrl(h, id, VERIFIER, { redirect_uri: WEB_REDIRECT }))
+  const denied = await browser.submit(consent, {}, { submitter: 'deny', stopAt: atClient(WEB_REDIRECT) })
+  t.equal(denied.stoppedAt?.searchParams.get('error'), 'access_denied', 'denial redirects as before')
+
+  // Once approved in this browser, errors go back to the client as before.
+  const done = await browser.drive(authorizeUrl(h, id, VERIFIER, { redirect_uri: WEB_REDIRECT }), {
+    stopAt: atClient(WEB_REDIRECT), fields: { login: 'alice', password: 'x' }
+  })
+  t.ok(done.stoppedAt?.searchParams.get('code'), 'approved and logged in')
+  const after = await browser.get(bad, { stopAt: atClient(WEB_REDIRECT) })
+  t.equal(after.stoppedAt?.searchParams.get('error'), 'invalid_scope', 'after approval: redirected with the error')
+  t.equal(after.stoppedAt?.searchParams.get('state'), 'client-state-1')
+  t.equal(after.stoppedAt?.searchParams.get('iss'), h.issuer)
+
+  const stranger = await new Browser().get(bad, { stopAt: atClient(WEB_REDIRECT) })
+  t.equal(stranger.status, 400, 'another browser has not approved it: a page')
+
+  // Clients the operator configured are trusted.
+  const staticBad = await new Browser().get(authorizeUrl(h, 'static-web', VERIFIER, { redirect_uri: 'https://static.example.com/cb', scope: 'root' }),
+    { stopAt: atClient('https://static.example.com/cb') })
+  t.equal(staticBad.stoppedAt?.searchParams.get('error'), 'invalid_scope', 'static client: redirected')
+})
+
+t.test('finding 6: a client ID metadata document client gets the page too', async t => {
+  const { cert, key } = selfSignedCert(t, ['client.test'])
+  let id = ''
+  const server = createServer({ key, cert }, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'max-age=300' })
+    res.end(JSON.stringify({ client_id: id, client_name: 'Doc App', redirect_uris: ['https://doc.example.com/cb'] }))
+  })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.closeAllConnections(); server.close() })
+  id = `https://client.test:${(server.address() as AddressInfo).port}/client.json`
+  const { app } = await buildApp(t, {
+    clientIdMetadataDocuments: { allowPrivateAddresses: true },
+    cimdTestHooks: { lookup: async () => [{ address: '127.0.0.1', family: 4 }], ca: cert }
+  })
+  const res = await app.inject(`/oauth/authorize?${new URLSearchParams({
+    response_type: 'code', client_id: id, redirect_uri: 'https://doc.example.com/cb', code_challenge: s256(VERIFIER), code_challenge_method: 'S256', state: 's1', resource: RESOURCE
+  })}&scope=${encodeURIComponent('mcp:tools root')}`)
+  t.equal(res.statusCode, 400)
+  noAutoRedirect(t, { body: res.body, headers: res.headers }, 'cimd error page')
+  t.match(res.body, 'Doc App')
+  const back = new URL(backLink(res.body)?.href ?? 'about:blank')
+  t.equal(back.origin + back.pathname, 'https://doc.example.com/cb')
+  t.same([back.searchParams.get('error'), back.searchParams.get('state'), back.searchParams.get('iss')], ['invalid_scope', 's1', ISSUER])
+})
 
 // ---- finding 13: where the consent page says the user goes ---------------------------------
 

@@ -483,7 +483,7 @@ interface Materialized {
 const UNSAFE_TEXT = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f\u202a-\u202e\u2066-\u2069]/
 
 /** The elements the consent and error pages are made of. */
-const PAGE_TAGS = new Set(['bdi', 'html', 'head', 'meta', 'title', 'style', 'body', 'main', 'h1', 'p', 'strong', 'span', 'code', 'ul', 'li', 'div', 'form', 'input', 'button'])
+const PAGE_TAGS = new Set(['bdi', 'html', 'head', 'meta', 'title', 'style', 'body', 'main', 'h1', 'p', 'strong', 'span', 'code', 'ul', 'li', 'div', 'form', 'input', 'button', 'a'])
 
 const STAT_KEYS: Array<keyof StoreStats> = ['accessTokens', 'refreshTokens', 'grants', 'clients', 'flows', 'codes']
 

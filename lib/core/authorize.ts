@@ -27,8 +27,11 @@ export interface ValidatedAuthorization {
 export type AuthorizeDecision =
   /** About the client or its redirect URI: shown to the user, never redirected (RFC 6749 §4.1.2.1). */
   | { kind: 'page', status: number, title: string, description: string }
-  /** Everything else goes back to the client. */
-  | { kind: 'redirect', url: string }
+  /**
+   * Everything else goes back to the client: at once when the client is trusted, else through a
+   * page with a link (the route decides; it knows what this browser approved).
+   */
+  | { kind: 'redirect', url: string, client: ClientRecord, error: OAuthErrorCode, description: string }
   | { kind: 'ok', request: ValidatedAuthorization, client: ClientRecord }
 
 export type CallbackDecision =
@@ -110,7 +113,7 @@ export class AuthorizationFlow {
     const state = single(params, 'state')
     const stateValue = state.repeated || state.invalid ? undefined : state.value
     const fail = (error: OAuthErrorCode, description: string): AuthorizeDecision =>
-      ({ kind: 'redirect', url: clientRedirect(redirectUri, { error, error_description: description, state: stateValue, iss: config.issuer }) })
+      ({ kind: 'redirect', url: clientRedirect(redirectUri, { error, error_description: description, state: stateValue, iss: config.issuer }), client, error, description })
 
     for (const name of ['response_type', 'state', 'scope', 'code_challenge', 'code_challenge_method']) {
       const p = single(params, name)

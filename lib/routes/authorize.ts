@@ -8,8 +8,8 @@ import { hashToken, safeEqual } from '../core/tokens.js'
 import type { ResolvedConfig } from '../options.js'
 import type { Signer } from '../security/signing.js'
 import type { ClientRecord } from '../storage/types.js'
-import { consentPage, destinationOf, errorPage, sendPage, type PageStyle } from './html.js'
-import { cookieNames, readConsent, writeConsent } from './cookies.js'
+import { clientErrorPage, consentPage, destinationOf, errorPage, sendPage, type ClientView, type PageStyle } from './html.js'
+import { cookieNames, readConsent, writeConsent, type ConsentCookie } from './cookies.js'
 import { routeLimit } from './oauth.js'
 
 export interface AuthorizeRouteDeps {
@@ -36,6 +36,23 @@ function isApproved (approvals: string[], req: ValidatedAuthorization): boolean 
     const granted = scopes.split(' ')
     return req.scopes.every(s => granted.includes(s))
   })
+}
+
+/**
+ * Errors may go straight back to clients the operator configured, or that the user approved in this
+ * browser; for the others an automatic redirect would be an open redirector.
+ */
+function redirectTrusted (client: ClientRecord, consent: ConsentCookie | null): boolean {
+  return client.source === 'static' || (consent?.c ?? []).some(a => a.split('\n')[0] === client.clientId)
+}
+
+function clientView (client: ClientRecord): ClientView {
+  return {
+    clientName: client.clientName ?? client.clientId,
+    nameVerified: client.source !== 'dcr',
+    ...(client.source === 'cimd' ? { verifiedHost: new URL(client.clientId).host } : {}),
+    clientId: client.clientId
+  }
 }
 
 interface SignedRequest {
@@ -77,10 +94,19 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
   }, async (request, reply) => {
     const decision = await flow.validate(request.query as Record<string, unknown>)
     if (decision.kind === 'page') return page(reply, decision.status, decision.title, decision.description)
-    if (decision.kind === 'redirect') return reply.header('cache-control', 'no-store').redirect(decision.url, 302)
+    const consent = readConsent(request, signer, names, now())
+    if (decision.kind === 'redirect') {
+      if (redirectTrusted(decision.client, consent)) return reply.header('cache-control', 'no-store').redirect(decision.url, 302)
+      return sendPage(reply, style, 400, clientErrorPage(style, config, {
+        ...clientView(decision.client),
+        error: decision.error,
+        description: decision.description,
+        link: decision.url,
+        destination: destinationOf(decision.url)
+      }))
+    }
     const { request: req, client } = decision
 
-    const consent = readConsent(request, signer, names, now())
     if (consent !== null && isApproved(consent.c, req)) return goUpstream(request, reply, req)
 
     let csrfCookie = request.cookies[names.csrf]
@@ -92,10 +118,7 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
     }
     const signed = signer.sign('authorization-request', { r: req, exp: now() + config.ttl.flow * 1000 } satisfies SignedRequest)
     return sendPage(reply, style, 200, consentPage(style, config, {
-      clientName: client.clientName ?? client.clientId,
-      nameVerified: client.source !== 'dcr',
-      ...(client.source === 'cimd' ? { verifiedHost: new URL(client.clientId).host } : {}),
-      clientId: client.clientId,
+      ...clientView(client),
       destination: destinationOf(req.redirectUri),
       scopes: req.scopes,
       resource: req.resource,
