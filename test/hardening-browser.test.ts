@@ -3,8 +3,8 @@ import { createServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
 import { s256 } from '../lib/core/pkce.js'
 import { buildApp, ISSUER, RESOURCE } from './helpers/app.js'
-import { Browser, decodeEntities } from './helpers/browser.js'
-import { authorizeUrl, registerClient, startLogin } from './helpers/login.js'
+import { Browser, decodeEntities, type Page } from './helpers/browser.js'
+import { authorizeUrl, REDIRECT, registerClient, startLogin, type LoginHarness } from './helpers/login.js'
 import { selfSignedCert } from './helpers/tls.js'
 
 /**
@@ -115,6 +115,61 @@ t.test('finding 6: a client ID metadata document client gets the page too', asyn
   const back = new URL(backLink(res.body)?.href ?? 'about:blank')
   t.equal(back.origin + back.pathname, 'https://doc.example.com/cb')
   t.same([back.searchParams.get('error'), back.searchParams.get('state'), back.searchParams.get('iss')], ['invalid_scope', 's1', ISSUER])
+})
+
+// ---- finding 9: remembered consent and native clients -------------------------------------
+
+/** Approve once in `browser`, then ask again: the page the second request lands on. */
+async function askTwice (h: LoginHarness, browser: Browser, clientId: string, redirect: string, second = redirect): Promise<Page> {
+  const first = await browser.drive(authorizeUrl(h, clientId, VERIFIER, { redirect_uri: redirect }), {
+    stopAt: atClient(redirect), fields: { login: 'alice', password: 'x' }
+  })
+  if (first.stoppedAt?.searchParams.get('code') == null) throw new Error('the first login did not complete')
+  return await browser.get(authorizeUrl(h, clientId, VERIFIER, { redirect_uri: second }), { stopAt: atClient(second) })
+}
+
+t.test('finding 9: a public native client sees the consent page every time', async t => {
+  const h = await startLogin(t)
+  const loopback = await registerClient(h)
+  const browser = new Browser()
+  const again = await askTwice(h, browser, loopback.client_id as string, REDIRECT)
+  t.notOk(again.stoppedAt, 'loopback client: no code without the page')
+  t.equal(again.status, 200)
+  t.equal(again.forms()[0]?.submitters[0]?.value, 'approve', 'the consent page again')
+  const otherPort = await browser.get(authorizeUrl(h, loopback.client_id as string, VERIFIER, { redirect_uri: 'http://127.0.0.1:51234/callback' }),
+    { stopAt: atClient('http://127.0.0.1:51234/callback') })
+  t.notOk(otherPort.stoppedAt, 'from another port: the page as well')
+  t.equal(otherPort.status, 200)
+
+  const scheme = 'com.example.nativeapp:/oauth/cb'
+  const app = await registerClient(h, { redirect_uris: [scheme] })
+  const appAgain = await askTwice(h, new Browser(), app.client_id as string, scheme)
+  t.notOk(appAgain.stoppedAt, 'private-use scheme client: no code without the page')
+  t.equal(appAgain.status, 200)
+
+  // Identity assured by a secret, or by an https redirect: the remembered approval still applies.
+  const confidential = await registerClient(h, { token_endpoint_auth_method: 'client_secret_post' })
+  const confAgain = await askTwice(h, new Browser(), confidential.client_id as string, REDIRECT)
+  t.ok(confAgain.stoppedAt?.searchParams.get('code'), 'confidential loopback client: remembered')
+  const web = await registerClient(h, { redirect_uris: [WEB_REDIRECT] })
+  const webAgain = await askTwice(h, new Browser(), web.client_id as string, WEB_REDIRECT)
+  t.ok(webAgain.stoppedAt?.searchParams.get('code'), 'public web client: remembered')
+})
+
+t.test('finding 9: consent.rememberNativeClients opts in, with a warning', async t => {
+  const audited: string[] = []
+  const h = await startLogin(t, {
+    consent: { rememberNativeClients: true },
+    auditSink: (event, fields) => { if (event === 'config_weakened') audited.push((fields as { setting: string }).setting) }
+  })
+  t.ok(h.app.mcpOAuth.config.warnings.some(w => w.includes('consent.rememberNativeClients')), 'a start-up warning')
+  t.ok(audited.some(w => w.includes('consent.rememberNativeClients')), 'audited as config_weakened')
+  const loopback = await registerClient(h)
+  const again = await askTwice(h, new Browser(), loopback.client_id as string, REDIRECT, 'http://127.0.0.1:51234/callback')
+  t.ok(again.stoppedAt?.searchParams.get('code'), 'remembered, from any port')
+
+  const { app } = await buildApp(t)
+  t.notOk(app.mcpOAuth.config.warnings.some(w => w.includes('rememberNativeClients')), 'no warning by default')
 })
 
 // ---- finding 13: where the consent page says the user goes ---------------------------------

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto'
 import Type from 'typebox'
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import type { AuthorizationFlow, ValidatedAuthorization } from '../core/authorize.js'
-import { matchRedirectUri } from '../core/redirect.js'
+import { isLoopbackRedirect, matchRedirectUri } from '../core/redirect.js'
 import { hashToken, safeEqual } from '../core/tokens.js'
 import type { ResolvedConfig } from '../options.js'
 import type { Signer } from '../security/signing.js'
@@ -36,6 +36,19 @@ function isApproved (approvals: string[], req: ValidatedAuthorization): boolean 
     const granted = scopes.split(' ')
     return req.scopes.every(s => granted.includes(s))
   })
+}
+
+/**
+ * A public client redirecting to a loopback address or a private-use scheme: any program on the
+ * device can use its client id and receive its codes, so nothing proves that the app asking now is
+ * the one the user approved before (RFC 8252 §8.6). A client ID metadata document does not change
+ * that: its host vouches for the metadata, not for the program listening on the loopback port or
+ * claiming the scheme.
+ */
+function isNativeRequest (client: ClientRecord, req: ValidatedAuthorization): boolean {
+  if (client.tokenEndpointAuthMethod !== 'none') return false
+  const scheme = new URL(req.redirectUri).protocol
+  return isLoopbackRedirect(req.redirectUri) || (scheme !== 'https:' && scheme !== 'http:')
 }
 
 /**
@@ -107,7 +120,8 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
     }
     const { request: req, client } = decision
 
-    if (consent !== null && isApproved(consent.c, req)) return goUpstream(request, reply, req)
+    const remember = config.consent.rememberNativeClients || !isNativeRequest(client, req)
+    if (consent !== null && remember && isApproved(consent.c, req)) return goUpstream(request, reply, req)
 
     let csrfCookie = request.cookies[names.csrf]
     if (csrfCookie === undefined || csrfCookie.length < 32 || csrfCookie.length > 64) {
