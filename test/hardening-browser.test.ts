@@ -2,9 +2,12 @@ import t, { type Test } from 'tap'
 import { createServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
 import { s256 } from '../lib/core/pkce.js'
+import type { McpOAuthOptions } from '../lib/index.js'
+import { RedisStore } from '../lib/storage/redis.js'
 import { buildApp, ISSUER, RESOURCE } from './helpers/app.js'
 import { Browser, decodeEntities, type Page } from './helpers/browser.js'
-import { authorizeUrl, REDIRECT, registerClient, startLogin, type LoginHarness } from './helpers/login.js'
+import { authorizeUrl, REDIRECT, registerClient, startLogin, token, type LoginHarness } from './helpers/login.js'
+import { withRedisServer } from './helpers/redis-tests.js'
 import { selfSignedCert } from './helpers/tls.js'
 
 /**
@@ -197,4 +200,68 @@ t.test('finding 13: the consent page names a private-use scheme as an app, never
   t.match(cli.body, /an application on this computer/, 'loopback: an application on this computer')
   const web = await consent('web', WEB_REDIRECT)
   t.match(web.body, /sent to <strong>app\.example\.com<\/strong>/, 'https: the host, as before')
+})
+
+// ---- finding 15: one consent form, one answer -----------------------------------------------
+
+async function oneFormOneCode (t: Test, opts: Partial<McpOAuthOptions> = {}): Promise<void> {
+  const h = await startLogin(t, opts)
+  const toIdp = (u: URL) => u.href.startsWith(h.idp.issuer)
+  const browser = new Browser()
+  // This browser approved some client before, so it holds a consent cookie (the binding secret).
+  const earlier = await registerClient(h, { redirect_uris: ['https://earlier.example.com/cb'] })
+  const first = await browser.drive(authorizeUrl(h, earlier.client_id as string, VERIFIER, { redirect_uri: 'https://earlier.example.com/cb' }), {
+    stopAt: atClient('https://earlier.example.com/cb'), fields: { login: 'alice', password: 'x' }
+  })
+  t.ok(first.stoppedAt?.searchParams.get('code'), 'an earlier approval in this browser')
+
+  const client = await registerClient(h, { redirect_uris: [WEB_REDIRECT] })
+  const id = client.client_id as string
+  const form = await browser.get(authorizeUrl(h, id, VERIFIER, { redirect_uri: WEB_REDIRECT }), { stopAt: toIdp })
+  t.equal(form.status, 200, 'the consent page for a new client')
+
+  const both = await Promise.all([0, 1].map(() => browser.submit(form, {}, { submitter: 'approve', stopAt: toIdp })))
+  const upstream = both.filter(p => p.stoppedAt !== undefined)
+  t.equal(upstream.length, 1, 'two parallel submissions: one goes upstream')
+  const refused = both.find(p => p.stoppedAt === undefined)
+  t.equal(refused?.status, 400)
+  t.match(refused?.body, /already used/, 'the other is told the form was used')
+  noAutoRedirect(t, { body: refused?.body ?? '', headers: refused?.headers ?? new Headers() }, 'used form page')
+
+  const later = await browser.submit(form, {}, { submitter: 'approve', stopAt: toIdp })
+  t.notOk(later.stoppedAt, 'submitted again later: nothing goes upstream')
+  t.match(later.body, /already used/)
+  const deny = await browser.submit(form, {}, { submitter: 'deny', stopAt: atClient(WEB_REDIRECT) })
+  t.notOk(deny.stoppedAt, 'nor a denial through the used form')
+
+  // Every upstream flow the form started is completed: the client gets exactly one code.
+  const codes: string[] = []
+  for (const started of upstream) {
+    const done = await browser.drive(started.stoppedAt as URL, { stopAt: atClient(WEB_REDIRECT), fields: { login: 'alice', password: 'x' } })
+    const code = done.stoppedAt?.searchParams.get('code')
+    if (code != null) codes.push(code)
+  }
+  t.equal(codes.length, 1, 'one form, one code')
+  const exchanged = await token(h, { grant_type: 'authorization_code', code: codes[0] as string, code_verifier: VERIFIER, redirect_uri: WEB_REDIRECT, client_id: id })
+  t.equal(exchanged.status, 200)
+
+  // The remembered-consent shortcut (a new request, no form) stays for this web client, and does
+  // not revive the used form.
+  const shortcut = await browser.get(authorizeUrl(h, id, VERIFIER, { redirect_uri: WEB_REDIRECT }), { stopAt: toIdp })
+  t.ok(shortcut.stoppedAt, 'a new request of the approved client goes straight upstream')
+  t.notOk(shortcut.history.some(u => u.pathname === '/oauth/consent'))
+  const stillUsed = await browser.submit(form, {}, { submitter: 'approve', stopAt: toIdp })
+  t.notOk(stillUsed.stoppedAt, 'the used form stays used although the client is now remembered')
+}
+
+t.test('finding 15: one consent form gives one upstream flow (memory store)', async t => {
+  await oneFormOneCode(t)
+})
+
+await withRedisServer('finding 15 with the Redis store', server => {
+  t.test('finding 15: one consent form gives one upstream flow (Redis store)', async t => {
+    const store = new RedisStore({ url: server.url, prefix: `hb-${Date.now()}:` })
+    t.teardown(() => store.close())
+    await oneFormOneCode(t, { store })
+  })
 })

@@ -71,6 +71,8 @@ function clientView (client: ClientRecord): ClientView {
 interface SignedRequest {
   r: ValidatedAuthorization
   exp: number
+  /** The form's single-use id (AuthorizationFlow.openConsentForm). */
+  f: string
 }
 
 const ConsentBody = Type.Object({
@@ -130,7 +132,8 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
         path: '/', httpOnly: true, secure: config.secureCookies, sameSite: 'lax'
       })
     }
-    const signed = signer.sign('authorization-request', { r: req, exp: now() + config.ttl.flow * 1000 } satisfies SignedRequest)
+    const form = await flow.openConsentForm(req)
+    const signed = signer.sign('authorization-request', { r: req, exp: now() + config.ttl.flow * 1000, f: form } satisfies SignedRequest)
     return sendPage(reply, style, 200, consentPage(style, config, {
       ...clientView(client),
       destination: destinationOf(req.redirectUri),
@@ -168,6 +171,9 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
     const client = await deps.findClient(req.clientId)
     if (client === null || !matchRedirectUri(client.redirectUris, req.redirectUri)) {
       return page(reply, 400, 'Unknown application', 'This application is no longer registered with this server.')
+    }
+    if (typeof signed.f !== 'string' || !await flow.takeConsentForm(signed.f)) {
+      return page(reply, 400, 'Form already used', 'This consent form was already used (or has expired). Start again from the application.')
     }
     if (body.decision === 'deny') return reply.header('cache-control', 'no-store').redirect(flow.denied(req), 303)
     return goUpstream(request, reply, req)
