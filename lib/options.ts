@@ -89,7 +89,8 @@ export const OptionsSchema = Type.Object({
     title: Type.Optional(Type.String({ maxLength: 100 })),
     accentColor: Type.Optional(Type.String({ pattern: '^#[0-9A-Fa-f]{3,8}$' })),
     logoUrl: Type.Optional(Type.String({ maxLength: 2000 })),
-    rememberDays: Type.Optional(Type.Integer({ minimum: 0, maximum: 365 }))
+    rememberDays: Type.Optional(Type.Integer({ minimum: 0, maximum: 365 })),
+    rememberNativeClients: Type.Optional(Type.Boolean({ default: false, description: 'Let a remembered approval skip the consent page for public native clients (loopback or private-use scheme redirect)' }))
   }, { additionalProperties: false })),
   secret: Type.Optional(Type.String({ minLength: 32, description: 'The deployment secret: signs consent cookies and keys refresh-token derivation and user pseudonyms; the same on every replica, never in the store' })),
   cookieSecret: Type.Optional(Type.String({ minLength: 32, description: 'Former name of `secret` (still accepted)' })),
@@ -193,7 +194,7 @@ export interface ResolvedConfig {
   }
   redirects: RedirectPolicy
   pkce: { required: boolean, allowPlain: boolean }
-  consent: { title: string, accentColor: string, logoUrl?: string, rememberDays: number }
+  consent: { title: string, accentColor: string, logoUrl?: string, rememberDays: number, rememberNativeClients: boolean }
   /** The deployment secret (`secret`, or its former name `cookieSecret`); see DeploymentKeys. */
   secret?: string
   /** Cookies get the __Host- prefix and Secure when the issuer is https. */
@@ -338,6 +339,7 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
       title: data.consent?.title ?? 'Authorize access',
       accentColor: data.consent?.accentColor ?? '#2f5bd3',
       rememberDays: data.consent?.rememberDays ?? 30,
+      rememberNativeClients: data.consent?.rememberNativeClients ?? false,
       ...(data.consent?.logoUrl !== undefined ? { logoUrl: parseUrl('consent.logoUrl', data.consent.logoUrl).href } : {})
     },
     secureCookies: issuerUrl.protocol === 'https:',
@@ -377,6 +379,7 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
   if (config.refreshGraceSeconds > 60) warnings.push(`refreshGraceSeconds is ${config.refreshGraceSeconds}: a stolen, already used refresh token stays usable that long`)
   if (config.upstreamRecheckSeconds === 0) warnings.push('upstreamRecheckSeconds is 0: a user disabled or refused at the identity provider keeps access until the grant ends')
   else if (config.upstreamRecheckSeconds > 86400) warnings.push(`upstreamRecheckSeconds is ${config.upstreamRecheckSeconds}: a user disabled at the identity provider keeps access that long after the last check`)
+  if (config.consent.rememberNativeClients) warnings.push('consent.rememberNativeClients is on: a remembered approval lets any program on the user\'s device obtain codes for a public native client without the consent page (RFC 8252 §8.6)')
   if (config.redirects.allowHttp) warnings.push('redirects.allowHttp is on: authorization codes may be sent over plain http')
   if (config.redirects.allowPrivateHosts) warnings.push('redirects.allowPrivateHosts is on: clients may redirect to private network addresses')
   if (config.cimd.allowPrivateAddresses) warnings.push('clientIdMetadataDocuments.allowPrivateAddresses is on: client metadata may be fetched from private addresses (SSRF); for tests only')

@@ -483,7 +483,7 @@ interface Materialized {
 const UNSAFE_TEXT = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f\u202a-\u202e\u2066-\u2069]/
 
 /** The elements the consent and error pages are made of. */
-const PAGE_TAGS = new Set(['bdi', 'html', 'head', 'meta', 'title', 'style', 'body', 'main', 'h1', 'p', 'strong', 'span', 'code', 'ul', 'li', 'div', 'form', 'input', 'button'])
+const PAGE_TAGS = new Set(['bdi', 'html', 'head', 'meta', 'title', 'style', 'body', 'main', 'h1', 'p', 'strong', 'span', 'code', 'ul', 'li', 'div', 'form', 'input', 'button', 'a'])
 
 const STAT_KEYS: Array<keyof StoreStats> = ['accessTokens', 'refreshTokens', 'grants', 'clients', 'flows', 'codes']
 
@@ -521,6 +521,8 @@ class Fuzzer {
   /** The client whose token or code the request being built carries. */
   tokenOwner: string | undefined
   consent = { request: '', csrf: '', csrfCookie: '' }
+  /** A consent form answers once: after a submission that took it, harvest a fresh one. */
+  consentUsed = false
   flows: Array<{ state: string, cookie: string }> = []
   consentCookies: string[] = []
   /** The flow state resolved last in the request being built, so its cookie can go with it. */
@@ -572,13 +574,20 @@ class Fuzzer {
     this.setupSent++
     const hidden = (name: string) => new RegExp(`name="${name}" value="([^"]*)"`).exec(res.body)?.[1] ?? ''
     const cookie = [res.headers['set-cookie'] ?? []].flat().find(c => c.startsWith('__Host-mcp-oauth-csrf=')) ?? ''
-    this.consent = { request: hidden('request'), csrf: hidden('csrf'), csrfCookie: cookie.split(';')[0]?.split('=').slice(1).join('=') ?? '' }
-    if (this.consent.request === '' || this.consent.csrfCookie === '') throw new Error(`no consent page to harvest: ${res.statusCode} ${res.body.slice(0, 200)}`)
+    const consent = { request: hidden('request'), csrf: hidden('csrf'), csrfCookie: cookie.split(';')[0]?.split('=').slice(1).join('=') ?? '' }
+    if (consent.request === '' || consent.csrfCookie === '') {
+      // Under rate limiting the used form may stay for a while; the first one must work.
+      if (this.sent === 0) throw new Error(`no consent page to harvest: ${res.statusCode} ${res.body.slice(0, 200)}`)
+      return
+    }
+    this.consent = consent
+    this.consentUsed = false
   }
 
   /** Keep the pools stocked (not counted as fuzz traffic, and outside the store checks). */
   async refill (): Promise<void> {
     const now = this.ctx.clock.t
+    if (this.consentUsed) await this.harvestConsent()
     for (const client of [PUB, BASIC, POST]) {
       const grantId = this.grants.get(client.client_id)
       if (grantId !== undefined && await this.app.mcpOAuth.storage.getGrant(grantId, now) !== null) continue
@@ -615,6 +624,7 @@ class Fuzzer {
         payload: { request: this.consent.request, csrf: this.consent.csrf, decision: 'approve' }
       })
       this.setupSent++
+      if (res.statusCode === 303) await this.harvestConsent()
       if (!this.learnFlow(res.headers.location, res.headers['set-cookie']) && this.sent === 0) throw new Error(`no upstream flow: ${res.statusCode} ${res.body}`)
     }
   }
@@ -896,8 +906,8 @@ class Fuzzer {
         const delta = after.stats[k] - before.stats[k]
         if (delta > 0) problems.push(`a rejected request added ${k} (+${delta})`)
         if (delta < 0) {
-          // Documented removals on refusal: a flow state is take-once, a replayed code or refresh token revokes its family.
-          const allowed = (k === 'flows' && m.uses.has('flowState')) ||
+          // Documented removals on refusal: a flow state and a consent form are take-once, a replayed code or refresh token revokes its family.
+          const allowed = (k === 'flows' && (m.uses.has('flowState') || m.uses.has('consentRequest'))) ||
             ((k === 'grants' || k === 'accessTokens' || k === 'refreshTokens') && (m.uses.has('code') || m.uses.has('refresh')))
           if (!allowed) problems.push(`a rejected request removed ${k} (${delta})`)
         }
@@ -983,6 +993,7 @@ class Fuzzer {
     }
     if (spec.ep === 'registerDelete' && status === 204) this.dcr = undefined
     if ((spec.ep === 'consent' || spec.ep === 'authorize') && status === 303) this.learnFlow(headers.location, headers['set-cookie'])
+    if (spec.ep === 'consent' && status === 303) this.consentUsed = true
   }
 
   report (t: Test, name: string): void {

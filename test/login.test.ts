@@ -37,7 +37,8 @@ t.test('full login: consent, upstream login, callback, code exchange, guarded ca
 
 t.test('remembered consent: a second login of the same client in the same browser skips the page', async t => {
   const h = await startLogin(t)
-  const client = await registerClient(h)
+  // A confidential client: a public native one sees the page every time (test/hardening-browser.test.ts).
+  const client = await registerClient(h, { token_endpoint_auth_method: 'client_secret_post' })
   const browser = new Browser()
   await login(h, authorizeUrl(h, client.client_id as string, VERIFIER), browser)
   const second = await browser.get(authorizeUrl(h, client.client_id as string, VERIFIER), { stopAt: u => u.href.startsWith(REDIRECT) })
@@ -162,7 +163,7 @@ t.test('an identity provider that never answers: a quick, clear error for the cl
 
 t.test('a remembered approval does not cover more scopes than were approved', async t => {
   const h = await startLogin(t, { scopes: ['mcp:tools', 'mcp:admin'], defaultScopes: ['mcp:tools'] })
-  const client = await registerClient(h)
+  const client = await registerClient(h, { token_endpoint_auth_method: 'client_secret_post' })
   const browser = new Browser()
   await login(h, authorizeUrl(h, client.client_id as string, VERIFIER), browser)
   const same = await browser.get(authorizeUrl(h, client.client_id as string, VERIFIER), { stopAt: u => u.href.startsWith(REDIRECT) })

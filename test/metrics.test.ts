@@ -228,8 +228,9 @@ t.test('a login, refresh, reuse, revocation and rate-limit trips move exactly th
   t.equal(delta(METRIC_NAMES.storageOperations, { operation: 'consumeCode', result: 'ok' }), 4, 'A, F twice, G')
   t.equal(delta(`${METRIC_NAMES.storageDuration}_count`, { operation: 'consumeCode' }), 4)
   t.equal(delta(METRIC_NAMES.storageOperations, { operation: 'rotateRefreshTokenWithAccess', result: 'ok' }), 1, 'the rotation and the new access token in one call')
-  t.equal(delta(METRIC_NAMES.storageOperations, { operation: 'saveFlow' }), 3)
-  t.equal(delta(METRIC_NAMES.storageOperations, { operation: 'takeFlow' }), 3)
+  // Per login: the consent form's single-use record (saved with the page, taken by the submission) and the flow.
+  t.equal(delta(METRIC_NAMES.storageOperations, { operation: 'saveFlow' }), 6)
+  t.equal(delta(METRIC_NAMES.storageOperations, { operation: 'takeFlow' }), 6)
   t.equal(delta(METRIC_NAMES.storageOperations, { result: 'error' }), 0)
   t.equal(value(after, METRIC_NAMES.storageOperations, { operation: 'stats', result: 'ok' }), 1, 'the first scrape read stats() once')
   t.equal(value(after, METRIC_NAMES.storageClients), 3)

@@ -109,8 +109,9 @@ t.test('a login as a span tree, with storage and provider spans under each step,
   const start = (s: ReadableSpan) => s.startTime[0] * 1e9 + s.startTime[1]
   t.ok(start(authorize) < start(consent) && start(consent) < start(callback) && start(callback) < start(exchange), 'authorize -> consent -> callback -> token')
 
-  t.same(childNames(spans, authorize), ['storage.getClient'])
-  t.same(childNames(spans, consent), ['storage.getClient', 'provider.authorization_url', 'storage.saveFlow'])
+  // The consent page saves its form's single-use record; the submission takes it.
+  t.same(childNames(spans, authorize), ['storage.getClient', 'storage.saveFlow'])
+  t.same(childNames(spans, consent), ['storage.getClient', 'storage.takeFlow', 'provider.authorization_url', 'storage.saveFlow'])
   t.same(childNames(spans, callback), ['storage.takeFlow', 'provider.exchange_code', 'storage.saveCode'], 'callback: the flow, the provider, the code')
   t.same(childNames(spans, exchange), ['storage.getClient', 'storage.consumeCode', 'storage.saveGrantWithTokens'], 'exchange: the grant and its tokens in one store call')
   t.ok(childNames(spans, byStep['oauth.refresh'] as ReadableSpan).includes('storage.rotateRefreshTokenWithAccess'))

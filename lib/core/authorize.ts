@@ -27,8 +27,11 @@ export interface ValidatedAuthorization {
 export type AuthorizeDecision =
   /** About the client or its redirect URI: shown to the user, never redirected (RFC 6749 §4.1.2.1). */
   | { kind: 'page', status: number, title: string, description: string }
-  /** Everything else goes back to the client. */
-  | { kind: 'redirect', url: string }
+  /**
+   * Everything else goes back to the client: at once when the client is trusted, else through a
+   * page with a link (the route decides; it knows what this browser approved).
+   */
+  | { kind: 'redirect', url: string, client: ClientRecord, error: OAuthErrorCode, description: string }
   | { kind: 'ok', request: ValidatedAuthorization, client: ClientRecord }
 
 export type CallbackDecision =
@@ -50,6 +53,10 @@ export interface FlowDeps {
 }
 
 const MAX_STATE = 2048
+
+function consentFormKey (id: string): string {
+  return hashToken(`consent-form:${id}`)
+}
 
 /** Add OAuth response parameters to a redirect URI, keeping its own query (RFC 6749 §3.1.2). */
 export function clientRedirect (redirectUri: string, params: Record<string, string | undefined>): string {
@@ -110,7 +117,7 @@ export class AuthorizationFlow {
     const state = single(params, 'state')
     const stateValue = state.repeated || state.invalid ? undefined : state.value
     const fail = (error: OAuthErrorCode, description: string): AuthorizeDecision =>
-      ({ kind: 'redirect', url: clientRedirect(redirectUri, { error, error_description: description, state: stateValue, iss: config.issuer }) })
+      ({ kind: 'redirect', url: clientRedirect(redirectUri, { error, error_description: description, state: stateValue, iss: config.issuer }), client, error, description })
 
     for (const name of ['response_type', 'state', 'scope', 'code_challenge', 'code_challenge_method']) {
       const p = single(params, name)
@@ -176,6 +183,27 @@ export class AuthorizationFlow {
     return clientRedirect(request.redirectUri, {
       error: 'access_denied', error_description: 'The user denied the request', state: request.state, iss: this.#d.config.issuer
     })
+  }
+
+  /**
+   * A consent form answers once. Showing it saves a take-once record under the form's id (the flow
+   * store's take-once, atomic in every store); the first submission takes it, so a form sent twice,
+   * in parallel or later, cannot start a second upstream login and mint a second code.
+   */
+  async openConsentForm (request: ValidatedAuthorization): Promise<string> {
+    const now = this.#d.now()
+    const id = randomBytes(32).toString('base64url')
+    // Not a flow the callback can take: its key is outside the flow-state key space, and an empty
+    // binding matches no browser.
+    await this.#d.store.saveFlow(consentFormKey(id), {
+      ...request, upstreamVerifier: '', browserBinding: '', createdAt: now, expiresAt: now + this.#d.config.ttl.flow * 1000
+    })
+    return id
+  }
+
+  /** True for the first submission of the form, false for every later one (and after expiry). */
+  async takeConsentForm (id: string): Promise<boolean> {
+    return await this.#d.store.takeFlow(consentFormKey(id), this.#d.now()) !== null
   }
 
   /**

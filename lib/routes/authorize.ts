@@ -3,13 +3,13 @@ import { randomBytes } from 'node:crypto'
 import Type from 'typebox'
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import type { AuthorizationFlow, ValidatedAuthorization } from '../core/authorize.js'
-import { matchRedirectUri } from '../core/redirect.js'
+import { isLoopbackRedirect, matchRedirectUri } from '../core/redirect.js'
 import { hashToken, safeEqual } from '../core/tokens.js'
 import type { ResolvedConfig } from '../options.js'
 import type { Signer } from '../security/signing.js'
 import type { ClientRecord } from '../storage/types.js'
-import { consentPage, errorPage, sendPage, type PageStyle } from './html.js'
-import { cookieNames, readConsent, writeConsent } from './cookies.js'
+import { clientErrorPage, consentPage, destinationOf, errorPage, sendPage, type ClientView, type PageStyle } from './html.js'
+import { cookieNames, readConsent, writeConsent, type ConsentCookie } from './cookies.js'
 import { routeLimit } from './oauth.js'
 
 export interface AuthorizeRouteDeps {
@@ -38,9 +38,41 @@ function isApproved (approvals: string[], req: ValidatedAuthorization): boolean 
   })
 }
 
+/**
+ * A public client redirecting to a loopback address or a private-use scheme: any program on the
+ * device can use its client id and receive its codes, so nothing proves that the app asking now is
+ * the one the user approved before (RFC 8252 §8.6). A client ID metadata document does not change
+ * that: its host vouches for the metadata, not for the program listening on the loopback port or
+ * claiming the scheme.
+ */
+function isNativeRequest (client: ClientRecord, req: ValidatedAuthorization): boolean {
+  if (client.tokenEndpointAuthMethod !== 'none') return false
+  const scheme = new URL(req.redirectUri).protocol
+  return isLoopbackRedirect(req.redirectUri) || (scheme !== 'https:' && scheme !== 'http:')
+}
+
+/**
+ * Errors may go straight back to clients the operator configured, or that the user approved in this
+ * browser; for the others an automatic redirect would be an open redirector.
+ */
+function redirectTrusted (client: ClientRecord, consent: ConsentCookie | null): boolean {
+  return client.source === 'static' || (consent?.c ?? []).some(a => a.split('\n')[0] === client.clientId)
+}
+
+function clientView (client: ClientRecord): ClientView {
+  return {
+    clientName: client.clientName ?? client.clientId,
+    nameVerified: client.source !== 'dcr',
+    ...(client.source === 'cimd' ? { verifiedHost: new URL(client.clientId).host } : {}),
+    clientId: client.clientId
+  }
+}
+
 interface SignedRequest {
   r: ValidatedAuthorization
   exp: number
+  /** The form's single-use id (AuthorizationFlow.openConsentForm). */
+  f: string
 }
 
 const ConsentBody = Type.Object({
@@ -77,11 +109,21 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
   }, async (request, reply) => {
     const decision = await flow.validate(request.query as Record<string, unknown>)
     if (decision.kind === 'page') return page(reply, decision.status, decision.title, decision.description)
-    if (decision.kind === 'redirect') return reply.header('cache-control', 'no-store').redirect(decision.url, 302)
+    const consent = readConsent(request, signer, names, now())
+    if (decision.kind === 'redirect') {
+      if (redirectTrusted(decision.client, consent)) return reply.header('cache-control', 'no-store').redirect(decision.url, 302)
+      return sendPage(reply, style, 400, clientErrorPage(style, config, {
+        ...clientView(decision.client),
+        error: decision.error,
+        description: decision.description,
+        link: decision.url,
+        destination: destinationOf(decision.url)
+      }))
+    }
     const { request: req, client } = decision
 
-    const consent = readConsent(request, signer, names, now())
-    if (consent !== null && isApproved(consent.c, req)) return goUpstream(request, reply, req)
+    const remember = config.consent.rememberNativeClients || !isNativeRequest(client, req)
+    if (consent !== null && remember && isApproved(consent.c, req)) return goUpstream(request, reply, req)
 
     let csrfCookie = request.cookies[names.csrf]
     if (csrfCookie === undefined || csrfCookie.length < 32 || csrfCookie.length > 64) {
@@ -90,14 +132,11 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
         path: '/', httpOnly: true, secure: config.secureCookies, sameSite: 'lax'
       })
     }
-    const signed = signer.sign('authorization-request', { r: req, exp: now() + config.ttl.flow * 1000 } satisfies SignedRequest)
-    const redirectHost = new URL(req.redirectUri).host || new URL(req.redirectUri).protocol
+    const form = await flow.openConsentForm(req)
+    const signed = signer.sign('authorization-request', { r: req, exp: now() + config.ttl.flow * 1000, f: form } satisfies SignedRequest)
     return sendPage(reply, style, 200, consentPage(style, config, {
-      clientName: client.clientName ?? client.clientId,
-      nameVerified: client.source !== 'dcr',
-      ...(client.source === 'cimd' ? { verifiedHost: new URL(client.clientId).host } : {}),
-      clientId: client.clientId,
-      redirectHost,
+      ...clientView(client),
+      destination: destinationOf(req.redirectUri),
       scopes: req.scopes,
       resource: req.resource,
       allLoopback: client.redirectUris.every(u => /^http:\/\/(127\.0\.0\.1|\[::1\]|localhost)[:/]/i.test(u)),
@@ -132,6 +171,9 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
     const client = await deps.findClient(req.clientId)
     if (client === null || !matchRedirectUri(client.redirectUris, req.redirectUri)) {
       return page(reply, 400, 'Unknown application', 'This application is no longer registered with this server.')
+    }
+    if (typeof signed.f !== 'string' || !await flow.takeConsentForm(signed.f)) {
+      return page(reply, 400, 'Form already used', 'This consent form was already used (or has expired). Start again from the application.')
     }
     if (body.decision === 'deny') return reply.header('cache-control', 'no-store').redirect(flow.denied(req), 303)
     return goUpstream(request, reply, req)

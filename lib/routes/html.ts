@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
 import type { FastifyReply } from 'fastify'
+import { isLoopbackRedirect } from '../core/redirect.js'
 import type { ResolvedConfig } from '../options.js'
 
 /** Escape for HTML text and double-quoted attribute values. */
@@ -13,6 +14,7 @@ main{max-width:30rem;margin:4rem auto;background:#fff;border-radius:12px;padding
 h1{font-size:1.35rem;margin:0 0 1rem}.logo{max-height:48px;margin-bottom:1rem}
 .muted{color:#5f6673;font-size:.9rem}.warn{background:#fff4e5;border:1px solid #f0b35b;border-radius:8px;padding:.75rem;margin:1rem 0}
 ul{padding-left:1.2rem}code{background:#f0f1f3;padding:.1rem .3rem;border-radius:4px;word-break:break-all}
+a{color:${accent}}
 .buttons{display:flex;flex-direction:row-reverse;gap:.75rem;margin-top:1.5rem}button{flex:1;font:inherit;padding:.7rem;border-radius:8px;border:1px solid #c8ccd2;background:#fff;cursor:pointer}
 button.primary{background:${accent};border-color:${accent};color:#fff}`
 }
@@ -62,14 +64,72 @@ export function errorPage (style: PageStyle, config: ResolvedConfig, title: stri
 <p class="muted">You can close this window and try again from the application.</p>`)
 }
 
-export interface ConsentView {
+/** Where a redirect URI sends the browser, as the pages tell the user. */
+export type Destination =
+  | { kind: 'web', host: string }
+  | { kind: 'local' }
+  | { kind: 'app', scheme: string }
+
+export function destinationOf (redirectUri: string): Destination {
+  const url = new URL(redirectUri)
+  if (url.protocol === 'https:' || url.protocol === 'http:') {
+    return isLoopbackRedirect(redirectUri) ? { kind: 'local' } : { kind: 'web', host: url.host }
+  }
+  // A private-use scheme names the app that claimed it; what follows "//" is whatever the app chose,
+  // not a host the browser goes to (com.evil.app://accounts.google.com/ is not Google).
+  return { kind: 'app', scheme: url.protocol.slice(0, -1) }
+}
+
+function destinationHtml (d: Destination): string {
+  switch (d.kind) {
+    case 'web': return `<strong>${escapeHtml(d.host)}</strong>`
+    case 'local': return 'an application on this computer (a loopback address)'
+    case 'app': return `the app <strong>${escapeHtml(d.scheme)}</strong> (whichever application on this device handles <code>${escapeHtml(d.scheme)}:</code> links)`
+  }
+}
+
+/** Who the client is, as far as the server can tell. */
+export interface ClientView {
   clientName: string
   /** True when the name comes from a verified source (configuration, or a metadata document). */
   nameVerified: boolean
   /** For a client ID metadata document: the host that published it (verified by TLS). */
   verifiedHost?: string
   clientId: string
-  redirectHost: string
+}
+
+function clientHtml (view: ClientView): string {
+  const provenance = view.verifiedHost !== undefined
+    ? ` <span class="muted">(published by <strong>${escapeHtml(view.verifiedHost)}</strong>, verified)</span>`
+    : view.nameVerified ? '' : ' <span class="muted">(name given by the application itself, not verified)</span>'
+  return `<strong><bdi>${escapeHtml(view.clientName)}</bdi></strong>${provenance}`
+}
+
+export interface ClientErrorView extends ClientView {
+  error: string
+  description: string
+  /** The client's redirect URI with the error response, which the user may choose to follow. */
+  link: string
+  destination: Destination
+}
+
+/**
+ * An error in a request from a client this browser has not approved: redirecting there at once
+ * would make this server an open redirector for whoever registers a client (RFC 9700 §4.11.1).
+ * The way back is a link the user follows or not; nothing on the page moves by itself.
+ */
+export function clientErrorPage (style: PageStyle, config: ResolvedConfig, view: ClientErrorView): string {
+  const title = 'Request refused'
+  return layout(style, config, title, `<h1>${escapeHtml(title)}</h1>
+<p>${clientHtml(view)} sent an authorization request that this server cannot accept:</p>
+<p><code>${escapeHtml(view.error)}</code> ${escapeHtml(view.description)}</p>
+<p>If you started this from that application, you can return to it with this error. The link leads to ${destinationHtml(view.destination)}.</p>
+<p><a href="${escapeHtml(view.link)}" rel="noreferrer">Return to the application</a></p>
+<p class="muted">Client ID: <code>${escapeHtml(view.clientId)}</code></p>`)
+}
+
+export interface ConsentView extends ClientView {
+  destination: Destination
   scopes: string[]
   resource: string
   allLoopback: boolean
@@ -80,17 +140,14 @@ export interface ConsentView {
 
 export function consentPage (style: PageStyle, config: ResolvedConfig, view: ConsentView): string {
   const scopes = view.scopes.map(s => `<li><code>${escapeHtml(s)}</code></li>`).join('')
-  const provenance = view.verifiedHost !== undefined
-    ? ` <span class="muted">(published by <strong>${escapeHtml(view.verifiedHost)}</strong>, verified)</span>`
-    : view.nameVerified ? '' : ' <span class="muted">(name given by the application itself, not verified)</span>'
   const loopback = view.allLoopback
     ? `<div class="warn">This application only receives authorization on this computer (a loopback address).
 Approve only if you started this sign-in yourself, from an application you trust.</div>`
     : ''
   const body = `<h1>${escapeHtml(config.consent.title)}</h1>
-<p><strong><bdi>${escapeHtml(view.clientName)}</bdi></strong>${provenance} wants to access
+<p>${clientHtml(view)} wants to access
 <code>${escapeHtml(view.resource)}</code> on your behalf.</p>
-<p class="muted">After you approve, you will be sent to <strong>${escapeHtml(view.redirectHost)}</strong>.
+<p class="muted">After you approve, you will be sent to ${destinationHtml(view.destination)}.
 Client ID: <code>${escapeHtml(view.clientId)}</code></p>
 <p>Permissions requested:</p><ul>${scopes}</ul>${loopback}
 <form method="post" action="${escapeHtml(view.action)}">
