@@ -127,8 +127,19 @@ function tests (server: RedisServer): void {
     const ok = burst.filter(r => r.status === 200)
     t.ok(ok.length <= 4, `one replay spent already: at most four more of ten succeed (${ok.length})`)
     t.ok(ok.every(r => r.body.refresh_token === first.body.refresh_token), 'all with the same pair')
-    t.equal(await call(a, first.body.access_token as string), 401, 'past the cap: the family is revoked at A')
-    t.equal(await call(b, first.body.access_token as string), 401, 'and at B')
+    // A replica that read the access token keeps it in its cache until Redis's invalidation
+    // message arrives (normally well under a millisecond): wait for it, boundedly.
+    const refused = async (app: FastifyInstance) => {
+      const started = performance.now()
+      let status = await call(app, first.body.access_token as string)
+      while (status === 200 && performance.now() - started < 2000) {
+        await new Promise(resolve => setTimeout(resolve, 10))
+        status = await call(app, first.body.access_token as string)
+      }
+      return status
+    }
+    t.equal(await refused(a), 401, 'past the cap: the family is revoked at A')
+    t.equal(await refused(b), 401, 'and at B')
   })
 
   t.test('finding 1: replicas with different secrets refuse a replay without revoking', async t => {
@@ -141,5 +152,70 @@ function tests (server: RedisServer): void {
     t.equal(replay.body.error, 'invalid_grant')
     t.match(replay.body.error_description, /secret/)
     t.equal(await call(b, first.body.access_token as string), 200, 'the family lives')
+  })
+
+  t.test('finding 10: a code replayed at B while A is writing its grant revokes what A issues', async t => {
+    for (const where of ['before', 'after'] as const) {
+      const p = prefix()
+      const inner = new RedisStore({ url: server.url, prefix: p, commandTimeoutMs: 2000 })
+      let reached!: () => void
+      let release!: () => void
+      const atPause = new Promise<void>(resolve => { reached = resolve })
+      const gate = new Promise<void>(resolve => { release = resolve })
+      const paused = new Proxy(inner, {
+        get (target, prop) {
+          const value = Reflect.get(target, prop, target) as unknown
+          if (typeof value !== 'function') return value
+          const fn = (value as (...x: unknown[]) => unknown).bind(target)
+          if (prop !== 'saveGrantWithTokens') return fn
+          return async (...args: unknown[]) => {
+            if (where === 'before') { reached(); await gate }
+            const out = await fn(...args)
+            if (where === 'after') { reached(); await gate }
+            return out
+          }
+        }
+      }) as Store
+      const a = await replica(t, p, {}, paused)
+      const b = await replica(t, p)
+      const code = generateToken('authorizationCode')
+      const now = Date.now()
+      const grantId = generateId()
+      const record: CodeRecord = {
+        clientId: CLIENT.client_id,
+        redirectUri: CLIENT.redirect_uris[0] as string,
+        codeChallenge: s256(VERIFIER),
+        codeChallengeMethod: 'S256',
+        scopes: ['mcp:tools'],
+        resource: RESOURCE,
+        grantId,
+        userId: 'u-1',
+        issuedAt: now,
+        expiresAt: now + 60_000
+      }
+      await b.mcpOAuth.storage.saveCode(hashToken(code), record)
+      const body = { grant_type: 'authorization_code', code, code_verifier: VERIFIER, redirect_uri: CLIENT.redirect_uris[0] as string, client_id: CLIENT.client_id }
+      const first = post(a, body)
+      await atPause
+      const replay = await post(b, body)
+      t.equal(replay.body.error, 'invalid_grant', `${where}: the replay at B is refused`)
+      release()
+      const answer = await first
+      t.not(answer.status, 500)
+      if (answer.status === 200) {
+        t.equal(await call(a, answer.body.access_token as string), 401, `${where}: A's access token is dead`)
+        t.equal((await refresh(b, answer.body.refresh_token as string)).body.error, 'invalid_grant', `${where}: and its refresh token`)
+      } else {
+        t.equal(answer.body.error, 'invalid_grant', `${where}: A refuses to issue`)
+      }
+      t.equal(await b.mcpOAuth.storage.getGrant(grantId, Date.now()), null, `${where}: no grant survives`)
+      // Whatever the replay left behind (a tombstone included) expires by itself; only the static client stays.
+      const redis = new Redis(server.url)
+      for (const key of (await dump(t, p)).keys.keys()) {
+        if (key === p + 'c:' + CLIENT.client_id) continue
+        t.ok(await redis.pttl(key) > 0, `${where}: ${key.slice(p.length).split(':')[0] as string}: key carries a TTL`)
+      }
+      await redis.quit()
+    }
   })
 }

@@ -1,8 +1,10 @@
 import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
 import { buildApp, RESOURCE, type TestApp } from './helpers/app.js'
-import { hashToken } from '../lib/core/tokens.js'
+import { s256 } from '../lib/core/pkce.js'
+import { generateId, generateToken, hashToken } from '../lib/core/tokens.js'
 import { MemoryStore } from '../lib/storage/memory.js'
+import type { CodeRecord, Store } from '../lib/storage/types.js'
 
 /**
  * Issue 15, findings 1 and 10 and the refresh grace, on the memory store (the Redis side is in
@@ -192,4 +194,103 @@ t.test('grace: start-up warnings only well above the default', async t => {
   t.match(await warned({ refreshGraceSeconds: 601 }), [/refreshGraceSeconds is 601/])
   t.match(await warned({ clients: [{ ...CLIENT, refresh_grace_seconds: 900 }] }), [/clients\[0\]\.refresh_grace_seconds is 900/])
   await t.rejects(buildApp(t, { clients: [CLIENT], refreshGraceMaxReplays: 0 }), /refreshGraceMaxReplays/)
+})
+
+// ---- finding 10 --------------------------------------------------------------------------
+
+const VERIFIER = 'v'.repeat(43)
+
+/** A code as the callback issues it (saved straight into the store: the upstream leg is not what is tested). */
+async function saveCode (ctx: TestApp): Promise<{ code: string, grantId: string }> {
+  const code = generateToken('authorizationCode')
+  const now = ctx.clock.now()
+  const grantId = generateId()
+  const record: CodeRecord = {
+    clientId: CLIENT.client_id,
+    redirectUri: CLIENT.redirect_uris[0] as string,
+    codeChallenge: s256(VERIFIER),
+    codeChallengeMethod: 'S256',
+    scopes: ['mcp:tools'],
+    resource: RESOURCE,
+    grantId,
+    userId: 'u-1',
+    issuedAt: now,
+    expiresAt: now + 60_000
+  }
+  await ctx.app.mcpOAuth.storage.saveCode(hashToken(code), record)
+  return { code, grantId }
+}
+
+function exchange (ctx: TestApp, code: string) {
+  return token(ctx, { grant_type: 'authorization_code', code, code_verifier: VERIFIER, redirect_uri: CLIENT.redirect_uris[0] as string, client_id: CLIENT.client_id })
+}
+
+/**
+ * A memory store whose grant write (`method`) waits at `where` ('before' or 'after' the real
+ * write) until released: the first exchange is held there while the replay runs.
+ */
+function pausing (method: 'saveGrantWithTokens' | 'saveGrant', where: 'before' | 'after', opts: { combined?: boolean } = {}) {
+  const inner = new MemoryStore({ sweepIntervalMs: 0 })
+  if (opts.combined === false) Object.assign(inner, { saveGrantWithTokens: undefined })
+  let reached!: () => void
+  let release!: () => void
+  const atPause = new Promise<void>(resolve => { reached = resolve })
+  const gate = new Promise<void>(resolve => { release = resolve })
+  const store = new Proxy(inner, {
+    get (target, prop) {
+      const value = Reflect.get(target, prop, target) as unknown
+      if (typeof value !== 'function') return value
+      const fn = (value as (...a: unknown[]) => unknown).bind(target)
+      if (prop !== method) return fn
+      return async (...args: unknown[]) => {
+        if (where === 'before') { reached(); await gate }
+        const out = await fn(...args)
+        if (where === 'after') { reached(); await gate }
+        return out
+      }
+    }
+  }) as Store
+  return { store, atPause, release }
+}
+
+t.test('finding 10: a code replayed while its first exchange is still writing revokes what it issued, in every interleaving', async t => {
+  const cases = [
+    ['replay before the grant write', 'saveGrantWithTokens', 'before', true],
+    ['replay after the grant write, before the answer', 'saveGrantWithTokens', 'after', true],
+    ['store without saveGrantWithTokens: replay before saveGrant', 'saveGrant', 'before', false],
+    ['store without saveGrantWithTokens: replay between saveGrant and the token saves', 'saveGrant', 'after', false]
+  ] as const
+  for (const [label, method, where, combined] of cases) {
+    const events: string[] = []
+    const { store, atPause, release } = pausing(method, where, { combined })
+    const ctx = await buildApp(t, { clients: [CLIENT], store, auditSink: e => { events.push(e) } })
+    const { code, grantId } = await saveCode(ctx)
+    const first = exchange(ctx, code)
+    await atPause
+    const replay = await exchange(ctx, code)
+    t.equal(replay.status, 400, `${label}: the replay is refused`)
+    t.equal(replay.body.error, 'invalid_grant')
+    release()
+    const answer = await first
+    t.not(answer.status, 500, `${label}: the first exchange does not crash (${answer.status})`)
+    if (answer.status === 200) {
+      t.equal(await call(ctx, answer.body.access_token as string), 401, `${label}: its access token is dead`)
+      t.equal((await refresh(ctx, answer.body.refresh_token as string)).body.error, 'invalid_grant', `${label}: its refresh token is dead`)
+    } else {
+      t.equal(answer.body.error, 'invalid_grant', `${label}: the first exchange is refused`)
+      t.match(answer.body.error_description, /more than once|already used/)
+    }
+    t.equal(await ctx.app.mcpOAuth.storage.getGrant(grantId, ctx.clock.now()), null, `${label}: no grant survives`)
+    t.same(await ctx.app.mcpOAuth.storage.listGrants({ userId: 'u-1' }, ctx.clock.now()), [], `${label}: nothing listed for the user`)
+    t.ok(events.includes('code_reuse'), `${label}: audited`)
+  }
+})
+
+t.test('finding 10: the replay after the exchange answered still revokes (as before)', async t => {
+  const ctx = await buildApp(t, { clients: [CLIENT] })
+  const { code } = await saveCode(ctx)
+  const first = await exchange(ctx, code)
+  t.equal(first.status, 200)
+  t.equal((await exchange(ctx, code)).body.error, 'invalid_grant')
+  t.equal(await call(ctx, first.body.access_token as string), 401)
 })
