@@ -93,6 +93,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   const signer = new Signer(config.secret)
 
   if (opts.provider === undefined) config.warnings.push('no identity provider configured: the authorization endpoint cannot log anyone in')
+  if (ownStore.replayRefreshToken === undefined && config.refreshGraceSeconds > 0) config.warnings.push('the store does not count grace-window replays (replayRefreshToken): refreshGraceMaxReplays is not enforced')
   for (const warning of config.warnings) auditor.emit('config_weakened', { setting: warning })
 
   // Clients from the options are (re)written at every start, so a changed secret takes effect.
@@ -113,6 +114,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
     if (c.client_secret !== undefined) record.clientSecretHash = hashToken(c.client_secret)
     if (c.client_name !== undefined) record.clientName = c.client_name
     if (c.scope !== undefined) record.scope = c.scope
+    if (c.refresh_grace_seconds !== undefined) record.refreshGraceSeconds = c.refresh_grace_seconds
     await store.saveClient(record)
     auditor.emit('client_registered', { clientId: record.clientId, source: 'static' })
   }
@@ -157,7 +159,11 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
     lockWaitMs: 2 * config.upstreamTimeoutMs + 2000
   })
   const flow = new AuthorizationFlow({ config, store, provider, grants, keyRing, auditor, now, findClient, revokeGrant })
-  const refresh = new RefreshService({ config, store, auditor, now, revokeGrant, recheck: grant => upstream.recheck(grant) })
+  const refresh = new RefreshService({
+    config, store, auditor, now, revokeGrant,
+    recheck: grant => upstream.recheck(grant),
+    successorKey: deploymentKeys.key('refresh-successor')
+  })
   const registration = new RegistrationService({ config, store, auditor, now })
 
   fastify.decorate('mcpOAuth', {

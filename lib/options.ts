@@ -46,7 +46,8 @@ const StaticClientSchema = Type.Object({
   token_endpoint_auth_method: Type.Optional(Type.Union([
     Type.Literal('none'), Type.Literal('client_secret_basic'), Type.Literal('client_secret_post')
   ])),
-  scope: Type.Optional(Type.String())
+  scope: Type.Optional(Type.String()),
+  refresh_grace_seconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 3600, description: 'This client\'s refresh grace window (default: refreshGraceSeconds)' }))
 }, { additionalProperties: false })
 
 /** The JSON-shaped part of the options; objects (store, provider, clock) are checked separately. */
@@ -127,7 +128,8 @@ export const OptionsSchema = Type.Object({
     credentials: Type.Optional(Type.Boolean())
   }, { additionalProperties: false })),
   clockSkewSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 300, description: 'Access tokens stay valid this long past expiry (replica clocks differ)' })),
-  refreshGraceSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 3600, description: 'Window in which a repeated refresh gets the same successor pair; 0 = off' }))
+  refreshGraceSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 3600, description: 'Window in which a repeated refresh gets the same successor pair; 0 = off' })),
+  refreshGraceMaxReplays: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, description: 'Replays one retired refresh token may get within the window; past it, reuse' }))
 }, { additionalProperties: false })
 
 export type DataOptions = Static<typeof OptionsSchema>
@@ -202,6 +204,7 @@ export interface ResolvedConfig {
   encryptionKeys: Array<{ id: string, key: string }>
   upstreamTimeoutMs: number
   refreshGraceSeconds: number
+  refreshGraceMaxReplays: number
   clockSkewSeconds: number
   rateLimits: { enabled: boolean } & Record<RateLimitName, { max: number, windowSeconds: number }>
   cors: { origins: string[] | '*', credentials: boolean } | null
@@ -216,6 +219,9 @@ export interface ResolvedConfig {
 }
 
 const checkOptions = Compile(OptionsSchema)
+
+/** A grace window longer than this (s) is logged as weakened: well above the default, sized to real clients. */
+const GRACE_WARN_ABOVE = 600
 
 export const PROTECTED_RESOURCE_WELL_KNOWN = '/.well-known/oauth-protected-resource'
 export const AUTHORIZATION_SERVER_WELL_KNOWN = '/.well-known/oauth-authorization-server'
@@ -345,7 +351,9 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
     secureCookies: issuerUrl.protocol === 'https:',
     encryptionKeys: data.encryption?.keys ?? [],
     upstreamTimeoutMs: data.upstreamTimeoutMs ?? 10_000,
-    refreshGraceSeconds: data.refreshGraceSeconds ?? 5,
+    // Real clients retry refreshes in bursts of 33-76 s: a shorter window logs their users out.
+    refreshGraceSeconds: data.refreshGraceSeconds ?? 60,
+    refreshGraceMaxReplays: data.refreshGraceMaxReplays ?? 10,
     clockSkewSeconds: data.clockSkewSeconds ?? 0,
     rateLimits: {
       enabled: data.rateLimit?.enabled ?? true,
@@ -376,7 +384,7 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
   if (config.registration.mode === 'public') warnings.push('registration.mode is "public": anyone can register a client (normal for MCP; keep rate limits on)')
   if (config.registration.mode === 'token' && config.registration.token === undefined) throw bad('registration.token', 'is required when registration.mode is "token"')
   if (config.refreshGraceSeconds === 0) warnings.push('refreshGraceSeconds is 0: a client that retries a refresh after a lost response loses its whole grant')
-  if (config.refreshGraceSeconds > 60) warnings.push(`refreshGraceSeconds is ${config.refreshGraceSeconds}: a stolen, already used refresh token stays usable that long`)
+  if (config.refreshGraceSeconds > GRACE_WARN_ABOVE) warnings.push(`refreshGraceSeconds is ${config.refreshGraceSeconds}: a stolen, already used refresh token stays usable that long`)
   if (config.upstreamRecheckSeconds === 0) warnings.push('upstreamRecheckSeconds is 0: a user disabled or refused at the identity provider keeps access until the grant ends')
   else if (config.upstreamRecheckSeconds > 86400) warnings.push(`upstreamRecheckSeconds is ${config.upstreamRecheckSeconds}: a user disabled at the identity provider keeps access that long after the last check`)
   if (config.consent.rememberNativeClients) warnings.push('consent.rememberNativeClients is on: a remembered approval lets any program on the user\'s device obtain codes for a public native client without the consent page (RFC 8252 §8.6)')
@@ -404,6 +412,8 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
     const method = c.token_endpoint_auth_method ?? (c.client_secret === undefined ? 'none' : 'client_secret_basic')
     if (method === 'none' && c.client_secret !== undefined) throw bad(`clients[${i}].client_secret`, 'a public client (token_endpoint_auth_method "none") has no secret')
     if (method !== 'none' && c.client_secret === undefined) throw bad(`clients[${i}].client_secret`, `is required for ${method}`)
+    const grace = c.refresh_grace_seconds
+    if (grace !== undefined && grace > GRACE_WARN_ABOVE) warnings.push(`clients[${i}].refresh_grace_seconds is ${grace}: a stolen, already used refresh token of ${c.client_id} stays usable that long`)
     c.redirect_uris.forEach((u, j) => {
       try {
         const url = new URL(u)

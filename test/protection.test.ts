@@ -164,7 +164,7 @@ t.test('audit: events are emitted once, with their fields, and never a secret', 
   const tokens = await app.mcpOAuth.grants.issueTokens(grant)
   const refresh = (token: string) => app.inject({ method: 'POST', url: '/oauth/token', payload: { grant_type: 'refresh_token', refresh_token: token, client_id: 'app' } })
   const r1 = (await refresh(tokens.refresh_token)).json()
-  clock.advance(60_000)
+  clock.advance(61_000)
   await refresh(tokens.refresh_token)
   const reg = (await app.inject({ method: 'POST', url: '/oauth/register', payload: { redirect_uris: ['http://127.0.0.1/x'], token_endpoint_auth_method: 'none' } })).json()
   await app.inject({ method: 'DELETE', url: `/oauth/register/${reg.client_id as string}`, headers: { authorization: `Bearer ${reg.registration_access_token as string}` } })

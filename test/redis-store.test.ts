@@ -135,7 +135,7 @@ function redisTests (server: RedisServer): void {
     const redis = inspector(t)
     const keys = await keysOf(redis, prefix)
     const kinds = new Set(keys.map(k => k.slice(prefix.length).split(':')[0]))
-    t.same([...kinds].sort(), ['ac', 'at', 'c', 'cf', 'f', 'g', 'gc', 'gf', 'gu', 'rt'], 'every kind of key was written')
+    t.same([...kinds].sort(), ['ac', 'at', 'c', 'cf', 'f', 'g', 'gc', 'gf', 'gu', 'rs', 'rt'], 'every kind of key was written')
     for (const key of keys) {
       const ttl = await redis.pttl(key)
       t.ok(ttl > 0, `${key.slice(prefix.length, prefix.length + 12)}… has a TTL (${ttl} ms)`)

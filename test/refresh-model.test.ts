@@ -10,6 +10,8 @@ import { buildApp, RESOURCE, type TestApp } from './helpers/app.js'
 const CLIENT = { client_id: 'app', redirect_uris: ['http://127.0.0.1/cb'] }
 const TTL = { accessToken: 60, refreshToken: 600, grant: 1000, code: 60, flow: 600 }
 const GRACE = 5
+/** Replays a retired token gets within the window (small, so that sequences reach the cap). */
+const MAX_REPLAYS = 3
 
 interface Issued {
   refresh: string
@@ -19,6 +21,8 @@ interface Issued {
   /** When this refresh token was exchanged, and for what (the successor pair). */
   rotatedAt?: number
   successor?: { access: string, refresh: string }
+  /** Grace replays it got so far. */
+  replays: number
 }
 
 interface Family {
@@ -55,7 +59,7 @@ class IssueCmd implements fc.AsyncCommand<Model, Real> {
       alive: true,
       grantExpiresAt: t0 + TTL.grant * 1000,
       revokedAccess: new Set(),
-      chain: [{ refresh: tokens.refresh_token, access: tokens.access_token, accessExpiresAt: t0 + TTL.accessToken * 1000, refreshExpiresAt: t0 + TTL.refreshToken * 1000 }]
+      chain: [{ refresh: tokens.refresh_token, access: tokens.access_token, accessExpiresAt: t0 + TTL.accessToken * 1000, refreshExpiresAt: t0 + TTL.refreshToken * 1000, replays: 0 }]
     })
   }
 
@@ -84,16 +88,18 @@ class RefreshCmd implements fc.AsyncCommand<Model, Real> {
         refresh: res.body.refresh_token as string,
         access: res.body.access_token as string,
         accessExpiresAt: t1 + TTL.accessToken * 1000,
-        refreshExpiresAt: Math.min(t1 + TTL.refreshToken * 1000, fam.grantExpiresAt)
+        refreshExpiresAt: Math.min(t1 + TTL.refreshToken * 1000, fam.grantExpiresAt),
+        replays: 0
       })
       return
     }
-    if (t1 - entry.rotatedAt <= GRACE * 1000) {
+    if (t1 - entry.rotatedAt <= GRACE * 1000 && entry.replays < MAX_REPLAYS) {
+      entry.replays++
       if (res.status !== 200) throw new Error(`retry inside the grace window refused: ${JSON.stringify(res.body)}`)
       if (res.body.refresh_token !== entry.successor?.refresh || res.body.access_token !== entry.successor?.access) throw new Error('grace retry got another pair')
       return
     }
-    if (res.status !== 400 || res.body.error !== 'invalid_grant') throw new Error(`replay outside the window accepted: ${res.status}`)
+    if (res.status !== 400 || res.body.error !== 'invalid_grant') throw new Error(`replay outside the window or past the cap accepted: ${res.status}`)
     fam.alive = false
   }
 
@@ -120,12 +126,14 @@ class DoubleRefreshCmd implements fc.AsyncCommand<Model, Real> {
     if (a.status !== 200 || b.status !== 200) throw new Error(`concurrent retry refused: ${a.status} ${b.status}`)
     if (a.body.refresh_token !== b.body.refresh_token) throw new Error('two successors for one token')
     entry.rotatedAt = t1
+    entry.replays = 1
     entry.successor = { access: a.body.access_token as string, refresh: a.body.refresh_token as string }
     fam.chain.push({
       refresh: a.body.refresh_token as string,
       access: a.body.access_token as string,
       accessExpiresAt: t1 + TTL.accessToken * 1000,
-      refreshExpiresAt: Math.min(t1 + TTL.refreshToken * 1000, fam.grantExpiresAt)
+      refreshExpiresAt: Math.min(t1 + TTL.refreshToken * 1000, fam.grantExpiresAt),
+      replays: 0
     })
   }
 
@@ -185,7 +193,7 @@ t.test('issue / refresh / replay / revoke / expire sequences agree with the mode
   await fc.assert(
     fc.asyncProperty(fc.commands(commands, { maxCommands: 40 }), async cmds => {
       runs++
-      const ctx = await buildApp({ teardown: () => {} }, { clients: [CLIENT], ttl: TTL, refreshGraceSeconds: GRACE })
+      const ctx = await buildApp({ teardown: () => {} }, { clients: [CLIENT], ttl: TTL, refreshGraceSeconds: GRACE, refreshGraceMaxReplays: MAX_REPLAYS })
       try {
         await fc.asyncModelRun(() => ({ model: { families: [] }, real: { ctx } }), cmds)
       } finally {

@@ -81,7 +81,7 @@ export function productionOptions (env: Env): McpOAuthOptions {
       trustedSchemes: ['cursor', 'vscode', 'vscode-insiders']
     },
     rateLimit: { enabled: true },
-    refreshGraceSeconds: 5
+    refreshGraceSeconds: 60
   }
 }
 

@@ -6,6 +6,7 @@ import { UpstreamError } from '../providers/types.js'
 import type { Auditor } from '../security/audit.js'
 import type { KeyRing } from '../security/keyring.js'
 import type { ClientRecord, CodeRecord, FlowRecord, Store } from '../storage/types.js'
+import { GrantRevokedError } from '../storage/types.js'
 import type { GrantService, NewGrant, TokenResponse } from './grants.js'
 import { isValidChallenge, verifyPkce, type PkceMethod } from './pkce.js'
 import { isLoopbackRedirect, matchRedirectUri } from './redirect.js'
@@ -360,7 +361,15 @@ export class AuthorizationFlow {
     if (record.email !== undefined) input.email = record.email
     if (record.upstream !== undefined) input.upstream = record.upstream
     if (record.provider !== undefined) input.provider = record.provider
-    const { grant, tokens } = await this.#d.grants.createGrantWithTokens(input)
+    let issued: Awaited<ReturnType<GrantService['createGrantWithTokens']>>
+    try {
+      issued = await this.#d.grants.createGrantWithTokens(input)
+    } catch (err) {
+      // The code was replayed while this exchange was under way: the replay revoked the grant first.
+      if (err instanceof GrantRevokedError) throw new OAuthError('invalid_grant', 'The authorization code was used more than once; the grant has been revoked')
+      throw err
+    }
+    const { grant, tokens } = issued
     this.#d.auditor.emit('token_issued', { clientId: client.clientId, userId: grant.userId, grantId: grant.grantId, grantType: 'authorization_code' })
     return tokens
   }

@@ -1,6 +1,7 @@
 import { generateId, generateToken, hashToken } from './tokens.js'
 import type { ResolvedConfig } from '../options.js'
 import type { AccessTokenRecord, GrantRecord, RefreshTokenRecord, TokenStore } from '../storage/types.js'
+import { GrantRevokedError } from '../storage/types.js'
 
 export interface TokenResponse {
   access_token: string
@@ -64,8 +65,14 @@ export class GrantService {
       await store.saveGrantWithTokens(grant, access, refresh)
     } else {
       await store.saveGrant(grant)
-      await store.saveAccessToken(access.hash, access.token)
-      await store.saveRefreshToken(refresh.hash, refresh.token)
+      try {
+        await store.saveAccessToken(access.hash, access.token)
+        await store.saveRefreshToken(refresh.hash, refresh.token)
+      } catch (err) {
+        // Between the saves the grant was revoked (a replayed code): say so, not "server error".
+        if (await store.getGrant(grant.grantId, now) === null) throw new GrantRevokedError('the grant was revoked while its tokens were being saved')
+        throw err
+      }
     }
     return { grant, tokens: response }
   }

@@ -1,4 +1,4 @@
-import { hash } from 'node:crypto'
+import { createHmac } from 'node:crypto'
 import { OAuthError } from '../errors.js'
 import type { ResolvedConfig } from '../options.js'
 import type { Auditor } from '../security/audit.js'
@@ -17,25 +17,24 @@ export interface RefreshDeps {
   revokeGrant: (grantId: string) => Promise<boolean>
   /** Deprovisioning: re-checks the user upstream when due; throws OAuthError (invalid_grant, 503). */
   recheck?: (grant: NonNullable<Awaited<ReturnType<Store['getGrant']>>>) => Promise<void>
+  /** The deployment's 'refresh-successor' key (DeploymentKeys): the same on every replica, never in the store. */
+  successorKey: Buffer
 }
 
-/** FixedInfo of the derivation: what the key is for (a new label for a new derivation). */
-const SUCCESSOR_LABEL = 'mcp-oauth refresh successor v2\0'
-/** The one-step KDF's 32-bit big-endian counter, for its single block. */
-const COUNTER_1 = '\0\0\0\x01'
+/** What the derivation is for (a new label for a new derivation: v2 was unkeyed). */
+const SUCCESSOR_LABEL = 'mcp-oauth refresh successor v3\0'
 
 /**
- * The successor pair of a rotation is derived, not drawn: the one-step key derivation of NIST SP
- * 800-56C (rev. 2, §4.1, option 1: SHA-512 over counter || secret || FixedInfo) with the old
- * refresh token as the secret and a label plus a fresh random salt as FixedInfo gives 64 bytes,
- * the first half the access token, the second the refresh token (256 bits each). The store keeps
- * only the salt (and the granted scope) with the rotated record, in `successor`, so that within
- * the grace window a caller presenting the old token gets the same pair again. Neither the old
- * token alone (the salt is server-side) nor the store alone (it has the old token's hash, not the
- * token) can compute the pair. One SHA-512 call costs about a third of an HMAC.
+ * The successor pair of a rotation is derived, not drawn: HMAC-SHA512 keyed with the deployment's
+ * successor key, over a label, a fresh random salt, the granted scope and the old refresh token,
+ * gives 64 bytes, the first half the access token, the second the refresh token (256 bits each).
+ * The store keeps the salt and the scope (`successor`) for the grace window only, so that within it
+ * a caller presenting the old token gets the same pair again. Computing the pair takes the old
+ * token, the salt and the key together: the old token alone lacks the salt, a read of the store
+ * (a replica, a backup) lacks the token and the key, and past the window the salt is gone too.
  */
-function deriveSuccessor (refreshToken: string, salt: string): { accessToken: string, refreshToken: string } {
-  const out = hash('sha512', COUNTER_1 + refreshToken + SUCCESSOR_LABEL + salt, 'buffer')
+function deriveSuccessor (key: Buffer, refreshToken: string, salt: string, scope: string): { accessToken: string, refreshToken: string } {
+  const out = createHmac('sha512', key).update(SUCCESSOR_LABEL + salt + ' ' + scope + '\0' + refreshToken).digest()
   return {
     accessToken: TOKEN_PREFIX.accessToken + out.toString('base64url', 0, 32),
     refreshToken: TOKEN_PREFIX.refreshToken + out.toString('base64url', 32, 64)
@@ -51,17 +50,18 @@ function successorInfo (salt: string, scope: string): string {
  * The pair again, from the old token and what the store kept; null when that is not ours.
  * `expires_in` is left for the caller, which knows when the access token expires.
  */
-function replaySuccessor (refreshToken: string, info: string): TokenResponse | null {
+function rebuildSuccessor (key: Buffer, refreshToken: string, info: string): TokenResponse | null {
   const space = info.indexOf(' ')
   const salt = space < 0 ? '' : info.slice(0, space)
   if (!/^[A-Za-z0-9_-]{22}$/.test(salt)) return null
-  const pair = deriveSuccessor(refreshToken, salt)
+  const scope = info.slice(space + 1)
+  const pair = deriveSuccessor(key, refreshToken, salt, scope)
   return {
     access_token: pair.accessToken,
     token_type: 'Bearer',
     expires_in: 0,
     refresh_token: pair.refreshToken,
-    scope: info.slice(space + 1)
+    scope
   }
 }
 
@@ -87,7 +87,9 @@ export class RefreshService {
     const record = await store.getRefreshToken(hash, now)
     if (record === null) throw invalid()
     if (record.clientId !== client.clientId) throw new OAuthError('invalid_grant', 'The refresh token was issued to another client')
-    if (record.rotatedAt !== undefined) return this.#replayed(token, record, now)
+    // A static client may have its own window; every other client has the plugin's.
+    const graceMs = (client.refreshGraceSeconds ?? config.refreshGraceSeconds) * 1000
+    if (record.rotatedAt !== undefined) return this.#replayed(token, hash, record, now, graceMs)
 
     const grant = await store.getGrant(record.grantId, now)
     if (grant === null) throw invalid()
@@ -101,9 +103,9 @@ export class RefreshService {
     }
 
     const salt = generateId()
-    const { accessToken, refreshToken } = deriveSuccessor(token, salt)
-    const accessHash = hashToken(accessToken)
     const scope = scopes.scopes.join(' ')
+    const { accessToken, refreshToken } = deriveSuccessor(this.#d.successorKey, token, salt, scope)
+    const accessHash = hashToken(accessToken)
     // Never past the grant (as at the first issue).
     const accessExpiresAt = Math.min(now + config.ttl.accessToken * 1000, grant.expiresAt)
     const pair: TokenResponse = {
@@ -131,34 +133,55 @@ export class RefreshService {
       expiresAt: Math.min(now + config.ttl.refreshToken * 1000, grant.expiresAt)
     }
     const successor = { hash: hashToken(refreshToken), token: next }
+    // The salt is kept for the grace window only (inclusive, as the replay checks it), and not at all without one.
+    const info = graceMs > 0 ? successorInfo(salt, scope) : undefined
+    const keepUntil = graceMs > 0 ? now + graceMs + 1 : undefined
     let result: RotateResult
     if (store.rotateRefreshTokenWithAccess !== undefined) {
       // One atomic step: the access token exists exactly when the rotation happened.
-      result = await store.rotateRefreshTokenWithAccess(hash, successor, { hash: accessHash, token: access }, now, successorInfo(salt, scope))
+      result = await store.rotateRefreshTokenWithAccess(hash, successor, { hash: accessHash, token: access }, now, info, keepUntil)
     } else {
       // The access token is stored before the swap so that a concurrent loser, which hands out this
       // same pair from the grace window, never hands out a token the guard does not know yet.
       await store.saveAccessToken(accessHash, access)
-      result = await store.rotateRefreshToken(hash, successor, now, successorInfo(salt, scope))
+      result = await store.rotateRefreshToken(hash, successor, now, info, keepUntil)
       if (result.status !== 'rotated') await store.deleteAccessToken(accessHash)
     }
     if (result.status === 'rotated') {
       auditor.emit('token_refreshed', { clientId: client.clientId, userId: grant.userId, grantId: grant.grantId })
       return pair
     }
-    if (result.status === 'already_rotated') return this.#replayed(token, result.previous, now)
+    if (result.status === 'already_rotated') return this.#replayed(token, hash, result.previous, now, graceMs)
     throw invalid()
   }
 
-  /** A token that was already rotated: the grace window, or reuse detection. */
-  async #replayed (token: string, record: RefreshTokenRecord, now: number): Promise<TokenResponse> {
-    const graceMs = this.#d.config.refreshGraceSeconds * 1000
+  /**
+   * A token that was already rotated: the grace window (at most `refreshGraceMaxReplays` times,
+   * counted by the store across replicas), or reuse detection.
+   */
+  async #replayed (token: string, hash: string, record: RefreshTokenRecord, now: number, graceMs: number): Promise<TokenResponse> {
+    const { store, config } = this.#d
     const rotatedAt = record.rotatedAt as number
-    if (graceMs > 0 && now - rotatedAt <= graceMs && record.successor !== undefined) {
-      const pair = replaySuccessor(token, record.successor)
+    if (graceMs > 0 && now - rotatedAt <= graceMs) {
+      // A store without the counter gives the window uncounted (a start-up warning says so).
+      const kept = store.replayRefreshToken !== undefined
+        ? await store.replayRefreshToken(hash, now)
+        : record.successor === undefined ? null : { successor: record.successor, replays: 1 }
+      const pair = kept !== null && kept.replays <= config.refreshGraceMaxReplays
+        ? rebuildSuccessor(this.#d.successorKey, token, kept.successor)
+        : null
       if (pair !== null) {
+        const [next, access] = await Promise.all([
+          store.getRefreshToken(hashToken(pair.refresh_token), now),
+          store.getAccessToken(hashToken(pair.access_token), now)
+        ])
+        if (next === null || next.grantId !== record.grantId) {
+          // Not the pair the rotation stored: another key derived it (no `secret`, or replicas with
+          // different ones), or the family has just gone. Never hand it out; not reuse either.
+          throw new OAuthError('invalid_grant', 'The refresh token was already used, and its successor cannot be rebuilt here ' +
+            '(replicas must share the `secret` option for grace-window retries); use the newest refresh token')
+        }
         // The same access token as the first answer: it expires when it did then (0 once it is gone).
-        const access = await this.#d.store.getAccessToken(hashToken(pair.access_token), now)
         pair.expires_in = access === null ? 0 : secondsUntil(access.expiresAt, now)
         return pair
       }

@@ -3,6 +3,7 @@ import type {
   AccessTokenRecord, ClientRecord, CodeRecord, ConsumeCodeResult, FlowRecord, GrantRecord,
   RefreshTokenRecord, RotateResult, Store, StoreStats
 } from './types.js'
+import { GrantRevokedError } from './types.js'
 
 export interface MemoryStoreOptions {
   /** How often a sweep pass starts (ms). Default 30 s. */
@@ -122,7 +123,6 @@ class RefreshEntry {
   readonly issuedAt: number
   readonly expiresAt: number
   rotatedAt: number | undefined
-  successor: string | undefined
 
   constructor (grant: GrantEntry, token: RefreshTokenRecord, interned: Interner) {
     this.grant = grant
@@ -130,7 +130,6 @@ class RefreshEntry {
     this.issuedAt = token.issuedAt
     this.expiresAt = token.expiresAt
     this.rotatedAt = token.rotatedAt
-    this.successor = token.successor
   }
 
   get grantId (): string {
@@ -146,7 +145,6 @@ class RefreshEntry {
       expiresAt: this.expiresAt
     }
     if (this.rotatedAt !== undefined) token.rotatedAt = this.rotatedAt
-    if (this.successor !== undefined) token.successor = this.successor
     return token
   }
 }
@@ -218,6 +216,13 @@ interface CodeEntry {
   retainUntil: number
 }
 
+/** What a rotation keeps for the grace window, apart from the token record (and only until `until`). */
+interface SuccessorEntry {
+  info: string
+  until: number
+  replays: number
+}
+
 /** How many entries the sweep checks between two looks at the clock. */
 const CHECKS_PER_STEP = 256
 
@@ -272,11 +277,17 @@ export class MemoryStore implements Store {
   readonly #clientsFrom = new Map<string, Set<string>>()
   readonly #flows = new Map<string, FlowRecord>()
   readonly #codes = new Map<string, CodeEntry>()
+  /** Refresh token hash -> its successor data, for the grace window only (then dropped, read or not). */
+  readonly #successors = new Map<string, SuccessorEntry>()
+  /** Grant id -> until when a grant of that id may not be written (revoked by a replayed code). */
+  readonly #tombstones = new Map<string, number>()
   /** When each kind of record expires: what the sweep visits. */
   readonly #expiring = {
     grants: new ExpiryIndex(),
     access: new ExpiryIndex(),
     refresh: new ExpiryIndex(),
+    successors: new ExpiryIndex(),
+    tombstones: new ExpiryIndex(),
     flows: new ExpiryIndex(),
     codes: new ExpiryIndex(),
     clients: new ExpiryIndex()
@@ -316,6 +327,12 @@ export class MemoryStore implements Store {
   }
 
   #putGrant (grant: GrantRecord): void {
+    // Dated by the grant itself (its caller's clock), as every expiry here is.
+    const revokedUntil = this.#tombstones.get(grant.grantId)
+    if (revokedUntil !== undefined) {
+      if (revokedUntil > grant.createdAt) throw new GrantRevokedError('saveGrant: the grant was revoked by a replayed authorization code')
+      this.#tombstones.delete(grant.grantId)
+    }
     const entry = new GrantEntry(grant, this.#interned)
     // Saved again: the family carries over; its tokens keep the grant fields they were saved with.
     const previous = this.#grants.get(grant.grantId)
@@ -385,29 +402,67 @@ export class MemoryStore implements Store {
     this.#refresh.set(hash, this.#refreshEntry(entry, token))
     this.#expiring.refresh.add(hash, token.expiresAt)
     entry.refresh = added(entry.refresh, hash, this.#refresh)
+    // A record saved whole keeps its successor data as long as the token (no window was given).
+    if (token.successor === undefined) this.#successors.delete(hash)
+    else this.#keepSuccessor(hash, token.successor, token.expiresAt)
   }
 
+  /** The successor data lives beside the record, never in it (see #successors). */
   #refreshEntry (entry: GrantEntry, token: RefreshTokenRecord): StoredRefresh {
-    return token.clientId === entry.clientId ? new RefreshEntry(entry, token, this.#interned) : new WholeEntry(token)
+    if (token.clientId === entry.clientId) return new RefreshEntry(entry, token, this.#interned)
+    const { successor: _s, ...whole } = token
+    return new WholeEntry(whole)
   }
 
-  async getRefreshToken (hash: string, now: number): Promise<RefreshTokenRecord | null> {
+  #keepSuccessor (hash: string, info: string, until: number): void {
+    this.#successors.set(hash, { info, until, replays: 0 })
+    this.#expiring.successors.add(hash, until)
+  }
+
+  /** The successor data of a token while it is kept at `now`; dropped once its time is over. */
+  #successorOf (hash: string, now: number): SuccessorEntry | undefined {
+    const kept = this.#successors.get(hash)
+    if (kept === undefined || kept.until > now) return kept
+    this.#successors.delete(hash)
+    return undefined
+  }
+
+  /** The record of a live token of a live grant, with its successor data while kept. */
+  #liveRefresh (hash: string, now: number): RefreshTokenRecord | null {
     const token = this.#refresh.get(hash)
     if (!token) return null
     if (token.expiresAt <= now || !this.#liveGrant(token.grantId, now)) {
       this.#refresh.delete(hash)
+      this.#successors.delete(hash)
       return null
     }
-    return token.record()
+    const record = token.record()
+    const kept = this.#successorOf(hash, now)
+    if (kept !== undefined) record.successor = kept.info
+    return record
+  }
+
+  async getRefreshToken (hash: string, now: number): Promise<RefreshTokenRecord | null> {
+    return this.#liveRefresh(hash, now)
+  }
+
+  async replayRefreshToken (hash: string, now: number): Promise<{ successor: string, replays: number } | null> {
+    const record = this.#liveRefresh(hash, now)
+    if (record?.rotatedAt === undefined) return null
+    const kept = this.#successorOf(hash, now)
+    if (kept === undefined) return null
+    kept.replays++
+    return { successor: kept.info, replays: kept.replays }
   }
 
   async rotateRefreshToken (
     oldHash: string,
     next: { hash: string, token: RefreshTokenRecord },
     now: number,
-    successor?: string
+    successor?: string,
+    successorUntil?: number
   ): Promise<RotateResult> {
-    return this.#rotate(oldHash, next, now, successor)
+    return this.#rotate(oldHash, next, now, successor, successorUntil)
   }
 
   async rotateRefreshTokenWithAccess (
@@ -415,9 +470,10 @@ export class MemoryStore implements Store {
     next: { hash: string, token: RefreshTokenRecord },
     access: { hash: string, token: AccessTokenRecord },
     now: number,
-    successor?: string
+    successor?: string,
+    successorUntil?: number
   ): Promise<RotateResult> {
-    const result = this.#rotate(oldHash, next, now, successor)
+    const result = this.#rotate(oldHash, next, now, successor, successorUntil)
     if (result.status === 'rotated') this.#putAccess(access.hash, access.token)
     return result
   }
@@ -426,23 +482,23 @@ export class MemoryStore implements Store {
     oldHash: string,
     next: { hash: string, token: RefreshTokenRecord },
     now: number,
-    successor: string | undefined
+    successor: string | undefined,
+    successorUntil: number | undefined
   ): RotateResult {
     const stored = this.#refresh.get(oldHash)
     if (!stored || stored.expiresAt <= now) return { status: 'unknown' }
     const entry = this.#liveGrant(stored.grantId, now)
     if (!entry) return { status: 'unknown' }
     const previous = stored.record()
-    if (previous.rotatedAt !== undefined) return { status: 'already_rotated', previous }
-    if (next.token.grantId !== previous.grantId) throw new Error('rotateRefreshToken: the successor must stay in the family')
-    if (stored instanceof RefreshEntry) {
-      stored.rotatedAt = now
-      if (successor !== undefined) stored.successor = successor
-    } else {
-      const rotated: RefreshTokenRecord = { ...previous, rotatedAt: now }
-      if (successor !== undefined) rotated.successor = successor
-      this.#refresh.set(oldHash, new WholeEntry(rotated))
+    if (previous.rotatedAt !== undefined) {
+      const kept = this.#successorOf(oldHash, now)
+      if (kept !== undefined) previous.successor = kept.info
+      return { status: 'already_rotated', previous }
     }
+    if (next.token.grantId !== previous.grantId) throw new Error('rotateRefreshToken: the successor must stay in the family')
+    if (stored instanceof RefreshEntry) stored.rotatedAt = now
+    else this.#refresh.set(oldHash, new WholeEntry({ ...previous, rotatedAt: now }))
+    if (successor !== undefined) this.#keepSuccessor(oldHash, successor, successorUntil ?? stored.expiresAt)
     this.#refresh.set(next.hash, this.#refreshEntry(entry, next.token))
     this.#expiring.refresh.add(next.hash, next.token.expiresAt)
     entry.refresh = added(entry.refresh, next.hash, this.#refresh)
@@ -555,6 +611,9 @@ export class MemoryStore implements Store {
         this.#codes.delete(hash)
         return { status: 'unknown' }
       }
+      // The grant this code issues (or is still issuing) may not be written from now on.
+      this.#tombstones.set(entry.code.grantId, entry.retainUntil)
+      this.#expiring.tombstones.add(entry.code.grantId, entry.retainUntil)
       return { status: 'reused', code: entry.code }
     }
     if (entry.code.expiresAt <= now) {
@@ -662,6 +721,8 @@ export class MemoryStore implements Store {
       // A refresh token outlives neither its own expiry nor its grant.
       return this.#grants.has(token.grantId) ? token.expiresAt : -Infinity
     }, hash => this.#refresh.delete(hash))
+    yield * this.#expire(e.successors, now, hash => this.#successors.get(hash)?.until, hash => this.#successors.delete(hash))
+    yield * this.#expire(e.tombstones, now, id => this.#tombstones.get(id), id => this.#tombstones.delete(id))
     yield * this.#expire(e.flows, now, key => this.#flows.get(key)?.expiresAt, key => this.#flows.delete(key))
     yield * this.#expire(e.codes, now, hash => {
       const entry = this.#codes.get(hash)
@@ -697,7 +758,7 @@ export class MemoryStore implements Store {
 
   #dropGrant (grantId: string, entry: GrantEntry): void {
     forEachHash(entry.access, hash => this.#access.delete(hash))
-    forEachHash(entry.refresh, hash => this.#refresh.delete(hash))
+    forEachHash(entry.refresh, hash => { this.#refresh.delete(hash); this.#successors.delete(hash) })
     this.#grants.delete(grantId)
   }
 }

@@ -6,7 +6,7 @@ import type {
   AccessTokenRecord, ClientRecord, CodeRecord, ConsumeCodeResult, FlowRecord, GrantRecord,
   RefreshTokenRecord, RotateResult, Store, StoreStats
 } from './types.js'
-import { StoreUnavailableError } from './types.js'
+import { GrantRevokedError, StoreUnavailableError } from './types.js'
 import { TokenCache, cacheSettings, type TokenCacheOptions } from './redis-cache.js'
 
 export interface RedisStoreOptions {
@@ -54,7 +54,11 @@ export class RedisStoreError extends StoreUnavailableError {
 //   {p}gu:<userId>     set    grant ids of a user;   TTL = the longest grant's
 //   {p}gc:<clientId>   set    grant ids of a client; TTL = the longest grant's
 //   {p}at:<hash>       string access token JSON; TTL = min(token, grant)
-//   {p}rt:<hash>       hash   r = JSON, e = expiresAt, g = grantId, ra = rotatedAt, s = successor
+//   {p}rt:<hash>       hash   r = JSON, e = expiresAt, g = grantId, ra = rotatedAt
+//   {p}rs:<hash>       hash   s = successor, n = grace replays so far; TTL = the grace window (the
+//                             token's own when the record was saved whole): never the rt key's 30 days
+//   {p}gx:<grantId>    string a grant id revoked by a replayed code before its grant was written;
+//                             TTL = the code's retention
 //   {p}c:<clientId>    string client JSON; TTL only when the client has `expiresAt`
 //   {p}cf:<address>    zset   client ids registered from an address, scored by expiresAt (+inf
 //                             when none); TTL = the longest client's, none if one never expires
@@ -97,8 +101,13 @@ local function pruneIndex (idx, prefix)
 end
 `
 
-/** The grant's part of SAVE_GRANT and SAVE_GRANT_WITH_TOKENS (same KEYS[1-4] and ARGV[1-9]). */
+/**
+ * The grant's part of SAVE_GRANT and SAVE_GRANT_WITH_TOKENS (same KEYS[1-4] and ARGV[1-9]). A grant
+ * id revoked in advance by a replayed code (CONSUME_CODE) is refused: the script returns 0 and
+ * writes nothing.
+ */
 const GRANT_PART = `
+if redis.call('EXISTS', ARGV[9] .. 'gx:' .. ARGV[8]) == 1 then return 0 end
 local old = redis.call('HMGET', KEYS[1], 'uid', 'cid')
 if old[1] and old[1] ~= ARGV[3] then redis.call('SREM', ARGV[9] .. 'gu:' .. old[1], ARGV[8]) end
 if old[2] and old[2] ~= ARGV[4] then redis.call('SREM', ARGV[9] .. 'gc:' .. old[2], ARGV[8]) end
@@ -155,9 +164,10 @@ return 1
 `
 
 /**
- * KEYS: token, grant, family. ARGV: kind ('a' | 'r'), family member, ttl, prefix, json, and for
- * refresh tokens expiresAt, grantId, rotatedAt ('' when not rotated), hasSuccessor, successor.
- * The token's TTL is capped by the grant's, so a family never outlives it.
+ * KEYS: token, grant, family, and for refresh tokens its successor key. ARGV: kind ('a' | 'r'),
+ * family member, ttl, prefix, json, and for refresh tokens expiresAt, grantId, rotatedAt ('' when
+ * not rotated), hasSuccessor, successor. The token's TTL is capped by the grant's, so a family
+ * never outlives it.
  */
 const SAVE_TOKEN = LUA_HELPERS + `
 local gttl = redis.call('PTTL', KEYS[2])
@@ -170,38 +180,74 @@ if ARGV[1] == 'a' then
 else
   redis.call('HSET', KEYS[1], 'r', ARGV[5], 'e', ARGV[6], 'g', ARGV[7])
   if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'ra', ARGV[8]) end
-  if ARGV[9] == '1' then redis.call('HSET', KEYS[1], 's', ARGV[10]) end
   redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('DEL', KEYS[4])
+  if ARGV[9] == '1' then
+    redis.call('HSET', KEYS[4], 's', ARGV[10], 'n', 0)
+    redis.call('PEXPIRE', KEYS[4], ttl)
+  end
 end
 addToFamily(KEYS[3], ARGV[2], ARGV[4], gttl)
 return 1
 `
 
-/** KEYS: refresh token. ARGV: prefix. Token fields plus the grant's expiry, in one round trip. */
+/**
+ * KEYS: refresh token, its successor key. ARGV: prefix. Token fields, the successor while kept and
+ * the grant's expiry, in one round trip.
+ */
 const GET_REFRESH = `
-local t = redis.call('HMGET', KEYS[1], 'r', 'e', 'g', 'ra', 's')
+local t = redis.call('HMGET', KEYS[1], 'r', 'e', 'g', 'ra')
 if not t[1] then return false end
+local s = redis.call('HGET', KEYS[2], 's')
 local ge = redis.call('HGET', ARGV[1] .. 'g:' .. t[3], 'e')
-return { t[1], t[2], t[4] or '', t[5] and '1' or '0', t[5] or '', ge or '' }
+return { t[1], t[2], t[4] or '', s and '1' or '0', s or '', ge or '' }
 `
 
 /**
- * The compare-and-swap. KEYS: old token, new token, and (optional) a new access token. ARGV: now,
- * prefix, new json, new expiresAt, new grantId, new ttl, hasSuccessor, successor, new family
- * member, and with the access token: its family member, ttl, json (saved only when rotated).
+ * KEYS: refresh token, its successor key. ARGV: now, prefix. One grace replay: counted on the
+ * successor key (so the count is one across replicas) while the token is a live rotated one of a
+ * live grant and its successor is kept; returns { successor, count } or nothing.
+ */
+const REPLAY_REFRESH = `
+local t = redis.call('HMGET', KEYS[1], 'e', 'g', 'ra')
+if not t[1] or not t[3] then return false end
+local now = tonumber(ARGV[1])
+if tonumber(t[1]) <= now then return false end
+local ge = redis.call('HGET', ARGV[2] .. 'g:' .. t[2], 'e')
+if not ge or tonumber(ge) <= now then return false end
+local s = redis.call('HGET', KEYS[2], 's')
+if not s then return false end
+return { s, redis.call('HINCRBY', KEYS[2], 'n', 1) }
+`
+
+/**
+ * The compare-and-swap. KEYS: old token, new token, the old token's successor key, and (optional)
+ * a new access token. ARGV: now, prefix, new json, new expiresAt, new grantId, new ttl, how long
+ * the successor is kept ('' = no successor, 'token' = as long as the old token, else ms),
+ * successor, new family member, and with the access token: its family member, ttl, json (saved
+ * only when rotated).
  */
 const ROTATE = LUA_HELPERS + `
-local old = redis.call('HMGET', KEYS[1], 'r', 'e', 'g', 'ra', 's')
+local old = redis.call('HMGET', KEYS[1], 'r', 'e', 'g', 'ra')
 if not old[1] then return { 'unknown' } end
 local now = tonumber(ARGV[1])
 if tonumber(old[2]) <= now then return { 'unknown' } end
 local gkey = ARGV[2] .. 'g:' .. old[3]
 local ge = redis.call('HGET', gkey, 'e')
 if not ge or tonumber(ge) <= now then return { 'unknown' } end
-if old[4] then return { 'already_rotated', old[1], old[4], old[5] and '1' or '0', old[5] or '' } end
+if old[4] then
+  local s = redis.call('HGET', KEYS[3], 's')
+  return { 'already_rotated', old[1], old[4], s and '1' or '0', s or '' }
+end
 if ARGV[5] ~= old[3] then return { 'mismatch' } end
 redis.call('HSET', KEYS[1], 'ra', ARGV[1])
-if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 's', ARGV[8]) end
+if ARGV[7] ~= '' then
+  local sttl = ARGV[7]
+  if sttl == 'token' then sttl = redis.call('PTTL', KEYS[1]) end
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[3], 's', ARGV[8], 'n', 0)
+  redis.call('PEXPIRE', KEYS[3], sttl)
+end
 local gttl = redis.call('PTTL', gkey)
 local ttl = tonumber(ARGV[6])
 if gttl > 0 and gttl < ttl then ttl = gttl end
@@ -212,8 +258,8 @@ addToFamily(ARGV[2] .. 'gf:' .. old[3], ARGV[9], ARGV[2], gttl)
 if ARGV[10] then
   local attl = tonumber(ARGV[11])
   if gttl > 0 and gttl < attl then attl = gttl end
-  redis.call('DEL', KEYS[3])
-  redis.call('SET', KEYS[3], ARGV[12], 'PX', attl)
+  redis.call('DEL', KEYS[4])
+  redis.call('SET', KEYS[4], ARGV[12], 'PX', attl)
   addToFamily(ARGV[2] .. 'gf:' .. old[3], ARGV[10], ARGV[2], gttl)
 end
 return { 'rotated', old[1] }
@@ -225,6 +271,7 @@ local ids = redis.call('HMGET', KEYS[1], 'uid', 'cid')
 local out = { tostring(redis.call('DEL', KEYS[1])) }
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   redis.call('DEL', memberKey(ARGV[1], m))
+  if string.sub(m, 1, 1) == 'r' then redis.call('DEL', ARGV[1] .. 'rs:' .. string.sub(m, 3)) end
   out[#out + 1] = m
 end
 redis.call('DEL', KEYS[2])
@@ -263,7 +310,10 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 `
 
-/** KEYS: code. ARGV: now, retainUntil. Take-once with memory of the first use. */
+/**
+ * KEYS: code. ARGV: now, retainUntil, prefix. Take-once with memory of the first use; a reuse
+ * revokes the code's grant id in advance (a gx: key for the rest of the retention).
+ */
 const CONSUME_CODE = `
 local f = redis.call('HMGET', KEYS[1], 'r', 'e', 'used', 'keep')
 if not f[1] then return { 'unknown' } end
@@ -272,6 +322,12 @@ if f[3] then
   if tonumber(f[4]) <= now then
     redis.call('DEL', KEYS[1])
     return { 'unknown' }
+  end
+  local ok, rec = pcall(cjson.decode, f[1])
+  if ok and type(rec) == 'table' and type(rec.grantId) == 'string' then
+    local ttl = tonumber(f[4]) - now
+    if ttl < 1 then ttl = 1 end
+    redis.call('SET', ARGV[3] .. 'gx:' .. rec.grantId, '1', 'PX', ttl)
   end
   return { 'reused', f[1] }
 end
@@ -372,6 +428,7 @@ const SCRIPTS = {
   updateUpstream: script(UPDATE_UPSTREAM),
   saveToken: script(SAVE_TOKEN),
   getRefresh: script(GET_REFRESH),
+  replayRefresh: script(REPLAY_REFRESH),
   rotate: script(ROTATE),
   revoke: script(REVOKE),
   listGrants: script(LIST_GRANTS),
@@ -512,10 +569,11 @@ export class RedisStore implements Store {
   async saveGrant (grant: GrantRecord): Promise<void> {
     const { upstream, ...rest } = grant
     const p = this.#prefix
-    await this.#eval('saveGrant', SCRIPTS.saveGrant,
+    const saved = await this.#eval('saveGrant', SCRIPTS.saveGrant,
       [p + 'g:' + grant.grantId, p + 'gf:' + grant.grantId, p + 'gu:' + grant.userId, p + 'gc:' + grant.clientId],
       [JSON.stringify(rest), grant.expiresAt, grant.userId, grant.clientId, upstream ?? '',
         upstream === undefined ? '0' : '1', ttlOf(grant.expiresAt, this.#now()), grant.grantId, p])
+    if (saved === 0) throw new GrantRevokedError('saveGrant: the grant was revoked by a replayed authorization code')
   }
 
   async saveGrantWithTokens (
@@ -527,7 +585,7 @@ export class RedisStore implements Store {
     const p = this.#prefix
     const now = this.#now()
     const r = refresh.token
-    await this.#eval('saveGrantWithTokens', SCRIPTS.saveGrantWithTokens,
+    const saved = await this.#eval('saveGrantWithTokens', SCRIPTS.saveGrantWithTokens,
       [p + 'g:' + grant.grantId, p + 'gf:' + grant.grantId, p + 'gu:' + grant.userId, p + 'gc:' + grant.clientId,
         p + 'at:' + access.hash, p + 'rt:' + refresh.hash],
       [JSON.stringify(rest), grant.expiresAt, grant.userId, grant.clientId, upstream ?? '',
@@ -535,6 +593,7 @@ export class RedisStore implements Store {
         'a:' + access.hash, ttlOf(access.token.expiresAt, now), JSON.stringify(access.token),
         'r:' + refresh.hash, ttlOf(r.expiresAt, now), JSON.stringify(refreshBase(r)), r.expiresAt, r.grantId])
     this.#cache?.forget(access.hash)
+    if (saved === 0) throw new GrantRevokedError('saveGrantWithTokens: the grant was revoked by a replayed authorization code')
   }
 
   async getGrant (grantId: string, now: number): Promise<GrantRecord | null> {
@@ -602,27 +661,36 @@ export class RedisStore implements Store {
   async saveRefreshToken (hash: string, token: RefreshTokenRecord): Promise<void> {
     const p = this.#prefix
     const saved = await this.#eval('saveRefreshToken', SCRIPTS.saveToken,
-      [p + 'rt:' + hash, p + 'g:' + token.grantId, p + 'gf:' + token.grantId],
+      [p + 'rt:' + hash, p + 'g:' + token.grantId, p + 'gf:' + token.grantId, p + 'rs:' + hash],
       ['r', 'r:' + hash, ttlOf(token.expiresAt, this.#now()), p, JSON.stringify(refreshBase(token)), token.expiresAt, token.grantId,
         token.rotatedAt ?? '', token.successor === undefined ? '0' : '1', token.successor ?? ''])
     if (saved !== 1) throw new Error('saveRefreshToken: the grant does not exist')
   }
 
   async getRefreshToken (hash: string, now: number): Promise<RefreshTokenRecord | null> {
-    const reply = await this.#eval('getRefreshToken', SCRIPTS.getRefresh, [this.#prefix + 'rt:' + hash], [this.#prefix])
+    const reply = await this.#eval('getRefreshToken', SCRIPTS.getRefresh, [this.#prefix + 'rt:' + hash, this.#prefix + 'rs:' + hash], [this.#prefix])
     if (reply == null) return null
     const [json, expiresAt, rotatedAt, hasSuccessor, successor, grantExpiresAt] = strings(reply)
     if (Number(expiresAt) <= now || grantExpiresAt === '' || Number(grantExpiresAt) <= now) return null
     return refreshRecord(json as string, rotatedAt as string, hasSuccessor === '1' ? successor : undefined)
   }
 
+  async replayRefreshToken (hash: string, now: number): Promise<{ successor: string, replays: number } | null> {
+    const p = this.#prefix
+    const reply = await this.#eval('replayRefreshToken', SCRIPTS.replayRefresh, [p + 'rt:' + hash, p + 'rs:' + hash], [now, p])
+    if (reply == null) return null
+    const [successor, replays] = strings(reply)
+    return { successor: successor as string, replays: Number(replays) }
+  }
+
   async rotateRefreshToken (
     oldHash: string,
     next: { hash: string, token: RefreshTokenRecord },
     now: number,
-    successor?: string
+    successor?: string,
+    successorUntil?: number
   ): Promise<RotateResult> {
-    return await this.#rotate('rotateRefreshToken', oldHash, next, undefined, now, successor)
+    return await this.#rotate('rotateRefreshToken', oldHash, next, undefined, now, successor, successorUntil)
   }
 
   async rotateRefreshTokenWithAccess (
@@ -630,10 +698,11 @@ export class RedisStore implements Store {
     next: { hash: string, token: RefreshTokenRecord },
     access: { hash: string, token: AccessTokenRecord },
     now: number,
-    successor?: string
+    successor?: string,
+    successorUntil?: number
   ): Promise<RotateResult> {
     try {
-      return await this.#rotate('rotateRefreshTokenWithAccess', oldHash, next, access, now, successor)
+      return await this.#rotate('rotateRefreshTokenWithAccess', oldHash, next, access, now, successor, successorUntil)
     } finally {
       this.#cache?.forget(access.hash)
     }
@@ -645,12 +714,14 @@ export class RedisStore implements Store {
     next: { hash: string, token: RefreshTokenRecord },
     access: { hash: string, token: AccessTokenRecord } | undefined,
     now: number,
-    successor: string | undefined
+    successor: string | undefined,
+    successorUntil: number | undefined
   ): Promise<RotateResult> {
     const p = this.#prefix
-    const keys = [p + 'rt:' + oldHash, p + 'rt:' + next.hash]
+    const keys = [p + 'rt:' + oldHash, p + 'rt:' + next.hash, p + 'rs:' + oldHash]
+    const keep = successor === undefined ? '' : successorUntil === undefined ? 'token' : ttlOf(successorUntil, now)
     const args: Array<string | number> = [now, p, JSON.stringify(refreshBase(next.token)), next.token.expiresAt, next.token.grantId,
-      ttlOf(next.token.expiresAt, now), successor === undefined ? '0' : '1', successor ?? '', 'r:' + next.hash]
+      ttlOf(next.token.expiresAt, now), keep, successor ?? '', 'r:' + next.hash]
     if (access !== undefined) {
       keys.push(p + 'at:' + access.hash)
       args.push('a:' + access.hash, ttlOf(access.token.expiresAt, now), JSON.stringify(access.token))
@@ -754,7 +825,7 @@ export class RedisStore implements Store {
   }
 
   async consumeCode (hash: string, now: number, retainUntil: number): Promise<ConsumeCodeResult> {
-    const [status, json] = strings(await this.#eval('consumeCode', SCRIPTS.consumeCode, [this.#prefix + 'ac:' + hash], [now, retainUntil]))
+    const [status, json] = strings(await this.#eval('consumeCode', SCRIPTS.consumeCode, [this.#prefix + 'ac:' + hash], [now, retainUntil, this.#prefix]))
     if (status === 'ok' || status === 'reused') return { status, code: JSON.parse(json as string) as CodeRecord }
     return { status: 'unknown' }
   }

@@ -16,6 +16,14 @@ export class StoreUnavailableError extends Error {
   override name = 'StoreUnavailableError'
 }
 
+/**
+ * Thrown by saveGrant / saveGrantWithTokens for a grant id revoked before it was written: the code
+ * that carries it was replayed while its first exchange was still running (see consumeCode).
+ */
+export class GrantRevokedError extends Error {
+  override name = 'GrantRevokedError'
+}
+
 export type ClientAuthMethod = 'none' | 'client_secret_basic' | 'client_secret_post'
 
 export interface ClientRecord {
@@ -43,6 +51,8 @@ export interface ClientRecord {
   registeredFrom?: string
   /** Epoch ms; unused dynamic clients may expire. */
   expiresAt?: number
+  /** This client's refresh grace window (static clients' `refresh_grace_seconds`); the plugin's when absent. */
+  refreshGraceSeconds?: number
 }
 
 /** One authorization in progress between the consent page and the upstream callback. */
@@ -126,7 +136,10 @@ export interface RefreshTokenRecord {
   expiresAt: number
   /** Set once the token has been exchanged; it then only serves reuse detection and grace. */
   rotatedAt?: number
-  /** Opaque, store-kept data about the successor (the caller decides; never enough on its own to rebuild a token). */
+  /**
+   * Opaque, store-kept data about the successor (the caller decides; never enough on its own to
+   * rebuild a token). Kept only until the `successorUntil` given at rotation, then dropped.
+   */
   successor?: string
 }
 
@@ -139,6 +152,7 @@ export type RotateResult =
   | { status: 'unknown' }
 
 export interface TokenStore {
+  /** Throws GrantRevokedError for an id a replayed code revoked in advance (see consumeCode). */
   saveGrant (grant: GrantRecord): Promise<void>
   getGrant (grantId: string, now: number): Promise<GrantRecord | null>
   /** Replace the upstream blob of a live grant; false when the grant is gone. */
@@ -160,7 +174,8 @@ export interface TokenStore {
   saveRefreshToken (hash: string, token: RefreshTokenRecord): Promise<void>
   /**
    * Optional: saveGrant, then saveAccessToken and saveRefreshToken for it, in one call (what a
-   * code exchange writes). A store that offers it saves a round trip or two per exchange.
+   * code exchange writes). A store that offers it saves a round trip or two per exchange. Like
+   * saveGrant, it throws GrantRevokedError (and writes nothing) for an id revoked in advance.
    */
   saveGrantWithTokens? (
     grant: GrantRecord,
@@ -171,13 +186,15 @@ export interface TokenStore {
   getRefreshToken (hash: string, now: number): Promise<RefreshTokenRecord | null>
   /**
    * Compare-and-swap: if `oldHash` is live and not yet rotated, mark it rotated at `now` (keeping
-   * `successor`) and store `next` in the same family, atomically. N concurrent callers: one wins.
+   * `successor` until `successorUntil`, or as long as the token when that is absent) and store
+   * `next` in the same family, atomically. N concurrent callers: one wins.
    */
   rotateRefreshToken (
     oldHash: string,
     next: { hash: string, token: RefreshTokenRecord },
     now: number,
-    successor?: string
+    successor?: string,
+    successorUntil?: number
   ): Promise<RotateResult>
   /**
    * Optional: rotateRefreshToken that also saves the new access token (into the family), in the
@@ -189,8 +206,16 @@ export interface TokenStore {
     next: { hash: string, token: RefreshTokenRecord },
     access: { hash: string, token: AccessTokenRecord },
     now: number,
-    successor?: string
+    successor?: string,
+    successorUntil?: number
   ): Promise<RotateResult>
+  /**
+   * Optional: one replay of a rotated token inside its grace window. Atomically counts it and
+   * returns the kept `successor` with the count so far (1 for the first replay), or null when the
+   * token is not a live rotated one or its successor is no longer kept. The count is what caps
+   * replays across replicas; a store without it leaves replays uncounted.
+   */
+  replayRefreshToken? (hash: string, now: number): Promise<{ successor: string, replays: number } | null>
 
   /** Remove a grant with every access and refresh token of its family. False when already gone. */
   revokeGrant (grantId: string): Promise<boolean>
@@ -214,7 +239,10 @@ export interface FlowStore {
   saveCode (hash: string, code: CodeRecord): Promise<void>
   /**
    * Take-once with memory: the first call gets `ok`; later calls get `reused` until `retainUntil`
-   * (or the code's own expiry, whichever is later), then `unknown`.
+   * (or the code's own expiry, whichever is later), then `unknown`. A `reused` answer also revokes
+   * the code's `grantId` in advance, in the same atomic step: until that same time, saveGrant and
+   * saveGrantWithTokens refuse the id (GrantRevokedError), so a first exchange still writing its
+   * grant cannot issue tokens that outlive the replay.
    */
   consumeCode (hash: string, now: number, retainUntil: number): Promise<ConsumeCodeResult>
 }

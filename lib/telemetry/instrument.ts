@@ -8,7 +8,7 @@ import { UpstreamError } from '../providers/types.js'
 export const STORE_OPERATIONS = [
   'saveGrant', 'saveGrantWithTokens', 'getGrant', 'updateGrantUpstream',
   'saveAccessToken', 'getAccessToken', 'deleteAccessToken',
-  'saveRefreshToken', 'getRefreshToken', 'rotateRefreshToken', 'rotateRefreshTokenWithAccess', 'revokeGrant', 'listGrants',
+  'saveRefreshToken', 'getRefreshToken', 'rotateRefreshToken', 'rotateRefreshTokenWithAccess', 'replayRefreshToken', 'revokeGrant', 'listGrants',
   'saveClient', 'getClient', 'deleteClient', 'countClientsFrom',
   'saveFlow', 'takeFlow', 'saveCode', 'consumeCode'
 ] as const

@@ -1,5 +1,6 @@
 import type { Test } from 'tap'
-import type { ClientRecord, GrantRecord, Store } from '../../lib/storage/types.js'
+import type { ClientRecord, CodeRecord, GrantRecord, Store } from '../../lib/storage/types.js'
+import { GrantRevokedError } from '../../lib/storage/types.js'
 import { generateId, generateToken, hashToken } from '../../lib/core/tokens.js'
 
 /**
@@ -178,6 +179,82 @@ export function storeContract (t: Test, make: () => Promise<Store>, { answersNow
     t.same(await store.getRefreshToken(h2, T0 + 2000), refresh(g))
     t.same(await store.rotateRefreshToken(hashToken('unknown'), { hash: hashToken('x'), token: refresh(g) }, T0), { status: 'unknown' })
     t.same(await store.rotateRefreshToken(h2, { hash: hashToken('y'), token: refresh(g) }, T0 + 12 * HOUR), { status: 'unknown' }, 'expired')
+  })
+
+  t.test('successor data: kept only until successorUntil, replays counted once each, gone with the family', async t => {
+    const store = await fresh(t)
+    const g = grant()
+    await store.saveGrant(g)
+    const h1 = hashToken(generateToken('refreshToken'))
+    await store.saveRefreshToken(h1, refresh(g))
+    const now = T0 + 1000
+    // Redis keeps it by a key TTL (real time), the memory store by the caller's clock: both move on here.
+    const WINDOW = 150
+    t.equal((await store.rotateRefreshToken(h1, { hash: hashToken(generateToken('refreshToken')), token: refresh(g) }, now, 'salt scope', now + WINDOW)).status, 'rotated')
+    t.equal((await store.getRefreshToken(h1, now))?.successor, 'salt scope', 'kept within the window')
+    const lost = await store.rotateRefreshToken(h1, { hash: hashToken('other'), token: refresh(g) }, now + 1)
+    t.equal(lost.status === 'already_rotated' ? lost.previous.successor : undefined, 'salt scope', 'a losing rotation sees it too')
+    if (store.replayRefreshToken !== undefined) {
+      t.same(await store.replayRefreshToken(h1, now), { successor: 'salt scope', replays: 1 })
+      const racing = await Promise.all(Array.from({ length: 10 }, () => store.replayRefreshToken?.(h1, now)))
+      t.same(racing.map(r => r?.replays).sort((a, b) => (a ?? 0) - (b ?? 0)), [2, 3, 4, 5, 6, 7, 8, 9, 10, 11], 'concurrent replays each get their own count')
+      t.equal(await store.replayRefreshToken(hashToken('never-issued'), now), null)
+    }
+    await new Promise(resolve => setTimeout(resolve, WINDOW + 50))
+    const after = await store.getRefreshToken(h1, now + WINDOW + 50)
+    t.equal(after?.rotatedAt, now, 'past the window the token still serves reuse detection')
+    t.equal(after?.successor, undefined, 'but its successor data is gone')
+    if (store.replayRefreshToken !== undefined) t.equal(await store.replayRefreshToken(h1, now + WINDOW + 50), null, 'no replay past the window')
+
+    const h2 = hashToken(generateToken('refreshToken'))
+    await store.saveRefreshToken(h2, refresh(g))
+    await store.rotateRefreshToken(h2, { hash: hashToken(generateToken('refreshToken')), token: refresh(g) }, now, 'kept', now + HOUR)
+    const h3 = hashToken(generateToken('refreshToken'))
+    await store.saveRefreshToken(h3, refresh(g))
+    t.equal((await store.replayRefreshToken?.(h3, now)) ?? null, null, 'a token never rotated is no replay')
+    t.equal(await store.revokeGrant(g.grantId), true)
+    t.equal(await store.getRefreshToken(h2, now), null)
+    if (store.replayRefreshToken !== undefined) t.equal(await store.replayRefreshToken(h2, now), null, 'nothing replays once the family is revoked')
+  })
+
+  t.test('a reused code revokes its grant id in advance: the grant cannot be written until the retention ends', async t => {
+    const store = await fresh(t)
+    const g = grant()
+    const code: CodeRecord = {
+      clientId: g.clientId,
+      redirectUri: 'http://127.0.0.1/cb',
+      codeChallenge: 'E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM',
+      codeChallengeMethod: 'S256',
+      scopes: g.scopes,
+      resource: g.resource,
+      grantId: g.grantId,
+      userId: g.userId,
+      issuedAt: T0,
+      expiresAt: T0 + 100
+    }
+    const h = hashToken(generateToken('authorizationCode'))
+    await store.saveCode(h, code)
+    t.equal((await store.consumeCode(h, T0 + 10, T0 + 150)).status, 'ok')
+    const other = grant({ userId: 'user-2' })
+    await store.saveGrant(other)
+    t.same(await store.getGrant(other.grantId, T0), other, 'a consumed (not replayed) code blocks nothing')
+    t.equal((await store.consumeCode(h, T0 + 20, T0 + 150)).status, 'reused')
+    const early = { ...g, createdAt: T0 + 30 }
+    await t.rejects(store.saveGrant(early), GrantRevokedError, 'saveGrant refuses the id')
+    if (store.saveGrantWithTokens !== undefined) {
+      const a = hashToken(generateToken('accessToken'))
+      const r = hashToken(generateToken('refreshToken'))
+      await t.rejects(store.saveGrantWithTokens(early, { hash: a, token: access(g) }, { hash: r, token: refresh(g) }), GrantRevokedError, 'saveGrantWithTokens too')
+      t.equal(await store.getAccessToken(a, T0 + 30), null, 'and writes none of its tokens')
+      t.equal(await store.getRefreshToken(r, T0 + 30), null)
+    }
+    t.equal(await store.getGrant(g.grantId, T0 + 30), null, 'no grant was written')
+    t.same(await store.listGrants({ userId: g.userId }, T0 + 30), [], 'nor indexed')
+    // Past the retention (real time for Redis's key TTL, the grant's own date for the memory store).
+    await new Promise(resolve => setTimeout(resolve, 200))
+    const late = { ...g, createdAt: T0 + 200 }
+    await store.saveGrant(late)
+    t.same(await store.getGrant(g.grantId, T0 + 200), late, 'the id is free again once the retention is over')
   })
 
   t.test('concurrent rotations of one token: exactly one wins', async t => {
