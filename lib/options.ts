@@ -353,7 +353,7 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
     upstreamTimeoutMs: data.upstreamTimeoutMs ?? 10_000,
     // Real clients retry refreshes in bursts of 33-76 s: a shorter window logs their users out.
     refreshGraceSeconds: data.refreshGraceSeconds ?? 60,
-    refreshGraceMaxReplays: data.refreshGraceMaxReplays ?? 10,
+    refreshGraceMaxReplays: data.refreshGraceMaxReplays ?? 50,
     clockSkewSeconds: data.clockSkewSeconds ?? 0,
     rateLimits: {
       enabled: data.rateLimit?.enabled ?? true,

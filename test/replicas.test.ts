@@ -108,9 +108,8 @@ function replicaTests (server: RedisServer): void {
 
   t.test('20 concurrent refreshes split across both keep exactly one family', async t => {
     const p = prefix()
-    // 19 replays allowed: this test is about one family across replicas, not about the cap.
-    const a = await replica(t, server, p, { refreshGraceMaxReplays: 19 })
-    const b = await replica(t, server, p, { refreshGraceMaxReplays: 19 })
+    const a = await replica(t, server, p)
+    const b = await replica(t, server, p)
     const tokens = await issue(a, 'carol')
     const issued = await a.mcpOAuth.validator.validate(tokens.access_token)
     const grantId = issued.valid ? issued.auth.grantId : 'none'
