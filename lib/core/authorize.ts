@@ -10,7 +10,7 @@ import type { GrantService, NewGrant, TokenResponse } from './grants.js'
 import { isValidChallenge, verifyPkce, type PkceMethod } from './pkce.js'
 import { isLoopbackRedirect, matchRedirectUri } from './redirect.js'
 import { matchResource } from './resource.js'
-import { decideScopes } from './scopes.js'
+import { assertClientHolds, decideClientScopes } from './scopes.js'
 import { generateId, generateToken, hashToken, looksLike, safeEqual } from './tokens.js'
 
 /** An authorization request that passed every check; what the consent page shows and signs. */
@@ -153,7 +153,7 @@ export class AuthorizationFlow {
     }
     const resourceConfig = config.resources.find(r => r.resource === resource)
     const supported = resourceConfig?.scopes ?? config.scopes
-    const scopes = decideScopes(single(params, 'scope').value, supported, config.defaultScopes.filter(s => supported.includes(s)))
+    const scopes = decideClientScopes(single(params, 'scope').value, supported, config.defaultScopes.filter(s => supported.includes(s)), client)
     if (!scopes.ok) return fail('invalid_scope', scopes.description)
     if (scopes.scopes.length === 0) return fail('invalid_scope', 'No scope could be granted')
 
@@ -302,6 +302,7 @@ export class AuthorizationFlow {
       throw new OAuthError('invalid_grant', 'The authorization code is invalid, expired or already used')
     }
     if (record.clientId !== client.clientId) throw new OAuthError('invalid_grant', 'The authorization code was issued to another client')
+    assertClientHolds(record.scopes, client)
     const redirectUri = body.redirect_uri
     if (redirectUri !== undefined && redirectUri !== record.redirectUri) {
       throw new OAuthError('invalid_grant', 'redirect_uri does not match the authorization request')
