@@ -168,24 +168,29 @@ export class RegistrationService {
     this.#d = deps
   }
 
-  /** Is this caller allowed to register, given the mode, its bearer token and the redirect URIs? */
-  authorize (authorization: string | undefined, body: unknown): void {
+  /**
+   * Is this caller allowed to register, given the mode, its bearer token and the redirect URIs?
+   * Returns whether it presented the initial access token (what its later updates may do depends on it).
+   */
+  authorize (authorization: string | undefined, body: unknown): boolean {
     const { registration } = this.#d.config
-    if (registration.mode === 'public') return
+    if (registration.mode === 'public') return false
     const m = authorization === undefined ? null : /^bearer +(\S+) *$/i.exec(authorization)
-    if (m !== null && registration.token !== undefined && safeEqual(m[1] as string, registration.token)) return
-    if (m === null && registration.trustedSchemes.length > 0 && body !== null && typeof body === 'object') {
-      const uris = (body as { redirect_uris?: unknown }).redirect_uris
-      const trusted = Array.isArray(uris) && uris.length > 0 && uris.every(u => typeof u === 'string' &&
-        registration.trustedSchemes.some(s => u.toLowerCase().startsWith(`${s}:`)))
-      if (trusted) return
-    }
+    if (m !== null && registration.token !== undefined && safeEqual(m[1] as string, registration.token)) return true
+    if (m === null && body !== null && typeof body === 'object' && this.#trusted((body as { redirect_uris?: unknown }).redirect_uris)) return false
     throw new OAuthError('invalid_token', m === null ? 'Registration requires an initial access token' : 'The initial access token is invalid', {
       headers: { 'www-authenticate': 'Bearer error="invalid_token"' }
     })
   }
 
-  async register (body: unknown, registeredFrom: string): Promise<ClientInformation> {
+  /** In mode "token": may a client without the initial access token hold these redirect URIs? */
+  #trusted (uris: unknown): boolean {
+    const schemes = this.#d.config.registration.trustedSchemes
+    return schemes.length > 0 && Array.isArray(uris) && uris.length > 0 &&
+      uris.every(u => typeof u === 'string' && schemes.some(s => u.toLowerCase().startsWith(`${s}:`)))
+  }
+
+  async register (body: unknown, registeredFrom: string, withToken = false): Promise<ClientInformation> {
     const meta = validateClientMetadata(body, this.#d.config)
     const now = this.#d.now()
     const { maxClientsPerIp, unusedClientTtlSeconds } = this.#d.config.registration
@@ -202,6 +207,7 @@ export class RegistrationService {
       registeredFrom,
       registrationTokenHash: hashToken(registrationToken)
     }
+    if (withToken) record.registeredWithToken = true
     if (unusedClientTtlSeconds > 0) record.expiresAt = now + unusedClientTtlSeconds * 1000
     if (secret !== undefined) {
       record.clientSecretHash = hashToken(secret)
@@ -234,6 +240,13 @@ export class RegistrationService {
       }
     }
     const meta = validateClientMetadata(body, this.#d.config)
+    // An update passes the policy a registration passes: without the initial access token, only what
+    // a registration without it could hold (clients registered in mode "public" count as without).
+    if (this.#d.config.registration.mode === 'token' && client.registeredWithToken !== true && !this.#trusted(meta.redirectUris)) {
+      const schemes = this.#d.config.registration.trustedSchemes
+      throw new OAuthError('invalid_redirect_uri', 'This client registered without the initial access token: every redirect URI must use a trusted scheme' +
+        (schemes.length > 0 ? ` (${schemes.join(', ')})` : ' (none is configured)'))
+    }
     const changingAuth = meta.tokenEndpointAuthMethod !== client.tokenEndpointAuthMethod
     let secret: string | undefined
     const registrationToken = generateToken('registrationToken')
@@ -245,6 +258,7 @@ export class RegistrationService {
       registrationTokenHash: hashToken(registrationToken)
     }
     if (client.registeredFrom !== undefined) updated.registeredFrom = client.registeredFrom
+    if (client.registeredWithToken === true) updated.registeredWithToken = true
     if (client.expiresAt !== undefined) updated.expiresAt = client.expiresAt
     if (meta.tokenEndpointAuthMethod !== 'none') {
       if (changingAuth || client.clientSecretHash === undefined) {

@@ -41,6 +41,11 @@ export interface ClientRecord {
   source: 'dcr' | 'static' | 'cimd'
   /** The address that registered it, for per-IP caps. Never exposed. */
   registeredFrom?: string
+  /**
+   * Registered with the initial access token (registration mode "token"). Without it, RFC 7592
+   * updates stay within what a registration without the token may hold (trusted schemes only).
+   */
+  registeredWithToken?: boolean
   /** Epoch ms; unused dynamic clients may expire. */
   expiresAt?: number
 }
