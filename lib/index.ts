@@ -156,7 +156,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   })
   const flow = new AuthorizationFlow({ config, store, provider, grants, keyRing, auditor, now, findClient, revokeGrant })
   const refresh = new RefreshService({ config, store, auditor, now, revokeGrant })
-  const registration = new RegistrationService({ config, store, auditor, now })
+  const registration = new RegistrationService({ config, store, auditor, now, revokeClient: clientId => revocation.revokeClient(clientId) })
 
   fastify.decorate('mcpOAuth', {
     authenticate: createAuthenticate(config, validator, limiter),

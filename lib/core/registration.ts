@@ -11,6 +11,8 @@ export interface RegistrationDeps {
   store: Store
   auditor: Auditor
   now: () => number
+  /** Every grant of a client, with its upstream tokens (the same path as `revokeClient()`). */
+  revokeClient: (clientId: string) => Promise<number>
 }
 
 /** RFC 7591 §3.2.1 client information response (plus RFC 7592 management fields). */
@@ -275,8 +277,8 @@ export class RegistrationService {
 
   async delete (clientId: string, authorization: string | undefined): Promise<void> {
     await this.#managed(clientId, authorization)
-    const grants = await this.#d.store.listGrants({ clientId }, this.#d.now())
-    for (const grantId of grants) await this.#d.store.revokeGrant(grantId)
+    // Grants first: should this fail, the client is still there to try again.
+    await this.#d.revokeClient(clientId)
     await this.#d.store.deleteClient(clientId)
     this.#d.auditor.emit('client_deleted', { clientId })
   }
