@@ -69,7 +69,7 @@ export const OptionsSchema = Type.Object({
     token: Type.Optional(Type.String({ minLength: 32, description: 'Initial access token for mode "token"' })),
     allowPublicClients: Type.Optional(Type.Boolean({ description: 'Allow token_endpoint_auth_method "none"' })),
     maxClientsPerIp: Type.Optional(Type.Integer({ minimum: 0, description: 'Live dynamic clients one address may hold; 0 = no cap' })),
-    unusedClientTtlSeconds: Type.Optional(Type.Integer({ minimum: 0, description: 'Remove dynamic clients unused this long (never while they have live grants); 0 = never' })),
+    unusedClientTtlSeconds: Type.Optional(Type.Integer({ minimum: 0, description: 'Remove dynamic clients this long after registration or last use (never while a token of theirs is alive); 0 = never' })),
     trustedSchemes: Type.Optional(Type.Array(Type.String({ pattern: '^[a-z][a-z0-9+.-]*$' }), {
       description: 'In mode "token": clients whose redirect URIs all use one of these schemes may register without the token'
     }))
@@ -323,7 +323,7 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
       allowPublicClients: data.registration?.allowPublicClients ?? true,
       trustedSchemes: data.registration?.trustedSchemes ?? [],
       maxClientsPerIp: data.registration?.maxClientsPerIp ?? 0,
-      unusedClientTtlSeconds: data.registration?.unusedClientTtlSeconds ?? 0,
+      unusedClientTtlSeconds: data.registration?.unusedClientTtlSeconds ?? 30 * 86400,
       ...(data.registration?.token !== undefined ? { token: data.registration.token } : {})
     },
     redirects: {
@@ -369,6 +369,7 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
   if (config.pkce.allowPlain) warnings.push('pkce.allowPlain is on: the "plain" PKCE method protects nothing against an observer of the authorization request')
   if (!config.pkce.required) warnings.push('pkce.required is off: clients may skip PKCE (OAuth 2.1 requires it)')
   if (config.registration.mode === 'public') warnings.push('registration.mode is "public": anyone can register a client (normal for MCP; keep rate limits on)')
+  if (config.registration.mode !== 'off' && config.registration.unusedClientTtlSeconds === 0) warnings.push('registration.unusedClientTtlSeconds is 0: dynamically registered clients are kept forever, however many are registered')
   if (config.registration.mode === 'token' && config.registration.token === undefined) throw bad('registration.token', 'is required when registration.mode is "token"')
   if (config.refreshGraceSeconds === 0) warnings.push('refreshGraceSeconds is 0: a client that retries a refresh after a lost response loses its whole grant')
   if (config.refreshGraceSeconds > 60) warnings.push(`refreshGraceSeconds is ${config.refreshGraceSeconds}: a stolen, already used refresh token stays usable that long`)
@@ -440,7 +441,7 @@ function checkProvider (provider: unknown): void {
 function checkStore (store: unknown): void {
   const required = ['saveGrant', 'getGrant', 'updateGrantUpstream', 'saveAccessToken', 'getAccessToken',
     'deleteAccessToken', 'saveRefreshToken', 'getRefreshToken', 'rotateRefreshToken', 'revokeGrant',
-    'listGrants', 'saveClient', 'getClient', 'deleteClient', 'countClientsFrom', 'saveFlow', 'takeFlow', 'saveCode', 'consumeCode']
+    'listGrants', 'saveClient', 'getClient', 'deleteClient', 'renewClient', 'countClientsFrom', 'saveFlow', 'takeFlow', 'saveCode', 'consumeCode']
   if (store === null || typeof store !== 'object') throw bad('store', 'must be an object implementing the storage contract')
   const missing = required.filter(m => typeof (store as Record<string, unknown>)[m] !== 'function')
   if (missing.length > 0) throw bad('store', `does not implement ${missing.join(', ')}`)

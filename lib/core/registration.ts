@@ -38,6 +38,8 @@ const URL_FIELDS = ['client_uri', 'logo_uri', 'tos_uri', 'policy_uri'] as const
 const STRING_FIELDS = ['software_id', 'software_version'] as const
 const MAX_STRING = 2000
 const MAX_REDIRECTS = 20
+/** How much further than needed a use moves a client's expiry: at most one write per client per hour. */
+const RENEW_SLACK_MS = 3_600_000
 
 function bad (description: string): OAuthError {
   return new OAuthError('invalid_client_metadata', description)
@@ -284,17 +286,20 @@ export class RegistrationService {
   }
 
   /**
-   * A dynamic client with an unused-expiry lives at least as long as its newest grant plus the
-   * unused period: it is never removed while it has live grants. Written only when it moves a lot.
+   * A use of a client (a request naming it at the authorization, token, revocation or introspection
+   * endpoint). A dynamic client then lives `unusedClientTtlSeconds` longer, or as long as a token
+   * issued now may be used (the refresh token's lifetime) if that is longer: it never expires while
+   * a token of its is alive. The expiry is set a little further (an hour by default) than needed, so
+   * that a busy client is written at most about once an hour; other uses cost nothing.
    */
-  async keepAlive (client: ClientRecord, grantExpiresAt: number): Promise<void> {
-    const ttl = this.#d.config.registration.unusedClientTtlSeconds * 1000
-    if (client.source !== 'dcr' || client.expiresAt === undefined || ttl === 0) return
-    const wanted = grantExpiresAt + ttl
-    if (client.expiresAt >= wanted - ttl / 2) return
-    const current = await this.#d.store.getClient(client.clientId, this.#d.now())
-    if (current === null) return
-    await this.#d.store.saveClient({ ...current, expiresAt: Math.max(wanted, current.expiresAt ?? 0) })
+  async keepAlive (client: ClientRecord): Promise<void> {
+    const { registration, ttl } = this.#d.config
+    const unused = registration.unusedClientTtlSeconds * 1000
+    if (client.source !== 'dcr' || unused === 0) return
+    const now = this.#d.now()
+    const keep = Math.max(unused, ttl.refreshToken * 1000, ttl.accessToken * 1000)
+    if (client.expiresAt !== undefined && client.expiresAt >= now + keep) return
+    await this.#d.store.renewClient(client.clientId, now + keep + Math.min(RENEW_SLACK_MS, keep / 10), now)
   }
 
   /** RFC 7592 §2: a wrong token and an unknown client look the same (401 invalid_token). */

@@ -207,6 +207,12 @@ export interface ClientStore {
   saveClient (client: ClientRecord): Promise<void>
   getClient (clientId: string, now: number): Promise<ClientRecord | null>
   deleteClient (clientId: string): Promise<boolean>
+  /**
+   * A use of a client: move its expiry to `expiresAt` when that is later (a client without one gets
+   * it), with whatever else it keeps (the per-address count follows). Never lost against a concurrent
+   * saveClient, nor loses it. False when the client is gone or expired at `now`.
+   */
+  renewClient (clientId: string, expiresAt: number, now: number): Promise<boolean>
   /** Live clients registered from this address (per-IP cap on dynamic registration). */
   countClientsFrom (address: string, now: number): Promise<number>
 }
