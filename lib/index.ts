@@ -122,6 +122,8 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
       timeoutMs: config.cimd.timeoutMs,
       minCacheSeconds: config.cimd.minCacheSeconds,
       maxCacheSeconds: config.cimd.maxCacheSeconds,
+      maxConcurrentFetches: config.cimd.maxConcurrentFetches,
+      failureCacheSeconds: config.cimd.failureCacheSeconds,
       allowPrivateAddresses: config.cimd.allowPrivateAddresses,
       now,
       // A client known by its metadata document "registers" each time the document is (re)fetched.

@@ -109,6 +109,8 @@ export const OptionsSchema = Type.Object({
     timeoutMs: Type.Optional(Type.Integer({ minimum: 100, maximum: 30_000 })),
     minCacheSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 86400 })),
     maxCacheSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 7 * 86400 })),
+    maxConcurrentFetches: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, description: 'Documents fetched at once; a request needing one more gets 503 temporarily_unavailable' })),
+    failureCacheSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 3600, description: 'A failed fetch is answered from memory this long; 0 = fetch again every time' })),
     allowPrivateAddresses: Type.Optional(Type.Boolean({ description: 'TESTS ONLY: fetch documents from private/loopback addresses' }))
   }, { additionalProperties: false })),
   rateLimit: Type.Optional(Type.Object({
@@ -205,7 +207,7 @@ export interface ResolvedConfig {
   cors: { origins: string[] | '*', credentials: boolean } | null
   /** Send Strict-Transport-Security (issuer is https). */
   hsts: boolean
-  cimd: { enabled: boolean, timeoutMs: number, minCacheSeconds: number, maxCacheSeconds: number, allowPrivateAddresses: boolean }
+  cimd: { enabled: boolean, timeoutMs: number, minCacheSeconds: number, maxCacheSeconds: number, maxConcurrentFetches: number, failureCacheSeconds: number, allowPrivateAddresses: boolean }
   introspection: { resourceServers: Array<{ id: string, secret: string }> }
   upstreamRefreshThresholdSeconds: number
   /** Settings that weaken security, each a sentence for the start-up log. */
@@ -359,6 +361,8 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
       timeoutMs: data.clientIdMetadataDocuments?.timeoutMs ?? 5000,
       minCacheSeconds: data.clientIdMetadataDocuments?.minCacheSeconds ?? 60,
       maxCacheSeconds: data.clientIdMetadataDocuments?.maxCacheSeconds ?? 86400,
+      maxConcurrentFetches: data.clientIdMetadataDocuments?.maxConcurrentFetches ?? 16,
+      failureCacheSeconds: data.clientIdMetadataDocuments?.failureCacheSeconds ?? 30,
       allowPrivateAddresses: data.clientIdMetadataDocuments?.allowPrivateAddresses ?? false
     },
     introspection: { resourceServers: data.introspection?.resourceServers ?? [] },

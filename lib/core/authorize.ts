@@ -89,7 +89,7 @@ export class AuthorizationFlow {
     try {
       client = await this.#d.findClient(clientId.value)
     } catch (err) {
-      if (err instanceof OAuthError) return page('Unknown application', err.message)
+      if (err instanceof OAuthError && err.statusCode < 500) return page('Unknown application', err.message)
       throw err
     }
     if (client === null) return page('Unknown application', 'This application is not registered with this server.')
