@@ -38,8 +38,13 @@ const URL_FIELDS = ['client_uri', 'logo_uri', 'tos_uri', 'policy_uri'] as const
 const STRING_FIELDS = ['software_id', 'software_version'] as const
 const MAX_STRING = 2000
 const MAX_REDIRECTS = 20
-/** How much further than needed a use moves a client's expiry: at most one write per client per hour. */
-const RENEW_SLACK_MS = 3_600_000
+/**
+ * How much further than needed a use moves a client's expiry, so that a busy client is written at
+ * most once an hour: an hour, or a tenth of a shorter period.
+ */
+function renewSlack (periodMs: number): number {
+  return Math.min(3_600_000, periodMs / 10)
+}
 
 function bad (description: string): OAuthError {
   return new OAuthError('invalid_client_metadata', description)
@@ -212,7 +217,8 @@ export class RegistrationService {
       registrationTokenHash: hashToken(registrationToken)
     }
     if (withToken) record.registeredWithToken = true
-    if (unusedClientTtlSeconds > 0) record.expiresAt = now + unusedClientTtlSeconds * 1000
+    // As a use sets it (keepAlive): the client's first requests, right after, write nothing.
+    if (unusedClientTtlSeconds > 0) record.expiresAt = now + unusedClientTtlSeconds * 1000 + renewSlack(unusedClientTtlSeconds * 1000)
     if (secret !== undefined) {
       record.clientSecretHash = hashToken(secret)
       record.clientSecretExpiresAt = 0
@@ -289,8 +295,8 @@ export class RegistrationService {
    * A use of a client (a request naming it at the authorization, token, revocation or introspection
    * endpoint). A dynamic client then lives `unusedClientTtlSeconds` longer, or as long as a token
    * issued now may be used (the refresh token's lifetime) if that is longer: it never expires while
-   * a token of its is alive. The expiry is set a little further (an hour by default) than needed, so
-   * that a busy client is written at most about once an hour; other uses cost nothing.
+   * a token of its is alive. The expiry is set a little further than needed (renewSlack), so that a
+   * busy client is written at most about once an hour; other uses cost nothing.
    */
   async keepAlive (client: ClientRecord): Promise<void> {
     const { registration, ttl } = this.#d.config
@@ -299,7 +305,7 @@ export class RegistrationService {
     const now = this.#d.now()
     const keep = Math.max(unused, ttl.refreshToken * 1000, ttl.accessToken * 1000)
     if (client.expiresAt !== undefined && client.expiresAt >= now + keep) return
-    await this.#d.store.renewClient(client.clientId, now + keep + Math.min(RENEW_SLACK_MS, keep / 10), now)
+    await this.#d.store.renewClient(client.clientId, now + keep + renewSlack(keep), now)
   }
 
   /** RFC 7592 §2: a wrong token and an unknown client look the same (401 invalid_token). */
