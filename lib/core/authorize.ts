@@ -302,7 +302,6 @@ export class AuthorizationFlow {
       throw new OAuthError('invalid_grant', 'The authorization code is invalid, expired or already used')
     }
     if (record.clientId !== client.clientId) throw new OAuthError('invalid_grant', 'The authorization code was issued to another client')
-    assertClientHolds(record.scopes, client)
     const redirectUri = body.redirect_uri
     if (redirectUri !== undefined && redirectUri !== record.redirectUri) {
       throw new OAuthError('invalid_grant', 'redirect_uri does not match the authorization request')
@@ -322,6 +321,7 @@ export class AuthorizationFlow {
         throw new OAuthError('invalid_target', 'The resource does not match the authorization request')
       }
     }
+    assertClientHolds(record.scopes, client)
     const input: NewGrant = {
       grantId: record.grantId,
       userId: record.userId,
