@@ -124,6 +124,8 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
       timeoutMs: config.cimd.timeoutMs,
       minCacheSeconds: config.cimd.minCacheSeconds,
       maxCacheSeconds: config.cimd.maxCacheSeconds,
+      maxConcurrentFetches: config.cimd.maxConcurrentFetches,
+      failureCacheSeconds: config.cimd.failureCacheSeconds,
       allowPrivateAddresses: config.cimd.allowPrivateAddresses,
       now,
       // A client known by its metadata document "registers" each time the document is (re)fetched.
@@ -133,7 +135,10 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
     : undefined
   const findClient = async (clientId: string): Promise<ClientRecord | null> => {
     if (cimd !== undefined && CimdResolver.isCimdClientId(clientId)) return cimd.resolve(clientId)
-    return store.getClient(clientId, now())
+    const client = await store.getClient(clientId, now())
+    // Every request that names a stored client is a use of it: it renews a dynamic client's expiry.
+    if (client !== null) await registration.keepAlive(client)
+    return client
   }
 
   // Background work (upstream revocation retries) runs on unref'd timers released on close.
@@ -164,7 +169,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
     recheck: grant => upstream.recheck(grant),
     successorKey: deploymentKeys.key('refresh-successor')
   })
-  const registration = new RegistrationService({ config, store, auditor, now })
+  const registration = new RegistrationService({ config, store, auditor, now, revokeClient: clientId => revocation.revokeClient(clientId) })
 
   fastify.decorate('mcpOAuth', {
     authenticate: createAuthenticate(config, validator, limiter),

@@ -70,7 +70,7 @@ export const OptionsSchema = Type.Object({
     token: Type.Optional(Type.String({ minLength: 32, description: 'Initial access token for mode "token"' })),
     allowPublicClients: Type.Optional(Type.Boolean({ description: 'Allow token_endpoint_auth_method "none"' })),
     maxClientsPerIp: Type.Optional(Type.Integer({ minimum: 0, description: 'Live dynamic clients one address may hold; 0 = no cap' })),
-    unusedClientTtlSeconds: Type.Optional(Type.Integer({ minimum: 0, description: 'Remove dynamic clients unused this long (never while they have live grants); 0 = never' })),
+    unusedClientTtlSeconds: Type.Optional(Type.Integer({ minimum: 0, description: 'Remove dynamic clients this long after registration or last use (never while a token of theirs is alive); 0 = never' })),
     trustedSchemes: Type.Optional(Type.Array(Type.String({ pattern: '^[a-z][a-z0-9+.-]*$' }), {
       description: 'In mode "token": clients whose redirect URIs all use one of these schemes may register without the token'
     }))
@@ -112,6 +112,8 @@ export const OptionsSchema = Type.Object({
     timeoutMs: Type.Optional(Type.Integer({ minimum: 100, maximum: 30_000 })),
     minCacheSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 86400 })),
     maxCacheSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 7 * 86400 })),
+    maxConcurrentFetches: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, description: 'Documents fetched at once; a request needing one more gets 503 temporarily_unavailable' })),
+    failureCacheSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 3600, description: 'A failed fetch is answered from memory this long; 0 = fetch again every time' })),
     allowPrivateAddresses: Type.Optional(Type.Boolean({ description: 'TESTS ONLY: fetch documents from private/loopback addresses' }))
   }, { additionalProperties: false })),
   rateLimit: Type.Optional(Type.Object({
@@ -210,7 +212,7 @@ export interface ResolvedConfig {
   cors: { origins: string[] | '*', credentials: boolean } | null
   /** Send Strict-Transport-Security (issuer is https). */
   hsts: boolean
-  cimd: { enabled: boolean, timeoutMs: number, minCacheSeconds: number, maxCacheSeconds: number, allowPrivateAddresses: boolean }
+  cimd: { enabled: boolean, timeoutMs: number, minCacheSeconds: number, maxCacheSeconds: number, maxConcurrentFetches: number, failureCacheSeconds: number, allowPrivateAddresses: boolean }
   introspection: { resourceServers: Array<{ id: string, secret: string }> }
   upstreamRefreshThresholdSeconds: number
   upstreamRecheckSeconds: number
@@ -332,7 +334,7 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
       allowPublicClients: data.registration?.allowPublicClients ?? true,
       trustedSchemes: data.registration?.trustedSchemes ?? [],
       maxClientsPerIp: data.registration?.maxClientsPerIp ?? 0,
-      unusedClientTtlSeconds: data.registration?.unusedClientTtlSeconds ?? 0,
+      unusedClientTtlSeconds: data.registration?.unusedClientTtlSeconds ?? 30 * 86400,
       ...(data.registration?.token !== undefined ? { token: data.registration.token } : {})
     },
     redirects: {
@@ -371,6 +373,8 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
       timeoutMs: data.clientIdMetadataDocuments?.timeoutMs ?? 5000,
       minCacheSeconds: data.clientIdMetadataDocuments?.minCacheSeconds ?? 60,
       maxCacheSeconds: data.clientIdMetadataDocuments?.maxCacheSeconds ?? 86400,
+      maxConcurrentFetches: data.clientIdMetadataDocuments?.maxConcurrentFetches ?? 16,
+      failureCacheSeconds: data.clientIdMetadataDocuments?.failureCacheSeconds ?? 30,
       allowPrivateAddresses: data.clientIdMetadataDocuments?.allowPrivateAddresses ?? false
     },
     introspection: { resourceServers: data.introspection?.resourceServers ?? [] },
@@ -382,6 +386,7 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
   if (config.pkce.allowPlain) warnings.push('pkce.allowPlain is on: the "plain" PKCE method protects nothing against an observer of the authorization request')
   if (!config.pkce.required) warnings.push('pkce.required is off: clients may skip PKCE (OAuth 2.1 requires it)')
   if (config.registration.mode === 'public') warnings.push('registration.mode is "public": anyone can register a client (normal for MCP; keep rate limits on)')
+  if (config.registration.mode !== 'off' && config.registration.unusedClientTtlSeconds === 0) warnings.push('registration.unusedClientTtlSeconds is 0: dynamically registered clients are kept forever, however many are registered')
   if (config.registration.mode === 'token' && config.registration.token === undefined) throw bad('registration.token', 'is required when registration.mode is "token"')
   if (config.refreshGraceSeconds === 0) warnings.push('refreshGraceSeconds is 0: a client that retries a refresh after a lost response loses its whole grant')
   if (config.refreshGraceSeconds > GRACE_WARN_ABOVE) warnings.push(`refreshGraceSeconds is ${config.refreshGraceSeconds}: a stolen, already used refresh token stays usable that long`)
@@ -458,7 +463,7 @@ function checkProvider (provider: unknown): void {
 function checkStore (store: unknown): void {
   const required = ['saveGrant', 'getGrant', 'updateGrantUpstream', 'saveAccessToken', 'getAccessToken',
     'deleteAccessToken', 'saveRefreshToken', 'getRefreshToken', 'rotateRefreshToken', 'revokeGrant',
-    'listGrants', 'saveClient', 'getClient', 'deleteClient', 'countClientsFrom', 'saveFlow', 'takeFlow', 'saveCode', 'consumeCode']
+    'listGrants', 'saveClient', 'getClient', 'deleteClient', 'renewClient', 'countClientsFrom', 'saveFlow', 'takeFlow', 'saveCode', 'consumeCode']
   if (store === null || typeof store !== 'object') throw bad('store', 'must be an object implementing the storage contract')
   const missing = required.filter(m => typeof (store as Record<string, unknown>)[m] !== 'function')
   if (missing.length > 0) throw bad('store', `does not implement ${missing.join(', ')}`)

@@ -121,6 +121,8 @@ t.test('options are checked', async t => {
   t.throws(() => new CimdResolver({ redirectPolicy: policy, timeoutMs: 0 }), RangeError)
   t.throws(() => new CimdResolver({ redirectPolicy: policy, maxBytes: -1 }), RangeError)
   t.throws(() => new CimdResolver({ redirectPolicy: policy, minCacheSeconds: 100, maxCacheSeconds: 10 }), RangeError)
+  t.throws(() => new CimdResolver({ redirectPolicy: policy, maxConcurrentFetches: 0 }), RangeError)
+  t.throws(() => new CimdResolver({ redirectPolicy: policy, failureCacheSeconds: -1 }), RangeError)
 })
 
 t.test('a valid document becomes a public client record', async t => {
@@ -504,8 +506,9 @@ t.test('cache lifetimes are clamped and follow the headers', async t => {
   }
 })
 
-t.test('failures are not cached', async t => {
-  const { resolver } = makeResolver(t)
+t.test('failures are remembered for failureCacheSeconds, then fetched again', async t => {
+  let clock = 1_700_000_000_000
+  const { resolver } = makeResolver(t, { now: () => clock, failureCacheSeconds: 30 })
   let calls = 0
   const id = route('flaky', (req, res) => {
     if (++calls === 1) {
@@ -515,8 +518,47 @@ t.test('failures are not cached', async t => {
     res.writeHead(200, JSON_TYPE).end(JSON.stringify(doc(`https://${req.headers.host ?? ''}${req.url ?? ''}`)))
   })
   await t.rejects(resolver.resolve(id), refusal(/HTTP 500/))
-  t.equal((await resolver.resolve(id)).clientId, id, 'the next call fetches again and succeeds')
+  await t.rejects(resolver.resolve(id), refusal(/HTTP 500/), 'the same answer within the window')
+  t.equal(calls, 1, 'without fetching again')
+  clock += 30_000
+  t.equal((await resolver.resolve(id)).clientId, id, 'after the window the next call fetches again and succeeds')
   t.equal(calls, 2)
+
+  const { resolver: forgetful } = makeResolver(t, { failureCacheSeconds: 0 })
+  calls = 0
+  await t.rejects(forgetful.resolve(id), refusal(/HTTP 500/))
+  t.equal((await forgetful.resolve(id)).clientId, id, 'failureCacheSeconds 0: nothing remembered')
+  t.equal(calls, 2)
+})
+
+t.test('remembered failures are bounded', async t => {
+  const { resolver } = makeResolver(t, { maxCacheEntries: 2 })
+  const [a, b, c] = ['fail-a', 'fail-b', 'fail-c'].map(name => route(name, (_req, res) => res.writeHead(404).end())) as [string, string, string]
+  for (const id of [a, b, c]) await t.rejects(resolver.resolve(id), refusal(/HTTP 404/))
+  for (const id of [c, b, a]) await t.rejects(resolver.resolve(id), refusal(/HTTP 404/))
+  t.same([hitsOf(a), hitsOf(b), hitsOf(c)], [2, 1, 1], 'the oldest failure was forgotten, the two newest kept')
+})
+
+t.test('at most maxConcurrentFetches fetches at once; one more is refused at once, 503 with Retry-After', async t => {
+  const { resolver } = makeResolver(t, { maxConcurrentFetches: 2, timeoutMs: 10_000 })
+  const waiting: Array<() => void> = []
+  const slow = (name: string) => route(name, (req, res) => {
+    waiting.push(() => res.writeHead(200, JSON_TYPE).end(JSON.stringify(doc(`https://${req.headers.host ?? ''}${req.url ?? ''}`))))
+  })
+  const [a, b, c] = [slow('cap-a'), slow('cap-b'), slow('cap-c')]
+  const pending = [resolver.resolve(a), resolver.resolve(b), resolver.resolve(a)]
+  await until(() => waiting.length === 2)
+  const err = await resolver.resolve(c).catch((e: unknown) => e)
+  t.match(err, { name: 'OAuthError', error: 'temporarily_unavailable', statusCode: 503, headers: { 'retry-after': /^\d+$/ } })
+  t.equal(hitsOf(c), 0, 'nothing was fetched for it')
+  for (const answer of waiting) answer()
+  const records = await Promise.all(pending)
+  t.same(records.map(r => r.clientId), [a, b, a], 'a second caller of a document in flight joins its fetch')
+  waiting.length = 0
+  const third = resolver.resolve(c)
+  await until(() => waiting.length === 1)
+  for (const answer of waiting) answer()
+  t.equal((await third).clientId, c, 'slots free again once fetches end')
 })
 
 t.test('concurrent resolves share one fetch', async t => {

@@ -11,7 +11,7 @@ import type { GrantService, NewGrant, TokenResponse } from './grants.js'
 import { isValidChallenge, verifyPkce, type PkceMethod } from './pkce.js'
 import { isLoopbackRedirect, matchRedirectUri } from './redirect.js'
 import { matchResource } from './resource.js'
-import { decideScopes } from './scopes.js'
+import { assertClientHolds, decideClientScopes } from './scopes.js'
 import { generateId, generateToken, hashToken, looksLike, safeEqual } from './tokens.js'
 
 /** An authorization request that passed every check; what the consent page shows and signs. */
@@ -97,7 +97,7 @@ export class AuthorizationFlow {
     try {
       client = await this.#d.findClient(clientId.value)
     } catch (err) {
-      if (err instanceof OAuthError) return page('Unknown application', err.message)
+      if (err instanceof OAuthError && err.statusCode < 500) return page('Unknown application', err.message)
       throw err
     }
     if (client === null) return page('Unknown application', 'This application is not registered with this server.')
@@ -161,7 +161,7 @@ export class AuthorizationFlow {
     }
     const resourceConfig = config.resources.find(r => r.resource === resource)
     const supported = resourceConfig?.scopes ?? config.scopes
-    const scopes = decideScopes(single(params, 'scope').value, supported, config.defaultScopes.filter(s => supported.includes(s)))
+    const scopes = decideClientScopes(single(params, 'scope').value, supported, config.defaultScopes.filter(s => supported.includes(s)), client)
     if (!scopes.ok) return fail('invalid_scope', scopes.description)
     if (scopes.scopes.length === 0) return fail('invalid_scope', 'No scope could be granted')
 
@@ -351,6 +351,7 @@ export class AuthorizationFlow {
         throw new OAuthError('invalid_target', 'The resource does not match the authorization request')
       }
     }
+    assertClientHolds(record.scopes, client)
     const input: NewGrant = {
       grantId: record.grantId,
       userId: record.userId,

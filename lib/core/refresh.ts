@@ -5,7 +5,7 @@ import type { Auditor } from '../security/audit.js'
 import type { AccessTokenRecord, ClientRecord, RefreshTokenRecord, RotateResult, Store } from '../storage/types.js'
 import { secondsUntil, type TokenResponse } from './grants.js'
 import { matchResource } from './resource.js'
-import { narrowScopes } from './scopes.js'
+import { narrowScopes, withinClient } from './scopes.js'
 import { generateId, hashToken, looksLike, TOKEN_PREFIX } from './tokens.js'
 
 export interface RefreshDeps {
@@ -95,7 +95,7 @@ export class RefreshService {
     if (grant === null) throw invalid()
     await this.#d.recheck?.(grant)
     const requested = typeof body.scope === 'string' ? body.scope : undefined
-    const scopes = narrowScopes(requested, record.scopes)
+    const scopes = narrowScopes(requested, withinClient(record.scopes, client))
     if (!scopes.ok) throw new OAuthError('invalid_scope', scopes.description)
     if (body.resource !== undefined) {
       const match = typeof body.resource === 'string' ? matchResource(body.resource, config.resources) : null

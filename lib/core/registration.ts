@@ -11,6 +11,8 @@ export interface RegistrationDeps {
   store: Store
   auditor: Auditor
   now: () => number
+  /** Every grant of a client, with its upstream tokens (the same path as `revokeClient()`). */
+  revokeClient: (clientId: string) => Promise<number>
 }
 
 /** RFC 7591 §3.2.1 client information response (plus RFC 7592 management fields). */
@@ -36,6 +38,13 @@ const URL_FIELDS = ['client_uri', 'logo_uri', 'tos_uri', 'policy_uri'] as const
 const STRING_FIELDS = ['software_id', 'software_version'] as const
 const MAX_STRING = 2000
 const MAX_REDIRECTS = 20
+/**
+ * How much further than needed a use moves a client's expiry, so that a busy client is written at
+ * most once an hour: an hour, or a tenth of a shorter period.
+ */
+function renewSlack (periodMs: number): number {
+  return Math.min(3_600_000, periodMs / 10)
+}
 
 function bad (description: string): OAuthError {
   return new OAuthError('invalid_client_metadata', description)
@@ -168,24 +177,29 @@ export class RegistrationService {
     this.#d = deps
   }
 
-  /** Is this caller allowed to register, given the mode, its bearer token and the redirect URIs? */
-  authorize (authorization: string | undefined, body: unknown): void {
+  /**
+   * Is this caller allowed to register, given the mode, its bearer token and the redirect URIs?
+   * Returns whether it presented the initial access token (what its later updates may do depends on it).
+   */
+  authorize (authorization: string | undefined, body: unknown): boolean {
     const { registration } = this.#d.config
-    if (registration.mode === 'public') return
+    if (registration.mode === 'public') return false
     const m = authorization === undefined ? null : /^bearer +(\S+) *$/i.exec(authorization)
-    if (m !== null && registration.token !== undefined && safeEqual(m[1] as string, registration.token)) return
-    if (m === null && registration.trustedSchemes.length > 0 && body !== null && typeof body === 'object') {
-      const uris = (body as { redirect_uris?: unknown }).redirect_uris
-      const trusted = Array.isArray(uris) && uris.length > 0 && uris.every(u => typeof u === 'string' &&
-        registration.trustedSchemes.some(s => u.toLowerCase().startsWith(`${s}:`)))
-      if (trusted) return
-    }
+    if (m !== null && registration.token !== undefined && safeEqual(m[1] as string, registration.token)) return true
+    if (m === null && body !== null && typeof body === 'object' && this.#trusted((body as { redirect_uris?: unknown }).redirect_uris)) return false
     throw new OAuthError('invalid_token', m === null ? 'Registration requires an initial access token' : 'The initial access token is invalid', {
       headers: { 'www-authenticate': 'Bearer error="invalid_token"' }
     })
   }
 
-  async register (body: unknown, registeredFrom: string): Promise<ClientInformation> {
+  /** In mode "token": may a client without the initial access token hold these redirect URIs? */
+  #trusted (uris: unknown): boolean {
+    const schemes = this.#d.config.registration.trustedSchemes
+    return schemes.length > 0 && Array.isArray(uris) && uris.length > 0 &&
+      uris.every(u => typeof u === 'string' && schemes.some(s => u.toLowerCase().startsWith(`${s}:`)))
+  }
+
+  async register (body: unknown, registeredFrom: string, withToken = false): Promise<ClientInformation> {
     const meta = validateClientMetadata(body, this.#d.config)
     const now = this.#d.now()
     const { maxClientsPerIp, unusedClientTtlSeconds } = this.#d.config.registration
@@ -202,7 +216,9 @@ export class RegistrationService {
       registeredFrom,
       registrationTokenHash: hashToken(registrationToken)
     }
-    if (unusedClientTtlSeconds > 0) record.expiresAt = now + unusedClientTtlSeconds * 1000
+    if (withToken) record.registeredWithToken = true
+    // As a use sets it (keepAlive): the client's first requests, right after, write nothing.
+    if (unusedClientTtlSeconds > 0) record.expiresAt = now + unusedClientTtlSeconds * 1000 + renewSlack(unusedClientTtlSeconds * 1000)
     if (secret !== undefined) {
       record.clientSecretHash = hashToken(secret)
       record.clientSecretExpiresAt = 0
@@ -234,6 +250,13 @@ export class RegistrationService {
       }
     }
     const meta = validateClientMetadata(body, this.#d.config)
+    // An update passes the policy a registration passes: without the initial access token, only what
+    // a registration without it could hold (clients registered in mode "public" count as without).
+    if (this.#d.config.registration.mode === 'token' && client.registeredWithToken !== true && !this.#trusted(meta.redirectUris)) {
+      const schemes = this.#d.config.registration.trustedSchemes
+      throw new OAuthError('invalid_redirect_uri', 'This client registered without the initial access token: every redirect URI must use a trusted scheme' +
+        (schemes.length > 0 ? ` (${schemes.join(', ')})` : ' (none is configured)'))
+    }
     const changingAuth = meta.tokenEndpointAuthMethod !== client.tokenEndpointAuthMethod
     let secret: string | undefined
     const registrationToken = generateToken('registrationToken')
@@ -245,6 +268,7 @@ export class RegistrationService {
       registrationTokenHash: hashToken(registrationToken)
     }
     if (client.registeredFrom !== undefined) updated.registeredFrom = client.registeredFrom
+    if (client.registeredWithToken === true) updated.registeredWithToken = true
     if (client.expiresAt !== undefined) updated.expiresAt = client.expiresAt
     if (meta.tokenEndpointAuthMethod !== 'none') {
       if (changingAuth || client.clientSecretHash === undefined) {
@@ -261,24 +285,27 @@ export class RegistrationService {
 
   async delete (clientId: string, authorization: string | undefined): Promise<void> {
     await this.#managed(clientId, authorization)
-    const grants = await this.#d.store.listGrants({ clientId }, this.#d.now())
-    for (const grantId of grants) await this.#d.store.revokeGrant(grantId)
+    // Grants first: should this fail, the client is still there to try again.
+    await this.#d.revokeClient(clientId)
     await this.#d.store.deleteClient(clientId)
     this.#d.auditor.emit('client_deleted', { clientId })
   }
 
   /**
-   * A dynamic client with an unused-expiry lives at least as long as its newest grant plus the
-   * unused period: it is never removed while it has live grants. Written only when it moves a lot.
+   * A use of a client (a request naming it at the authorization, token, revocation or introspection
+   * endpoint). A dynamic client then lives `unusedClientTtlSeconds` longer, or as long as a token
+   * issued now may be used (the refresh token's lifetime) if that is longer: it never expires while
+   * a token of its is alive. The expiry is set a little further than needed (renewSlack), so that a
+   * busy client is written at most about once an hour; other uses cost nothing.
    */
-  async keepAlive (client: ClientRecord, grantExpiresAt: number): Promise<void> {
-    const ttl = this.#d.config.registration.unusedClientTtlSeconds * 1000
-    if (client.source !== 'dcr' || client.expiresAt === undefined || ttl === 0) return
-    const wanted = grantExpiresAt + ttl
-    if (client.expiresAt >= wanted - ttl / 2) return
-    const current = await this.#d.store.getClient(client.clientId, this.#d.now())
-    if (current === null) return
-    await this.#d.store.saveClient({ ...current, expiresAt: Math.max(wanted, current.expiresAt ?? 0) })
+  async keepAlive (client: ClientRecord): Promise<void> {
+    const { registration, ttl } = this.#d.config
+    const unused = registration.unusedClientTtlSeconds * 1000
+    if (client.source !== 'dcr' || unused === 0) return
+    const now = this.#d.now()
+    const keep = Math.max(unused, ttl.refreshToken * 1000, ttl.accessToken * 1000)
+    if (client.expiresAt !== undefined && client.expiresAt >= now + keep) return
+    await this.#d.store.renewClient(client.clientId, now + keep + renewSlack(keep), now)
   }
 
   /** RFC 7592 §2: a wrong token and an unknown client look the same (401 invalid_token). */

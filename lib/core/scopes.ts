@@ -1,3 +1,5 @@
+import { OAuthError } from '../errors.js'
+
 /** RFC 6749 §3.3 scope-token: printable ASCII except space, double quote and backslash. */
 const SCOPE_TOKEN = /^[\x21\x23-\x5B\x5D-\x7E]+$/
 
@@ -27,11 +29,57 @@ export function decideScopes (
   return { ok: true, scopes: scopes.length > 0 ? scopes : [...defaults] }
 }
 
-/** For refresh: a requested scope may only narrow the grant. */
+/** For refresh: a requested scope may only narrow the grant (already narrowed to the client, see withinClient). */
 export function narrowScopes (requested: string | undefined, granted: readonly string[]): ScopeDecision {
+  // Empty only when the client's registered scope no longer covers any of the grant's.
+  if (granted.length === 0) return { ok: false, description: 'None of the granted scopes is still registered for this client' }
   if (requested === undefined || requested.trim() === '') return { ok: true, scopes: [...granted] }
   const wanted = [...new Set(requested.split(' ').filter(s => s !== ''))]
   const extra = wanted.filter(s => !granted.includes(s))
   if (extra.length > 0) return { ok: false, description: 'The requested scope exceeds what was granted' }
   return { ok: true, scopes: wanted }
+}
+
+/**
+ * RFC 7591 §2: the scope a client registered (static, dynamic or in its metadata document) is all it
+ * may hold. A client that registered none may hold any supported scope. The one rule, used at the
+ * authorization request, the code exchange and the refresh.
+ */
+export function clientMayHold (client: { scope?: string }, scope: string): boolean {
+  return client.scope === undefined || client.scope.split(' ').includes(scope)
+}
+
+/** The given scopes, narrowed to what the client may hold (order kept). */
+export function withinClient (scopes: readonly string[], client: { scope?: string }): string[] {
+  return scopes.filter(s => clientMayHold(client, s))
+}
+
+/**
+ * decideScopes for one client: defaults are narrowed to its registered scope; an explicit request
+ * beyond it, or nothing left at all, is refused (invalid_scope).
+ */
+export function decideClientScopes (
+  requested: string | undefined,
+  supported: readonly string[],
+  defaults: readonly string[],
+  client: { scope?: string }
+): ScopeDecision {
+  const decision = decideScopes(requested, supported, withinClient(defaults, client))
+  if (!decision.ok) return decision
+  const outside = decision.scopes.filter(s => !clientMayHold(client, s))
+  if (outside.length > 0) {
+    return { ok: false, description: `This client is not registered for the scope: ${outside.slice(0, 5).join(' ')}`.slice(0, 200) }
+  }
+  if (decision.scopes.length === 0) {
+    return { ok: false, description: 'None of the default scopes is registered for this client; request one of its registered scopes' }
+  }
+  return decision
+}
+
+/** The code exchange: a code whose scope the client no longer holds (RFC 7592 narrowed it) is refused. */
+export function assertClientHolds (scopes: readonly string[], client: { scope?: string }): void {
+  const outside = scopes.filter(s => !clientMayHold(client, s))
+  if (outside.length > 0) {
+    throw new OAuthError('invalid_scope', `This client is no longer registered for the scope: ${outside.slice(0, 5).join(' ')}`.slice(0, 200))
+  }
 }

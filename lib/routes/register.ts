@@ -57,8 +57,8 @@ export const registerRoutes: FastifyPluginAsync<RegisterRouteDeps> = async (fast
     config: routeLimit(config, 'register')
   }, async (request, reply) => {
     requireJson(request.headers['content-type'])
-    registration.authorize(request.headers.authorization, request.body)
-    const info = await registration.register(request.body, request.ip)
+    const withToken = registration.authorize(request.headers.authorization, request.body)
+    const info = await registration.register(request.body, request.ip, withToken)
     return reply.code(201).headers(noStore).send(info)
   })
 

@@ -6,7 +6,6 @@ import { OAuthError } from '../errors.js'
 import type { ResolvedConfig } from '../options.js'
 import type { ClientRecord } from '../storage/types.js'
 import type { RefreshService } from '../core/refresh.js'
-import type { RegistrationService } from '../core/registration.js'
 import { routeLimit } from './oauth.js'
 
 export interface TokenRouteDeps {
@@ -15,7 +14,6 @@ export interface TokenRouteDeps {
   refresh: RefreshService
   now: () => number
   findClient: (clientId: string) => Promise<ClientRecord | null>
-  registration: RegistrationService
 }
 
 const Param = Type.String({ maxLength: 4096 })
@@ -41,7 +39,7 @@ const TokenResponse = Type.Object({
   scope: Type.String()
 })
 
-export const tokenRoutes: FastifyPluginAsync<TokenRouteDeps> = async (fastify, { config, flow, refresh, now, findClient, registration }) => {
+export const tokenRoutes: FastifyPluginAsync<TokenRouteDeps> = async (fastify, { config, flow, refresh, now, findClient }) => {
   fastify.post(`${config.basePath}/oauth/token`, {
     schema: { body: TokenBody, response: { 200: TokenResponse } },
     config: routeLimit(config, 'token')
@@ -58,7 +56,6 @@ export const tokenRoutes: FastifyPluginAsync<TokenRouteDeps> = async (fastify, {
     const tokens = grantType === 'authorization_code'
       ? await flow.exchangeCode(client, body)
       : await refresh.refresh(client, body)
-    await registration.keepAlive(client, now() + config.ttl.grant * 1000)
     reply.header('cache-control', 'no-store').header('pragma', 'no-cache')
     return tokens
   })

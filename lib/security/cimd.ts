@@ -26,8 +26,13 @@ import { hasUnsafeDisplayChars } from '../core/display.js'
  * - Cache lifetime: `max-age` (minus `Age`), else `Expires` - `Date`, else `minCacheSeconds`; always
  *   clamped to [minCacheSeconds, maxCacheSeconds]. `no-store` and `no-cache` mean `minCacheSeconds`:
  *   the floor exists so that authorization requests cannot make this server fetch on every call.
- *   Failures are never cached. The cache holds at most `maxCacheEntries` documents (least recently
- *   used go first).
+ *   The cache holds at most `maxCacheEntries` documents (least recently used go first).
+ * - Failures are remembered for `failureCacheSeconds` (30 s): a client id that fails is not fetched
+ *   again on every request naming it. At most `maxCacheEntries` failures are kept (oldest go first).
+ * - At most `maxConcurrentFetches` documents are fetched at once (16). A request that would start
+ *   another is refused at once with 503 temporarily_unavailable and Retry-After, not queued: requests
+ *   naming many distinct URLs cannot make this server open unbounded outbound connections, and nobody
+ *   waits behind them. Not invalid_client: the client is not at fault and should come back.
  */
 
 export interface ResolvedAddress {
@@ -44,8 +49,12 @@ export interface CimdResolverOptions {
   minCacheSeconds?: number
   /** Longest time a fetched document is reused. Default 86400 s. */
   maxCacheSeconds?: number
-  /** Most documents kept in memory. Default 1000. */
+  /** Most documents kept in memory, and most failures remembered. Default 1000. */
   maxCacheEntries?: number
+  /** How long a failed fetch is remembered (answered without fetching again); 0 = not at all. Default 30 s. */
+  failureCacheSeconds?: number
+  /** Most fetches in flight at once; one more is refused at once (503). Default 16. */
+  maxConcurrentFetches?: number
   /**
    * TEST ONLY: allow hosts that are (or resolve to) loopback, private, link-local or other
    * special-use addresses. Never enable this in production: it turns the fetcher into an SSRF tool.
@@ -71,6 +80,11 @@ interface CacheEntry {
   expiresAt: number
 }
 
+interface FailureEntry {
+  error: OAuthError
+  until: number
+}
+
 interface Fetched {
   body: Buffer
   headers: IncomingHttpHeaders
@@ -92,6 +106,8 @@ export class CimdResolver {
   readonly #minCacheSeconds: number
   readonly #maxCacheSeconds: number
   readonly #maxCacheEntries: number
+  readonly #failureCacheMs: number
+  readonly #maxConcurrent: number
   readonly #allowPrivate: boolean
   readonly #redirectPolicy: RedirectPolicy
   readonly #now: () => number
@@ -99,6 +115,7 @@ export class CimdResolver {
   readonly #ca: CimdResolverOptions['ca']
   readonly #onFetched: ((clientId: string) => void) | undefined
   readonly #cache = new Map<string, CacheEntry>()
+  readonly #failures = new Map<string, FailureEntry>()
   readonly #inflight = new Map<string, Promise<ClientRecord>>()
   readonly #controllers = new Set<AbortController>()
   #closed = false
@@ -110,6 +127,8 @@ export class CimdResolver {
     this.#maxCacheSeconds = nonNegative(opts.maxCacheSeconds, 86400, 'maxCacheSeconds')
     if (this.#maxCacheSeconds < this.#minCacheSeconds) throw new RangeError('CimdResolver: maxCacheSeconds must not be below minCacheSeconds')
     this.#maxCacheEntries = positive(opts.maxCacheEntries, 1000, 'maxCacheEntries')
+    this.#failureCacheMs = nonNegative(opts.failureCacheSeconds, 30, 'failureCacheSeconds') * 1000
+    this.#maxConcurrent = positive(opts.maxConcurrentFetches, 16, 'maxConcurrentFetches')
     this.#allowPrivate = opts.allowPrivateAddresses === true
     this.#redirectPolicy = opts.redirectPolicy
     this.#now = opts.now ?? Date.now
@@ -141,8 +160,15 @@ export class CimdResolver {
         return structuredClone(cached.record)
       }
     }
+    const failed = this.#failures.get(clientId)
+    if (failed !== undefined) {
+      if (failed.until > this.#now()) throw new OAuthError(failed.error.error, failed.error.message)
+      this.#failures.delete(clientId)
+    }
     let pending = this.#inflight.get(clientId)
     if (pending === undefined) {
+      // One fetch per document in flight, so the map's size is the number of outbound fetches.
+      if (this.#inflight.size >= this.#maxConcurrent) throw this.#busy()
       pending = this.#load(clientId, url).finally(() => this.#inflight.delete(clientId))
       this.#inflight.set(clientId, pending)
     }
@@ -153,6 +179,7 @@ export class CimdResolver {
   close (): void {
     this.#closed = true
     this.#cache.clear()
+    this.#failures.clear()
     for (const controller of this.#controllers) controller.abort(fail('the resolver was closed'))
     this.#controllers.clear()
   }
@@ -171,8 +198,9 @@ export class CimdResolver {
       this.#onFetched?.(clientId)
       return record
     } catch (err) {
-      if (err instanceof OAuthError) throw err
-      throw netFailure('the document could not be fetched', err)
+      const failure = err instanceof OAuthError ? err : netFailure('the document could not be fetched', err)
+      if (!this.#closed) this.#rememberFailure(clientId, failure)
+      throw failure
     } finally {
       clearTimeout(timer)
       this.#controllers.delete(controller)
@@ -186,6 +214,24 @@ export class CimdResolver {
       this.#cache.delete(oldest)
     }
     this.#cache.set(clientId, { record, expiresAt })
+  }
+
+  #rememberFailure (clientId: string, error: OAuthError): void {
+    if (this.#failureCacheMs === 0) return
+    this.#failures.delete(clientId)
+    for (const oldest of this.#failures.keys()) {
+      if (this.#failures.size < this.#maxCacheEntries) break
+      this.#failures.delete(oldest)
+    }
+    this.#failures.set(clientId, { error, until: this.#now() + this.#failureCacheMs })
+  }
+
+  /** Over the cap: a slot frees as soon as a fetch ends (within the deadline); come back in a few seconds. */
+  #busy (): OAuthError {
+    const retryAfter = Math.ceil(Math.min(this.#timeoutMs, 5000) / 1000)
+    return new OAuthError('temporarily_unavailable',
+      `Client ID metadata document: it could not be fetched right now (too many documents are being fetched); retry in ${retryAfter} s`,
+      { headers: { 'retry-after': String(retryAfter) } })
   }
 
   /** Resolve the host once and check every address; the fetch connects only to these. */

@@ -584,6 +584,20 @@ export class MemoryStore implements Store {
     return this.#dropClient(clientId)
   }
 
+  async renewClient (clientId: string, expiresAt: number, now: number): Promise<boolean> {
+    const client = this.#clients.get(clientId)
+    if (client === undefined) return false
+    if (client.expiresAt !== undefined && client.expiresAt <= now) {
+      this.#dropClient(clientId)
+      return false
+    }
+    if (client.expiresAt !== undefined && client.expiresAt >= expiresAt) return true
+    // A new record, not a change to the one callers may hold (getClient hands it out).
+    this.#clients.set(clientId, { ...client, expiresAt })
+    this.#expiring.clients.add(clientId, expiresAt)
+    return true
+  }
+
   // ---- flows and codes ------------------------------------------------------------------
 
   async saveFlow (key: string, flow: FlowRecord): Promise<void> {

@@ -59,7 +59,7 @@ export class RedisStoreError extends StoreUnavailableError {
 //                             token's own when the record was saved whole): never the rt key's 30 days
 //   {p}gx:<grantId>    string a grant id revoked by a replayed code before its grant was written;
 //                             TTL = the code's retention
-//   {p}c:<clientId>    string client JSON; TTL only when the client has `expiresAt`
+//   {p}c:<clientId>    string client JSON; TTL only when the client has `expiresAt` (use renews it)
 //   {p}cf:<address>    zset   client ids registered from an address, scored by expiresAt (+inf
 //                             when none); TTL = the longest client's, none if one never expires
 //   {p}f:<key>         string flow JSON
@@ -379,6 +379,24 @@ end
 return 1
 `
 
+/**
+ * KEYS: client. ARGV: the record as read, the renewed record, ttl, prefix, registeredFrom ('' =
+ * none), clientId, expiresAt. A compare-and-swap: writes only when the record is still the one read
+ * (cjson never re-encodes it), and moves the client's score in its address index with it.
+ */
+const RENEW_CLIENT = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if ARGV[5] ~= '' then
+  local idx = ARGV[4] .. 'cf:' .. ARGV[5]
+  local fresh = redis.call('EXISTS', idx) == 0
+  redis.call('ZADD', idx, ARGV[7], ARGV[6])
+  local t = redis.call('PTTL', idx)
+  if fresh or (t > 0 and t < tonumber(ARGV[3])) then redis.call('PEXPIRE', idx, ARGV[3]) end
+end
+return 1
+`
+
 /** KEYS: client. ARGV: prefix, clientId. */
 const DELETE_CLIENT = `
 local old = redis.call('GET', KEYS[1])
@@ -437,6 +455,7 @@ const SCRIPTS = {
   consumeCode: script(CONSUME_CODE),
   saveClient: script(SAVE_CLIENT),
   deleteClient: script(DELETE_CLIENT),
+  renewClient: script(RENEW_CLIENT),
   countClientsFrom: script(COUNT_CLIENTS_FROM)
 }
 
@@ -786,6 +805,24 @@ export class RedisStore implements Store {
   async deleteClient (clientId: string): Promise<boolean> {
     const deleted = await this.#eval('deleteClient', SCRIPTS.deleteClient, [this.#prefix + 'c:' + clientId], [this.#prefix, clientId])
     return deleted === 1
+  }
+
+  async renewClient (clientId: string, expiresAt: number, now: number): Promise<boolean> {
+    const key = this.#prefix + 'c:' + clientId
+    // Read, then swap only if unchanged; a concurrent save wins and the read starts again (bounded).
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const json = await this.#op('renewClient', () => this.#client.get(key))
+      if (json == null) return false
+      const client = JSON.parse(json) as ClientRecord
+      if (client.expiresAt !== undefined && client.expiresAt <= now) return false
+      if (client.expiresAt !== undefined && client.expiresAt >= expiresAt) return true
+      const swapped = await this.#eval('renewClient', SCRIPTS.renewClient, [key], [
+        json, JSON.stringify({ ...client, expiresAt }), ttlOf(expiresAt, now), this.#prefix, client.registeredFrom ?? '', clientId, expiresAt
+      ])
+      if (swapped === 1) return true
+    }
+    // Saved three times meanwhile: the client is live, and the next use renews it.
+    return true
   }
 
   async countClientsFrom (address: string, now: number): Promise<number> {

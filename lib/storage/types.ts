@@ -49,6 +49,11 @@ export interface ClientRecord {
   source: 'dcr' | 'static' | 'cimd'
   /** The address that registered it, for per-IP caps. Never exposed. */
   registeredFrom?: string
+  /**
+   * Registered with the initial access token (registration mode "token"). Without it, RFC 7592
+   * updates stay within what a registration without the token may hold (trusted schemes only).
+   */
+  registeredWithToken?: boolean
   /** Epoch ms; unused dynamic clients may expire. */
   expiresAt?: number
   /** This client's refresh grace window (static clients' `refresh_grace_seconds`); the plugin's when absent. */
@@ -227,6 +232,12 @@ export interface ClientStore {
   saveClient (client: ClientRecord): Promise<void>
   getClient (clientId: string, now: number): Promise<ClientRecord | null>
   deleteClient (clientId: string): Promise<boolean>
+  /**
+   * A use of a client: move its expiry to `expiresAt` when that is later (a client without one gets
+   * it), with whatever else it keeps (the per-address count follows). Never lost against a concurrent
+   * saveClient, nor loses it. False when the client is gone or expired at `now`.
+   */
+  renewClient (clientId: string, expiresAt: number, now: number): Promise<boolean>
   /** Live clients registered from this address (per-IP cap on dynamic registration). */
   countClientsFrom (address: string, now: number): Promise<number>
 }

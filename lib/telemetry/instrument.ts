@@ -9,7 +9,7 @@ export const STORE_OPERATIONS = [
   'saveGrant', 'saveGrantWithTokens', 'getGrant', 'updateGrantUpstream',
   'saveAccessToken', 'getAccessToken', 'deleteAccessToken',
   'saveRefreshToken', 'getRefreshToken', 'rotateRefreshToken', 'rotateRefreshTokenWithAccess', 'replayRefreshToken', 'revokeGrant', 'listGrants',
-  'saveClient', 'getClient', 'deleteClient', 'countClientsFrom',
+  'saveClient', 'getClient', 'deleteClient', 'renewClient', 'countClientsFrom',
   'saveFlow', 'takeFlow', 'saveCode', 'consumeCode'
 ] as const
 
