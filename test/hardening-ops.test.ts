@@ -1,12 +1,16 @@
 import t from 'tap'
+import { connect } from 'node:net'
 import { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { mcpOAuth } from '../lib/index.js'
 import { generateToken } from '../lib/core/tokens.js'
+import { buildExample, options as exampleOptions } from '../example/app.js'
+import { serverOptions as productionServerOptions } from '../example/production/app.js'
 
 /**
  * Operations findings of issue 15: no credential from a URL reaches the log under the plugin's
- * paths, matched or not (16).
+ * paths, matched or not (16); a client that stalls in the middle of a request loses its
+ * connection (17).
  */
 
 const ISSUER = 'https://auth.example.com'
@@ -90,4 +94,63 @@ t.test('finding 16: under an issuer with a path, the same; the application\'s ow
     t.ok(lines.some(l => l.includes('"incoming request"') && l.includes(value)), `the application's request line keeps its query (${value})`)
   }
   t.ok(lines.some(l => l.includes('Route GET:/elsewhere?q=visible-404 not found')), 'and its not-found line is Fastify\'s')
+})
+
+/**
+ * Open a connection, send `data`, then nothing: the time until the server closes it, and what it
+ * answered; undefined when it was still open after `limitMs` (then we close it).
+ */
+async function stall (port: number, data: string, limitMs: number): Promise<{ closedAfter: number | undefined, answer: string }> {
+  return await new Promise(resolve => {
+    const socket = connect(port, '127.0.0.1')
+    const started = performance.now()
+    let answer = ''
+    const timer = setTimeout(() => {
+      socket.destroy()
+      resolve({ closedAfter: undefined, answer })
+    }, limitMs)
+    socket.on('connect', () => { socket.write(data) })
+    socket.on('data', (chunk: Buffer) => { answer += chunk.toString('latin1') })
+    socket.on('error', () => {})
+    socket.on('close', () => {
+      clearTimeout(timer)
+      resolve({ closedAfter: performance.now() - started, answer })
+    })
+  })
+}
+
+/** Requests a slow-loris client starts and never finishes. */
+const STALLED = {
+  'part of the headers': 'POST /oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n',
+  'the headers and part of the body': 'POST /oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n' +
+    'Content-Length: 200\r\n\r\ngrant_type=refresh_token&refresh_token='
+}
+/** The examples must cut such a client off within this (their timeouts plus a loaded machine's slack). */
+const CUT_WITHIN = 15_000
+
+t.test('finding 17: the examples cut off a client that stalls in the middle of a request', async t => {
+  // `npm start` runs example/app.ts through fastify-cli --options, which builds the server with the
+  // exported `options`; the production example builds it with serverOptions().
+  const example = await buildExample({ HOST: '127.0.0.1' }, { ...exampleOptions, logger: false })
+  t.teardown(() => example.close())
+  await example.listen({ port: 0, host: '127.0.0.1' })
+  const production = Fastify({ ...productionServerOptions({ TRUST_PROXY: '1' }), logger: false })
+  // The same request as at the example: a form POST that waits for its whole body.
+  production.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_request, body, done) => { done(null, body) })
+  production.post('/oauth/token', async () => ({ ok: true }))
+  t.teardown(() => production.close())
+  await production.listen({ port: 0, host: '127.0.0.1' })
+
+  const servers = { 'example/app.ts': example, 'example/production': production }
+  const runs = Object.entries(servers).flatMap(([name, app]) => Object.entries(STALLED).map(async ([what, data]) => {
+    const port = (app.server.address() as { port: number }).port
+    return { name, what, ...await stall(port, data, CUT_WITHIN) }
+  }))
+  for (const { name, what, closedAfter, answer } of await Promise.all(runs)) {
+    t.ok(closedAfter !== undefined, `${name}, ${what}: connection closed by the server (after ${closedAfter?.toFixed(0) ?? 'more than ' + CUT_WITHIN} ms)`)
+    t.match(answer, /^HTTP\/1\.1 408 /, `${name}, ${what}: 408 Request Timeout`)
+  }
+  // A well-behaved client is unaffected.
+  const port = (example.server.address() as { port: number }).port
+  t.equal((await fetch(`http://127.0.0.1:${port}/`)).status, 200)
 })
