@@ -104,7 +104,14 @@ function freezeTests (server: RedisServer): void {
       register: () => a.inject({ method: 'POST', url: '/oauth/register', payload: { redirect_uris: ['http://127.0.0.1/cb'], token_endpoint_auth_method: 'none' } }),
       revoke: () => a.inject({ method: 'POST', url: '/oauth/revoke', payload: { token: x.revoke, client_id: CLIENT.client_id } }),
       introspect: () => a.inject({ method: 'POST', url: '/oauth/introspect', headers: { authorization: basic }, payload: { token: x.introspect } }),
-      guard: () => a.inject({ method: 'POST', url: '/mcp', headers: { authorization: `Bearer ${x.access}` } })
+      guard: () => a.inject({ method: 'POST', url: '/mcp', headers: { authorization: `Bearer ${x.access}` } }),
+      // A browser's request: an error page, with the same status and Retry-After.
+      authorize: () => a.inject({
+        method: 'GET',
+        url: '/oauth/authorize?' + new URLSearchParams({
+          response_type: 'code', client_id: CLIENT.client_id, redirect_uri: CLIENT.redirect_uris[0] as string, code_challenge: s256(VERIFIER), code_challenge_method: 'S256'
+        }).toString()
+      })
     }
   }
 
@@ -131,7 +138,7 @@ function freezeTests (server: RedisServer): void {
     // Requests arrive one after another during the freeze, as real traffic does: a request must not
     // wait behind the ones before it.
     const kinds = Object.keys(send) as Array<keyof typeof send>
-    const answers = await Promise.all(Array.from({ length: 18 }, async (_, i) => {
+    const answers = await Promise.all(Array.from({ length: 3 * kinds.length }, async (_, i) => {
       await new Promise(resolve => setTimeout(resolve, i * 80))
       const kind = kinds[i % kinds.length] as keyof typeof send
       const started = performance.now()
@@ -141,7 +148,8 @@ function freezeTests (server: RedisServer): void {
     thaw()
     for (const { kind, res, ms } of answers) {
       t.equal(res.statusCode, 503, `${kind}: 503 (${res.statusCode} ${res.body.slice(0, 120)})`)
-      t.equal(res.json().error, 'temporarily_unavailable', `${kind}: temporarily_unavailable`)
+      if (kind === 'authorize') t.match(res.headers['content-type'], /^text\/html/, `${kind}: a page`)
+      else t.equal(res.json().error, 'temporarily_unavailable', `${kind}: temporarily_unavailable`)
       t.ok(res.headers['retry-after'], `${kind}: Retry-After`)
       t.ok(ms < REQUEST_LIMIT, `${kind}: answered in ${ms.toFixed(0)} ms (limit ${REQUEST_LIMIT})`)
     }
@@ -199,7 +207,7 @@ function freezeTests (server: RedisServer): void {
       const res = await go()
       const ms = performance.now() - started
       t.equal(res.statusCode, 503, `${kind}: 503 (${res.statusCode} ${res.body.slice(0, 120)})`)
-      t.equal(res.json().error, 'temporarily_unavailable')
+      if (kind !== 'authorize') t.equal(res.json().error, 'temporarily_unavailable', `${kind}: temporarily_unavailable`)
       t.ok(res.headers['retry-after'], `${kind}: Retry-After`)
       t.ok(ms < REQUEST_LIMIT, `${kind}: answered in ${ms.toFixed(0)} ms`)
     }
