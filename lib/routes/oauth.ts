@@ -45,12 +45,13 @@ function pathOf (url: string): string {
   return end < 0 ? url : url.slice(0, end)
 }
 
-/** Fastify's not-found answer (same shape), with the path only in the log line and the body. */
+/**
+ * Fastify's not-found answer (same shape) with the path only. No log line of its own: Fastify's
+ * request lines (incoming, with the path only here, and completed, 404) say it all, and follow
+ * whatever the application decided for request logging.
+ */
 function notFound (request: FastifyRequest, reply: FastifyReply): FastifyReply {
-  const message = `Route ${request.method}:${pathOf(request.url)} not found`
-  const off = request.server.initialConfig.disableRequestLogging as unknown
-  if (off !== true && !(typeof off === 'function' && off(request) === true)) request.log.info(message)
-  return reply.code(404).send({ message, error: 'Not Found', statusCode: 404 })
+  return reply.code(404).send({ message: `Route ${request.method}:${pathOf(request.url)} not found`, error: 'Not Found', statusCode: 404 })
 }
 
 /** Configurations whose flow steps get spans of their own (see `routeLimit`). */
