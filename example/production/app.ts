@@ -4,6 +4,7 @@ import { mcpOAuth, type EncryptionKey, type McpOAuthOptions } from '../../lib/in
 import { googleProvider, oidcProvider } from '../../lib/providers/index.js'
 import { RedisStore } from '../../lib/storage/redis.js'
 import { mcpRoutes } from '../mcp.js'
+import { serverTimeouts } from '../timeouts.js'
 
 /**
  * The example as a deployment runs it: every protection on, state in Redis, secrets read from
@@ -92,7 +93,12 @@ export function serverOptions (env: Env): FastifyServerOptions {
     // request.ip comes from X-Forwarded-For only through that many trusted hops.
     trustProxy: hops === 0 ? false : (_address: string, hop: number) => hop < hops,
     logger: { level: env.LOG_LEVEL ?? 'info' },
-    bodyLimit: 1024 * 1024
+    bodyLimit: 1024 * 1024,
+    ...serverTimeouts,
+    // Longer than the proxy's idle timeout for its connections to us (60 s on common load balancers):
+    // the proxy, not this server, closes an idle connection, so it never sends a request on one that
+    // is being closed (a 502 for the client).
+    keepAliveTimeout: 72_000
   }
 }
 

@@ -5,7 +5,7 @@ import type { FastifyPluginAsync, FastifyReply, FastifyRequest, RouteOptions } f
 import { logOAuthError, OAuthError, oauthErrorHandler, toOAuthError } from '../errors.js'
 import { errorPage, sendPage } from './html.js'
 import type { Auditor } from '../security/audit.js'
-import type { ResolvedConfig, RateLimitName } from '../options.js'
+import { AUTHORIZATION_SERVER_WELL_KNOWN, PROTECTED_RESOURCE_WELL_KNOWN, type ResolvedConfig, type RateLimitName } from '../options.js'
 import { authorizeRoutes, type AuthorizeRouteDeps } from './authorize.js'
 import { callbackRoutes } from './callback.js'
 import { tokenRoutes, type TokenRouteDeps } from './token.js'
@@ -36,7 +36,22 @@ const BODY_LIMIT = 64 * 1024
 const budgetNames = new WeakMap<object, RateLimitName>()
 /** Request log line without the query string. */
 function pathOnly (req: { method?: string, url?: string, ip?: string }): Record<string, unknown> {
-  return { method: req.method, url: (req.url ?? '').split('?')[0], remoteAddress: req.ip }
+  return { method: req.method, url: pathOf(req.url ?? ''), remoteAddress: req.ip }
+}
+
+/** A URL cut where a query, path parameters (`;`, a query to some routers) or a fragment begin. */
+function pathOf (url: string): string {
+  const end = url.search(/[?;#]/)
+  return end < 0 ? url : url.slice(0, end)
+}
+
+/**
+ * Fastify's not-found answer (same shape) with the path only. No log line of its own: Fastify's
+ * request lines (incoming, with the path only here, and completed, 404) say it all, and follow
+ * whatever the application decided for request logging.
+ */
+function notFound (request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  return reply.code(404).send({ message: `Route ${request.method}:${pathOf(request.url)} not found`, error: 'Not Found', statusCode: 404 })
 }
 
 /** Configurations whose flow steps get spans of their own (see `routeLimit`). */
@@ -108,6 +123,21 @@ export const oauthRoutes: FastifyPluginAsync<OAuthRouteDeps> = async (fastify, d
       timeWindow: budget.windowSeconds * 1000,
       keyGenerator: (request: FastifyRequest) => request.mcpAuth === null ? `ip:${request.ip}` : `user:${request.mcpAuth.userId}`
     })
+  }
+
+  // A request in the plugin's namespaces that matches no route (a wrong method, a trailing slash, a
+  // made-up endpoint) would reach Fastify's root not-found handler, whose logger and answer carry the
+  // whole URL, credentials in the query included. Each namespace gets a not-found handler of its own,
+  // and request loggers that take the path only (the root's factory is out of a plugin's reach: it
+  // sets one on its own scope, which only contexts created there use).
+  for (const prefix of [`${config.basePath}/oauth`, AUTHORIZATION_SERVER_WELL_KNOWN, PROTECTED_RESOURCE_WELL_KNOWN]) {
+    await fastify.register(async (scope) => {
+      const parent = scope.childLoggerFactory
+      scope.setChildLoggerFactory(function (logger, bindings, opts, rawReq) {
+        return parent.call(this, logger, bindings, { ...opts, serializers: { ...opts.serializers, req: pathOnly } }, rawReq)
+      })
+      scope.setNotFoundHandler(notFound)
+    }, { prefix })
   }
 
   await fastify.register(formbody, { bodyLimit: BODY_LIMIT })

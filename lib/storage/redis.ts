@@ -42,7 +42,11 @@ export interface RedisStoreOptions {
   cache?: TokenCacheOptions | false
 }
 
-/** Errors raised by the store itself (timeouts, closed store); Redis errors pass through as they are. */
+/**
+ * Every failure of an operation that reached for Redis: the store's own (timeouts, closed store) and
+ * the client's or the server's (a command timeout, a lost connection, an error reply), the latter
+ * as `cause`. A StoreUnavailableError, so endpoints answer 503, never 500.
+ */
 export class RedisStoreError extends StoreUnavailableError {
   override name = 'RedisStoreError'
 }
@@ -498,13 +502,14 @@ function noop (): void {}
  * later behind the caller's back), `autoResendUnfulfilledCommands: false` (a command whose caller
  * already got an error is never replayed after a reconnection), `maxRetriesPerRequest: 1`, a
  * `connectTimeout` of 4 × `commandTimeoutMs` (at least 1 s), reconnection every 100 ms to 1 s, and
- * `enableAutoPipelining` (the commands of concurrent requests issued in one tick share one write
- * to the socket: under load, fewer system calls for this process and for Redis).
+ * no auto-pipelining: ioredis runs one automatic pipeline at a time and starts a command's timeout
+ * only when its pipeline is sent, so against a stalled server each command first waited for the
+ * previous pipeline to time out (up to twice the bound, and requests queued behind each other).
  * On top of that, the store gives each operation one deadline of `commandTimeoutMs`, covering a
  * short wait for the connection to become ready (so start-up and reconnections are not errors),
  * and it applies to injected clients as well. While connected, on a client whose own
- * `commandTimeout` is at most `commandTimeoutMs`, that bound is the client's, per command (no timer
- * of the store's on the hot path).
+ * `commandTimeout` is at most `commandTimeoutMs` and that does not auto-pipeline, that bound is the
+ * client's, per command (no timer of the store's on the hot path).
  *
  * Limits: standalone Redis or Sentinel, not Cluster (scripts reach keys derived from values). An
  * operation that timed out after its command was sent may still have been applied; callers treat
@@ -560,7 +565,7 @@ export class RedisStore implements Store {
       this.#client = new Redis(opts.url as string, {
         commandTimeout: timeout,
         enableOfflineQueue: false,
-        enableAutoPipelining: true,
+        enableAutoPipelining: false,
         autoResendUnfulfilledCommands: false,
         maxRetriesPerRequest: 1,
         connectTimeout: Math.max(1000, 4 * timeout),
@@ -572,7 +577,8 @@ export class RedisStore implements Store {
       this.#client.on('error', this.#onError)
     }
     const bound = this.#client.options.commandTimeout
-    this.#clientBounded = typeof bound === 'number' && bound > 0 && bound <= timeout
+    // An auto-pipelining client starts a command's timeout late (see above): the store's own deadline then.
+    this.#clientBounded = typeof bound === 'number' && bound > 0 && bound <= timeout && this.#client.options.enableAutoPipelining !== true
     this.#client.on('ready', this.#onReady)
     this.#client.on('end', this.#onReady)
     this.#cache = cache === undefined ? undefined : new TokenCache(this.#client, this.#prefix + 'at:', timeout, cache)
@@ -948,12 +954,12 @@ export class RedisStore implements Store {
     if (this.#client.status === 'ready' && this.#clientBounded) {
       const deadline = performance.now() + this.#timeoutMs
       try {
-        return fn(() => performance.now() < deadline)
+        return fn(() => performance.now() < deadline).then(undefined, (err: unknown) => { throw unavailable(name, err) })
       } catch (err) {
-        return Promise.reject(err)
+        return Promise.reject(unavailable(name, err))
       }
     }
-    return this.#waitingOp(name, fn)
+    return this.#waitingOp(name, fn).then(undefined, (err: unknown) => { throw unavailable(name, err) })
   }
 
   /** An operation that may have to wait for the connection, under a deadline of its own. */
@@ -988,6 +994,12 @@ export class RedisStore implements Store {
       clearTimeout(timer)
     }
   }
+}
+
+/** A failure of Redis or of the connection as a RedisStoreError (ioredis rejects with plain Errors: "Command timed out"). */
+function unavailable (name: string, err: unknown): RedisStoreError {
+  if (err instanceof RedisStoreError) return err
+  return new RedisStoreError(`RedisStore: ${name}: ${err instanceof Error ? err.message : String(err)}`, { cause: err })
 }
 
 /** The immutable part of a refresh token, stored as JSON; rotation state lives in hash fields. */
