@@ -17,7 +17,7 @@ import { serverTimeouts } from './timeouts.js'
  * Environment: PORT (3000), HOST (127.0.0.1), MCP_OAUTH_ISSUER (http://HOST:PORT), LOG_LEVEL (info);
  * GOOGLE_CLIENT_ID/GOOGLE_CLIENT_SECRET (GOOGLE_HOSTED_DOMAIN), or OIDC_ISSUER/OIDC_CLIENT_ID/
  * OIDC_CLIENT_SECRET; MCP_OAUTH_REGISTRATION_TOKEN or MCP_OAUTH_PUBLIC_REGISTRATION=true;
- * MCP_OAUTH_COOKIE_SECRET; MCP_OAUTH_ENCRYPTION_KEY (from generateKey()); REDIS_URL.
+ * MCP_OAUTH_SECRET (formerly MCP_OAUTH_COOKIE_SECRET); MCP_OAUTH_ENCRYPTION_KEY (from generateKey()); REDIS_URL.
  * Fastify CLI itself listens on PORT; give it the address with `--address` or FASTIFY_ADDRESS.
  */
 
@@ -124,6 +124,7 @@ const exampleApp: FastifyPluginAsync<ExampleAppOptions> = async (fastify, opts) 
   }
 
   const redisUrl = env.REDIS_URL
+  const deploymentSecret = env.MCP_OAUTH_SECRET ?? env.MCP_OAUTH_COOKIE_SECRET
   await fastify.register(mcpOAuth, {
     issuer: config.issuer,
     resources: [config.resource],
@@ -136,7 +137,7 @@ const exampleApp: FastifyPluginAsync<ExampleAppOptions> = async (fastify, opts) 
       : env.MCP_OAUTH_REGISTRATION_TOKEN !== undefined && env.MCP_OAUTH_REGISTRATION_TOKEN !== ''
         ? { mode: 'token', token: env.MCP_OAUTH_REGISTRATION_TOKEN }
         : { mode: 'off' },
-    ...(env.MCP_OAUTH_COOKIE_SECRET !== undefined && env.MCP_OAUTH_COOKIE_SECRET !== '' ? { cookieSecret: env.MCP_OAUTH_COOKIE_SECRET } : {}),
+    ...(deploymentSecret !== undefined && deploymentSecret !== '' ? { secret: deploymentSecret } : {}),
     ...(env.MCP_OAUTH_ENCRYPTION_KEY !== undefined && env.MCP_OAUTH_ENCRYPTION_KEY !== ''
       ? { encryption: { keys: [{ id: 'k1', key: env.MCP_OAUTH_ENCRYPTION_KEY }] } }
       : {}),

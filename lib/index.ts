@@ -165,7 +165,11 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   })
   const flow = new AuthorizationFlow({ config, store, provider, grants, keyRing, auditor, now, findClient, revokeGrant })
   const refresh = new RefreshService({
-    config, store, auditor, now, revokeGrant,
+    config,
+    store,
+    auditor,
+    now,
+    revokeGrant,
     recheck: grant => upstream.recheck(grant),
     successorKey: deploymentKeys.key('refresh-successor')
   })

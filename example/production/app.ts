@@ -63,7 +63,8 @@ export function productionOptions (env: Env): McpOAuthOptions {
       allowInsecureHttp: env.OIDC_ALLOW_HTTP === 'true'
     })
   const keys = parseKeys(readSecret(env, 'ENCRYPTION_KEYS') as string)
-  const cookieSecret = readSecret(env, 'COOKIE_SECRET') as string
+  // The deployment secret (consent cookies, refresh derivation, pseudonyms); the file keeps its old name.
+  const secret = readSecret(env, 'COOKIE_SECRET') as string
   const registrationToken = readSecret(env, 'REGISTRATION_TOKEN') as string
   const redisUrl = need(env, 'REDIS_URL')
   // Last: the store opens a connection, so everything that can fail has been checked before.
@@ -74,7 +75,7 @@ export function productionOptions (env: Env): McpOAuthOptions {
     provider,
     store: new RedisStore({ url: redisUrl, prefix: env.REDIS_PREFIX ?? 'mcp-oauth:' }),
     encryption: { keys },
-    cookieSecret,
+    secret,
     registration: {
       mode: 'token',
       token: registrationToken,
