@@ -4,10 +4,10 @@ import { randomUUID } from 'node:crypto'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { mcpOAuth, StoreUnavailableError } from '../lib/index.js'
 import { RedisStore } from '../lib/storage/redis.js'
-import { generateToken, hashToken } from '../lib/core/tokens.js'
 import { s256 } from '../lib/core/pkce.js'
+import { CODE_VERIFIER as VERIFIER, storeCode } from './helpers/codes.js'
 import type { RedisServer } from './helpers/redis.js'
-import { withRedisServer } from './helpers/redis-tests.js'
+import { eventually, withRedisServer } from './helpers/redis-tests.js'
 
 /**
  * Finding 14: a Redis that stops answering (SIGSTOP: the connection stays open, nothing comes back)
@@ -20,7 +20,6 @@ const ISSUER = 'https://auth.example.com'
 const RESOURCE = `${ISSUER}/mcp`
 const CLIENT = { client_id: 'app', redirect_uris: ['http://127.0.0.1/cb'] }
 const RS = { id: 'rs', secret: 'resource-server-secret-resource-server' }
-const VERIFIER = 'v'.repeat(43)
 /** The store's default per-command bound (README: "Several replicas: the Redis store"). */
 const BOUND = 500
 /**
@@ -74,21 +73,7 @@ function freezeTests (server: RedisServer): void {
 
   /** An authorization code as the callback stores it. */
   async function newCode (a: FastifyInstance): Promise<string> {
-    const code = generateToken('authorizationCode')
-    const now = Date.now()
-    await a.mcpOAuth.storage.saveCode(hashToken(code), {
-      clientId: CLIENT.client_id,
-      redirectUri: CLIENT.redirect_uris[0] as string,
-      codeChallenge: s256(VERIFIER),
-      codeChallengeMethod: 'S256',
-      scopes: ['mcp:tools'],
-      resource: RESOURCE,
-      grantId: randomUUID(),
-      userId: 'code-user',
-      issuedAt: now,
-      expiresAt: now + 60_000
-    })
-    return code
+    return (await storeCode(a.mcpOAuth.storage, { clientId: CLIENT.client_id, redirectUri: CLIENT.redirect_uris[0] as string, resource: RESOURCE, userId: 'code-user' })).code
   }
 
   /** One request of each kind that needs the store. */
@@ -158,7 +143,7 @@ function freezeTests (server: RedisServer): void {
       const r = await send.guard()
       if (r.statusCode !== 200) throw new Error(`guard ${r.statusCode}`)
       return r
-    })
+    }, 10_000)
     t.same(ok.json(), { user: 'gus' }, 'the guard admits the token again')
     const refreshed = await send.refresh()
     t.equal(refreshed.statusCode, 200, 'the refresh token from before the freeze still refreshes')
@@ -191,7 +176,7 @@ function freezeTests (server: RedisServer): void {
     const slowest = Math.max(...results.map(r => r.ms))
     t.ok(results.every(r => r.err instanceof StoreUnavailableError), 'every failure is a StoreUnavailableError (503 at the endpoints)')
     t.ok(slowest < bound + 600, `the slowest failed after ${slowest.toFixed(0)} ms (bound ${bound})`)
-    t.same(await eventually(() => store.getGrant(kept.grantId, now)), kept, 'the record written before the freeze is there after it')
+    t.same(await eventually(() => store.getGrant(kept.grantId, now), 10_000), kept, 'the record written before the freeze is there after it')
   })
 
   t.test('killed Redis (SIGKILL): 503 everywhere, never 500 or 401; after a restart (AOF) everything committed works', async t => {
@@ -216,23 +201,10 @@ function freezeTests (server: RedisServer): void {
       const r = await send.guard()
       if (r.statusCode !== 200) throw new Error(`guard ${r.statusCode}`)
       return r
-    })
+    }, 10_000)
     t.same(ok.json(), { user: 'gus' }, 'the guard admits the token again')
     t.equal((await send.refresh()).statusCode, 200, 'the refresh token survived the crash')
     t.equal((await send.code()).statusCode, 200, 'the code survived the crash')
     t.equal((await send.introspect()).json().active, true)
   })
-}
-
-/** Retry until it stops throwing (reconnection takes up to a second). */
-async function eventually<T> (fn: () => Promise<T>, ms = 10_000): Promise<T> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    try {
-      return await fn()
-    } catch (err) {
-      if (Date.now() > deadline) throw err
-      await new Promise(resolve => setTimeout(resolve, 100))
-    }
-  }
 }

@@ -5,9 +5,9 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import { mcpOAuth, type McpOAuthOptions } from '../lib/index.js'
 import { RedisStore } from '../lib/storage/redis.js'
-import type { CodeRecord, Store } from '../lib/storage/types.js'
-import { s256 } from '../lib/core/pkce.js'
-import { generateId, generateToken, hashToken } from '../lib/core/tokens.js'
+import type { Store } from '../lib/storage/types.js'
+import { CODE_VERIFIER as VERIFIER, storeCode } from './helpers/codes.js'
+import { generateId } from '../lib/core/tokens.js'
 import type { RedisServer } from './helpers/redis.js'
 import { withRedisServer } from './helpers/redis-tests.js'
 
@@ -22,7 +22,6 @@ const ISSUER = 'https://auth.example.com'
 const RESOURCE = `${ISSUER}/mcp`
 const CLIENT = { client_id: 'app', redirect_uris: ['http://127.0.0.1/cb'] }
 const SECRET = 'shared-deployment-secret-shared-deployment'
-const VERIFIER = 'v'.repeat(43)
 
 await withRedisServer('refresh hardening on Redis', tests)
 
@@ -178,22 +177,7 @@ function tests (server: RedisServer): void {
       }) as Store
       const a = await replica(t, p, {}, paused)
       const b = await replica(t, p)
-      const code = generateToken('authorizationCode')
-      const now = Date.now()
-      const grantId = generateId()
-      const record: CodeRecord = {
-        clientId: CLIENT.client_id,
-        redirectUri: CLIENT.redirect_uris[0] as string,
-        codeChallenge: s256(VERIFIER),
-        codeChallengeMethod: 'S256',
-        scopes: ['mcp:tools'],
-        resource: RESOURCE,
-        grantId,
-        userId: 'u-1',
-        issuedAt: now,
-        expiresAt: now + 60_000
-      }
-      await b.mcpOAuth.storage.saveCode(hashToken(code), record)
+      const { code, grantId } = await storeCode(b.mcpOAuth.storage, { clientId: CLIENT.client_id, redirectUri: CLIENT.redirect_uris[0] as string, resource: RESOURCE })
       const body = { grant_type: 'authorization_code', code, code_verifier: VERIFIER, redirect_uri: CLIENT.redirect_uris[0] as string, client_id: CLIENT.client_id }
       const first = post(a, body)
       await atPause

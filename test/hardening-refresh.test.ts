@@ -1,10 +1,10 @@
 import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
 import { buildApp, RESOURCE, type TestApp } from './helpers/app.js'
-import { s256 } from '../lib/core/pkce.js'
-import { generateId, generateToken, hashToken } from '../lib/core/tokens.js'
+import { CODE_VERIFIER as VERIFIER, storeCode } from './helpers/codes.js'
+import { hashToken } from '../lib/core/tokens.js'
 import { MemoryStore } from '../lib/storage/memory.js'
-import type { CodeRecord, Store } from '../lib/storage/types.js'
+import type { Store } from '../lib/storage/types.js'
 
 /**
  * Issue 15, findings 1 and 10 and the refresh grace, on the memory store (the Redis side is in
@@ -198,27 +198,9 @@ t.test('grace: start-up warnings only well above the default', async t => {
 
 // ---- finding 10 --------------------------------------------------------------------------
 
-const VERIFIER = 'v'.repeat(43)
-
 /** A code as the callback issues it (saved straight into the store: the upstream leg is not what is tested). */
-async function saveCode (ctx: TestApp): Promise<{ code: string, grantId: string }> {
-  const code = generateToken('authorizationCode')
-  const now = ctx.clock.now()
-  const grantId = generateId()
-  const record: CodeRecord = {
-    clientId: CLIENT.client_id,
-    redirectUri: CLIENT.redirect_uris[0] as string,
-    codeChallenge: s256(VERIFIER),
-    codeChallengeMethod: 'S256',
-    scopes: ['mcp:tools'],
-    resource: RESOURCE,
-    grantId,
-    userId: 'u-1',
-    issuedAt: now,
-    expiresAt: now + 60_000
-  }
-  await ctx.app.mcpOAuth.storage.saveCode(hashToken(code), record)
-  return { code, grantId }
+function saveCode (ctx: TestApp): Promise<{ code: string, grantId: string }> {
+  return storeCode(ctx.app.mcpOAuth.storage, { clientId: CLIENT.client_id, redirectUri: CLIENT.redirect_uris[0] as string, resource: RESOURCE, now: ctx.clock.now() })
 }
 
 function exchange (ctx: TestApp, code: string) {

@@ -6,7 +6,7 @@ import type { GrantRecord, RefreshTokenRecord } from '../lib/storage/types.js'
 import { generateId, generateToken, hashToken } from '../lib/core/tokens.js'
 import { publicClient, storeContract } from './helpers/store-contract.js'
 import { freePort, startRedisServer } from './helpers/redis.js'
-import { withRedisServer } from './helpers/redis-tests.js'
+import { eventually, withRedisServer } from './helpers/redis-tests.js'
 import type { RedisServer } from './helpers/redis.js'
 
 // These tests start their own redis-server (a child process on a free loopback port), so all
@@ -406,17 +406,4 @@ function redisTests (server: RedisServer): void {
     await own.restart()
     t.same(await eventually(() => s.getGrant(g.grantId, now)), g)
   })
-}
-
-/** Retry an operation until it stops throwing (reconnection takes up to a second). */
-async function eventually<T> (fn: () => Promise<T>, ms = 5000): Promise<T> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    try {
-      return await fn()
-    } catch (err) {
-      if (Date.now() > deadline) throw err
-      await new Promise(resolve => setTimeout(resolve, 100))
-    }
-  }
 }

@@ -24,3 +24,16 @@ export async function withRedisServer (what: string, tests: (server: RedisServer
   t.teardown(() => server.destroy())
   tests(server)
 }
+
+/** Retry an operation until it stops throwing (a reconnection takes up to a second). */
+export async function eventually<T> (fn: () => Promise<T>, ms = 5000): Promise<T> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    try {
+      return await fn()
+    } catch (err) {
+      if (Date.now() > deadline) throw err
+      await new Promise(resolve => setTimeout(resolve, 100))
+    }
+  }
+}

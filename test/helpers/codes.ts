@@ -1,0 +1,33 @@
+import { s256 } from '../../lib/core/pkce.js'
+import { generateId, generateToken, hashToken } from '../../lib/core/tokens.js'
+import type { CodeRecord, FlowStore } from '../../lib/storage/types.js'
+
+/** The PKCE verifier of every code made by storeCode. */
+export const CODE_VERIFIER = 'v'.repeat(43)
+
+/**
+ * An authorization code as the upstream callback stores it, written straight into a store, for tests
+ * about what happens at the token endpoint (the upstream leg is not what they are about).
+ */
+export async function storeCode (
+  store: Pick<FlowStore, 'saveCode'>,
+  opts: { clientId: string, redirectUri: string, resource: string, userId?: string, now?: number }
+): Promise<{ code: string, grantId: string }> {
+  const code = generateToken('authorizationCode')
+  const now = opts.now ?? Date.now()
+  const grantId = generateId()
+  const record: CodeRecord = {
+    clientId: opts.clientId,
+    redirectUri: opts.redirectUri,
+    codeChallenge: s256(CODE_VERIFIER),
+    codeChallengeMethod: 'S256',
+    scopes: ['mcp:tools'],
+    resource: opts.resource,
+    grantId,
+    userId: opts.userId ?? 'u-1',
+    issuedAt: now,
+    expiresAt: now + 60_000
+  }
+  await store.saveCode(hashToken(code), record)
+  return { code, grantId }
+}
