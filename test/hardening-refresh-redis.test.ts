@@ -6,7 +6,7 @@ import { Redis } from 'ioredis'
 import { mcpOAuth, type McpOAuthOptions } from '../lib/index.js'
 import { RedisStore } from '../lib/storage/redis.js'
 import type { Store } from '../lib/storage/types.js'
-import { CODE_VERIFIER as VERIFIER, storeCode } from './helpers/codes.js'
+import { CODE_VERIFIER as VERIFIER, pauseAt, storeCode } from './helpers/codes.js'
 import { generateId } from '../lib/core/tokens.js'
 import type { RedisServer } from './helpers/redis.js'
 import { withRedisServer } from './helpers/redis-tests.js'
@@ -157,24 +157,7 @@ function tests (server: RedisServer): void {
     for (const where of ['before', 'after'] as const) {
       const p = prefix()
       const inner = new RedisStore({ url: server.url, prefix: p, commandTimeoutMs: 2000 })
-      let reached!: () => void
-      let release!: () => void
-      const atPause = new Promise<void>(resolve => { reached = resolve })
-      const gate = new Promise<void>(resolve => { release = resolve })
-      const paused = new Proxy(inner, {
-        get (target, prop) {
-          const value = Reflect.get(target, prop, target) as unknown
-          if (typeof value !== 'function') return value
-          const fn = (value as (...x: unknown[]) => unknown).bind(target)
-          if (prop !== 'saveGrantWithTokens') return fn
-          return async (...args: unknown[]) => {
-            if (where === 'before') { reached(); await gate }
-            const out = await fn(...args)
-            if (where === 'after') { reached(); await gate }
-            return out
-          }
-        }
-      }) as Store
+      const { store: paused, atPause, release } = pauseAt(inner, 'saveGrantWithTokens', where)
       const a = await replica(t, p, {}, paused)
       const b = await replica(t, p)
       const { code, grantId } = await storeCode(b.mcpOAuth.storage, { clientId: CLIENT.client_id, redirectUri: CLIENT.redirect_uris[0] as string, resource: RESOURCE })

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
 import { buildApp, RESOURCE, type TestApp } from './helpers/app.js'
-import { CODE_VERIFIER as VERIFIER, storeCode } from './helpers/codes.js'
+import { CODE_VERIFIER as VERIFIER, pauseAt, storeCode } from './helpers/codes.js'
 import { hashToken } from '../lib/core/tokens.js'
 import { MemoryStore } from '../lib/storage/memory.js'
 import type { Store } from '../lib/storage/types.js'
@@ -214,25 +214,8 @@ function exchange (ctx: TestApp, code: string) {
 function pausing (method: 'saveGrantWithTokens' | 'saveGrant', where: 'before' | 'after', opts: { combined?: boolean } = {}) {
   const inner = new MemoryStore({ sweepIntervalMs: 0 })
   if (opts.combined === false) Object.assign(inner, { saveGrantWithTokens: undefined })
-  let reached!: () => void
-  let release!: () => void
-  const atPause = new Promise<void>(resolve => { reached = resolve })
-  const gate = new Promise<void>(resolve => { release = resolve })
-  const store = new Proxy(inner, {
-    get (target, prop) {
-      const value = Reflect.get(target, prop, target) as unknown
-      if (typeof value !== 'function') return value
-      const fn = (value as (...a: unknown[]) => unknown).bind(target)
-      if (prop !== method) return fn
-      return async (...args: unknown[]) => {
-        if (where === 'before') { reached(); await gate }
-        const out = await fn(...args)
-        if (where === 'after') { reached(); await gate }
-        return out
-      }
-    }
-  }) as Store
-  return { store, atPause, release }
+  const { store, atPause, release } = pauseAt(inner, method, where)
+  return { store: store as Store, atPause, release }
 }
 
 t.test('finding 10: a code replayed while its first exchange is still writing revokes what it issued, in every interleaving', async t => {

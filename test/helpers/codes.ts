@@ -31,3 +31,29 @@ export async function storeCode (
   await store.saveCode(hashToken(code), record)
   return { code, grantId }
 }
+
+/**
+ * The store with one method held at `where` ('before' or 'after' the real call) until `release()`:
+ * a first code exchange waits there while a replay runs. `atPause` resolves when it is reached.
+ */
+export function pauseAt<S extends object> (inner: S, method: string, where: 'before' | 'after'): { store: S, atPause: Promise<void>, release: () => void } {
+  let reached!: () => void
+  let release!: () => void
+  const atPause = new Promise<void>(resolve => { reached = resolve })
+  const gate = new Promise<void>(resolve => { release = resolve })
+  const store = new Proxy(inner, {
+    get (target, prop) {
+      const value = Reflect.get(target, prop, target) as unknown
+      if (typeof value !== 'function') return value
+      const fn = (value as (...a: unknown[]) => unknown).bind(target)
+      if (prop !== method) return fn
+      return async (...args: unknown[]) => {
+        if (where === 'before') { reached(); await gate }
+        const out = await fn(...args)
+        if (where === 'after') { reached(); await gate }
+        return out
+      }
+    }
+  })
+  return { store, atPause, release }
+}
