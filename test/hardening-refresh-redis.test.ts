@@ -7,7 +7,7 @@ import { mcpOAuth, type McpOAuthOptions } from '../lib/index.js'
 import { RedisStore } from '../lib/storage/redis.js'
 import type { Store } from '../lib/storage/types.js'
 import { CODE_VERIFIER as VERIFIER, pauseAt, storeCode } from './helpers/codes.js'
-import { generateId } from '../lib/core/tokens.js'
+import { generateId, hashToken } from '../lib/core/tokens.js'
 import type { RedisServer } from './helpers/redis.js'
 import { withRedisServer } from './helpers/redis-tests.js'
 
@@ -139,6 +139,29 @@ function tests (server: RedisServer): void {
     }
     t.equal(await refused(a), 401, 'past the cap: the family is revoked at A')
     t.equal(await refused(b), 401, 'and at B')
+  })
+
+  t.test('rolling upgrade: a retry of a token rotated by the previous version (salt in the rt: hash) is refused, never reuse', async t => {
+    const p = prefix()
+    const a = await replica(t, p)
+    const rt0 = (await issue(a)).refresh_token
+    const first = await refresh(a, rt0)
+    t.equal(first.status, 200)
+    // The previous version's layout: the successor as field `s` of the retired rt: record, no rs: key.
+    const redis = new Redis(server.url)
+    t.teardown(async () => { await redis.quit().catch(() => { redis.disconnect() }) })
+    const rtKey = p + 'rt:' + hashToken(rt0)
+    const rsKey = p + 'rs:' + hashToken(rt0)
+    const salt = await redis.hget(rsKey, 's')
+    t.ok(salt, 'the new layout keeps the successor in rs:')
+    await redis.hset(rtKey, 's', salt as string)
+    await redis.del(rsKey)
+    const retry = await refresh(a, rt0)
+    t.equal(retry.status, 400)
+    t.equal(retry.body.error, 'invalid_grant')
+    t.notMatch(retry.body.error_description, /revoked/)
+    t.equal(await call(a, first.body.access_token as string), 200, 'the family lives')
+    t.equal((await refresh(a, first.body.refresh_token as string)).status, 200, 'the newest refresh token still refreshes')
   })
 
   t.test('finding 1: replicas with different secrets refuse a replay without revoking', async t => {

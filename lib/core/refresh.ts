@@ -167,7 +167,13 @@ export class RefreshService {
       const kept = store.replayRefreshToken !== undefined
         ? await store.replayRefreshToken(hash, now)
         : record.successor === undefined ? null : { successor: record.successor, replays: 1 }
-      const pair = kept !== null && kept.replays <= config.refreshGraceMaxReplays
+      if (kept === null) {
+        // Rotated within the window, but no successor data is kept: the rotation was made by a
+        // replica of the previous version (its salt sat elsewhere) during a rolling upgrade. A retry
+        // is normal there; it must not cost the user the family.
+        throw new OAuthError('invalid_grant', 'The refresh token was already used and its successor cannot be rebuilt; use the newest refresh token')
+      }
+      const pair = kept.replays <= config.refreshGraceMaxReplays
         ? rebuildSuccessor(this.#d.successorKey, token, kept.successor)
         : null
       if (pair !== null) {
