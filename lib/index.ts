@@ -121,6 +121,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   const cimd = config.cimd.enabled
     ? new CimdResolver({
       redirectPolicy: config.redirects,
+      scopes: config.scopes,
       timeoutMs: config.cimd.timeoutMs,
       minCacheSeconds: config.cimd.minCacheSeconds,
       maxCacheSeconds: config.cimd.maxCacheSeconds,

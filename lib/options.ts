@@ -417,6 +417,9 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
     const method = c.token_endpoint_auth_method ?? (c.client_secret === undefined ? 'none' : 'client_secret_basic')
     if (method === 'none' && c.client_secret !== undefined) throw bad(`clients[${i}].client_secret`, 'a public client (token_endpoint_auth_method "none") has no secret')
     if (method !== 'none' && c.client_secret === undefined) throw bad(`clients[${i}].client_secret`, `is required for ${method}`)
+    for (const s of c.scope?.split(' ') ?? []) {
+      if (!scopes.includes(s)) throw bad(`clients[${i}].scope`, `"${s}" is not in scopes`)
+    }
     const grace = c.refresh_grace_seconds
     if (grace !== undefined && grace > GRACE_WARN_ABOVE) warnings.push(`clients[${i}].refresh_grace_seconds is ${grace}: a stolen, already used refresh token of ${c.client_id} stays usable that long`)
     c.redirect_uris.forEach((u, j) => {

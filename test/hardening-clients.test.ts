@@ -318,7 +318,9 @@ const metadataServer = createHttpsServer({ key, cert }, (req: IncomingMessage, r
   const path = req.url ?? ''
   hits.set(path, (hits.get(path) ?? 0) + 1)
   const id = `https://client.test:${(metadataServer.address() as AddressInfo).port}${path}`
-  const document = JSON.stringify({ client_id: id, client_name: 'Fan-out', redirect_uris: ['http://127.0.0.1/cb'], scope: 'mcp:tools' })
+  // A document written for other servers too names scopes we do not grant (/foreign, /mixed).
+  const scope = path.startsWith('/foreign') ? 'openid profile offline_access' : path.startsWith('/mixed') ? 'openid mcp:tools' : 'mcp:tools'
+  const document = JSON.stringify({ client_id: id, client_name: 'Fan-out', redirect_uris: ['http://127.0.0.1/cb'], scope })
   if (path.startsWith('/fail')) {
     res.writeHead(500).end()
   } else if (path.startsWith('/hold')) {
@@ -399,4 +401,19 @@ t.test('finding 8 and 5: a metadata document\'s scope is enforced', async t => {
   const id = metadataUrl(`/doc-${generateId()}.json`)
   t.equal((await authorize(app, id, { scope: 'mcp:tools' })).statusCode, 200)
   t.ok(refusedWith(await authorize(app, id, { scope: 'mcp:admin' }), 'invalid_scope'), 'beyond the document\'s scope: refused')
+})
+
+t.test('finding 5: a metadata document\'s scopes that this server does not grant restrict nothing, as in a registration', async t => {
+  const { app } = await cimdApp(t)
+  const foreign = metadataUrl(`/foreign-${generateId()}.json`)
+  t.equal((await authorize(app, foreign)).statusCode, 200, 'only scopes of other servers: the defaults, as for a client without scope')
+  t.equal((await authorize(app, foreign, { scope: 'mcp:admin' })).statusCode, 200)
+  const mixed = metadataUrl(`/mixed-${generateId()}.json`)
+  t.equal((await authorize(app, mixed)).statusCode, 200, 'the scopes we grant are kept')
+  t.ok(refusedWith(await authorize(app, mixed, { scope: 'mcp:admin' }), 'invalid_scope'), 'and bound the client')
+})
+
+t.test('finding 5: a static client\'s scope must be one this server grants (a typo would restrict nothing)', async t => {
+  await t.rejects(buildApp(t, { clients: [{ client_id: 'c', redirect_uris: ['https://c.example.com/cb'], scope: 'mcp:tool' }] }),
+    /clients\[0\]\.scope.*"mcp:tool" is not in scopes/)
 })

@@ -3,6 +3,7 @@ import type { ResolvedConfig } from '../options.js'
 import type { Auditor } from '../security/audit.js'
 import type { ClientAuthMethod, ClientRecord, Store } from '../storage/types.js'
 import { checkRedirectUri, type RedirectKind } from './redirect.js'
+import { registeredScope } from './scopes.js'
 import { hasUnsafeDisplayChars } from './display.js'
 import { generateId, generateToken, hashToken, looksLike, safeEqual } from './tokens.js'
 
@@ -140,8 +141,7 @@ export function validateClientMetadata (input: unknown, config: ResolvedConfig):
   let scope: string | undefined
   if (body.scope !== undefined) {
     if (typeof body.scope !== 'string' || body.scope.length > MAX_STRING) throw bad('scope must be a space-separated string')
-    const kept = body.scope.split(' ').filter(s => config.scopes.includes(s))
-    scope = kept.length > 0 ? [...new Set(kept)].join(' ') : undefined
+    scope = registeredScope(body.scope, config.scopes)
   }
 
   const result: ValidatedMetadata = {

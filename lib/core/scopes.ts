@@ -41,6 +41,16 @@ export function narrowScopes (requested: string | undefined, granted: readonly s
 }
 
 /**
+ * The scope a client may register: the scopes of a registration (RFC 7591) or a metadata document
+ * that this server grants, once each; undefined when none is left (`openid profile` from a client
+ * written for another server restricts nothing, as a client without `scope`).
+ */
+export function registeredScope (value: string, known: readonly string[]): string | undefined {
+  const kept = [...new Set(value.split(' ').filter(s => known.includes(s)))]
+  return kept.length > 0 ? kept.join(' ') : undefined
+}
+
+/**
  * RFC 7591 §2: the scope a client registered (static, dynamic or in its metadata document) is all it
  * may hold. A client that registered none may hold any supported scope. The one rule, used at the
  * authorization request, the code exchange and the refresh.

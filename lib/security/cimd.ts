@@ -4,6 +4,7 @@ import { request as httpsRequest } from 'node:https'
 import { isIP, type LookupFunction } from 'node:net'
 import { OAuthError } from '../errors.js'
 import { checkRedirectUri, isForbiddenAddress, isPrivateHost, type RedirectPolicy } from '../core/redirect.js'
+import { registeredScope } from '../core/scopes.js'
 export { isForbiddenAddress } from '../core/redirect.js'
 import type { ClientRecord } from '../storage/types.js'
 import { hasUnsafeDisplayChars } from '../core/display.js'
@@ -62,6 +63,8 @@ export interface CimdResolverOptions {
   allowPrivateAddresses?: boolean
   /** The policy every redirect URI in a document must pass. */
   redirectPolicy: RedirectPolicy
+  /** The scopes this server grants: a document's `scope` keeps only these (as a registration's). */
+  scopes?: readonly string[]
   /** Clock in epoch milliseconds. */
   now?: () => number
   /** Name resolution, called once per fetch. Default: `dns.promises.lookup` with `all: true`. */
@@ -110,6 +113,7 @@ export class CimdResolver {
   readonly #maxConcurrent: number
   readonly #allowPrivate: boolean
   readonly #redirectPolicy: RedirectPolicy
+  readonly #scopes: readonly string[] | undefined
   readonly #now: () => number
   readonly #lookup: (hostname: string) => Promise<ResolvedAddress[]>
   readonly #ca: CimdResolverOptions['ca']
@@ -131,6 +135,7 @@ export class CimdResolver {
     this.#maxConcurrent = positive(opts.maxConcurrentFetches, 16, 'maxConcurrentFetches')
     this.#allowPrivate = opts.allowPrivateAddresses === true
     this.#redirectPolicy = opts.redirectPolicy
+    this.#scopes = opts.scopes
     this.#now = opts.now ?? Date.now
     this.#lookup = opts.lookup ?? defaultLookup
     this.#ca = opts.ca
@@ -193,7 +198,7 @@ export class CimdResolver {
       const fetched = await this.#fetch(url, addresses, controller.signal)
       if (this.#closed) throw fail('the resolver was closed')
       const now = this.#now()
-      const record = buildRecord(clientId, parseDocument(fetched.body), this.#redirectPolicy, now)
+      const record = buildRecord(clientId, parseDocument(fetched.body), this.#redirectPolicy, now, this.#scopes)
       this.#remember(clientId, record, now + this.#ttlSeconds(fetched.headers) * 1000)
       this.#onFetched?.(clientId)
       return record
@@ -511,7 +516,7 @@ function stringArray (value: unknown, field: string): string[] {
 }
 
 /** Validate a parsed document against the URL it came from and turn it into a public client. */
-function buildRecord (clientId: string, doc: Record<string, unknown>, policy: RedirectPolicy, now: number): ClientRecord {
+function buildRecord (clientId: string, doc: Record<string, unknown>, policy: RedirectPolicy, now: number, scopes?: readonly string[]): ClientRecord {
   const has = (field: string): boolean => Object.hasOwn(doc, field) && doc[field] !== undefined
   if (doc.client_id !== clientId) throw fail('client_id in the document does not equal the URL it was fetched from')
   if (has('client_secret') || has('client_secret_expires_at')) {
@@ -576,7 +581,10 @@ function buildRecord (clientId: string, doc: Record<string, unknown>, policy: Re
     clientIdIssuedAt: Math.floor(now / 1000),
     source: 'cimd'
   }
-  if (typeof doc.scope === 'string') record.scope = doc.scope
+  if (typeof doc.scope === 'string') {
+    const scope = scopes === undefined ? doc.scope : registeredScope(doc.scope, scopes)
+    if (scope !== undefined) record.scope = scope
+  }
   return record
 }
 
