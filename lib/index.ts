@@ -136,10 +136,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
     : undefined
   const findClient = async (clientId: string): Promise<ClientRecord | null> => {
     if (cimd !== undefined && CimdResolver.isCimdClientId(clientId)) return cimd.resolve(clientId)
-    const client = await store.getClient(clientId, now())
-    // Every request that names a stored client is a use of it: it renews a dynamic client's expiry.
-    if (client !== null) await registration.keepAlive(client)
-    return client
+    return store.getClient(clientId, now())
   }
 
   // Background work (upstream revocation retries) runs on unref'd timers released on close.

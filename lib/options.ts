@@ -466,7 +466,7 @@ function checkProvider (provider: unknown): void {
 function checkStore (store: unknown): void {
   const required = ['saveGrant', 'getGrant', 'updateGrantUpstream', 'saveAccessToken', 'getAccessToken',
     'deleteAccessToken', 'saveRefreshToken', 'getRefreshToken', 'rotateRefreshToken', 'revokeGrant',
-    'listGrants', 'saveClient', 'getClient', 'deleteClient', 'renewClient', 'countClientsFrom', 'saveFlow', 'takeFlow', 'saveCode', 'consumeCode']
+    'listGrants', 'saveClient', 'getClient', 'deleteClient', 'countClientsFrom', 'saveFlow', 'takeFlow', 'saveCode', 'consumeCode']
   if (store === null || typeof store !== 'object') throw bad('store', 'must be an object implementing the storage contract')
   const missing = required.filter(m => typeof (store as Record<string, unknown>)[m] !== 'function')
   if (missing.length > 0) throw bad('store', `does not implement ${missing.join(', ')}`)

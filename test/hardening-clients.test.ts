@@ -213,19 +213,22 @@ t.test('finding 7: by default an unused dynamic client expires 30 days after reg
   const idle = (await register(app, body)).json()
   const used = (await register(app, body)).json()
   t.equal((await app.mcpOAuth.storage.getClient(idle.client_id, clock.t))?.expiresAt, clock.t + 30 * DAY + HOUR, 'expires 30 days (and an hour) after registration')
+  const grant = await app.mcpOAuth.grants.createGrant({ userId: 'u', clientId: used.client_id, scopes: ['mcp:tools'], resource: RESOURCE })
+  const { refresh_token: first } = await app.mcpOAuth.grants.issueTokens(grant)
+  const refresh = (refreshToken: string) => app.inject({ method: 'POST', url: '/oauth/token', payload: { grant_type: 'refresh_token', refresh_token: refreshToken, client_id: used.client_id } })
 
   clock.advance(20 * DAY)
-  t.equal((await authorize(app, used.client_id)).statusCode, 200, 'an authorization request is a use')
+  t.equal((await authorize(app, idle.client_id)).statusCode, 200, 'anyone may name the idle client in an authorization request')
+  const renewed = await refresh(first)
+  t.equal(renewed.statusCode, 200, 'tokens issued to the other client: a use')
   clock.advance(10 * DAY + HOUR + 1)
-  t.equal(await app.mcpOAuth.storage.getClient(idle.client_id, clock.t), null, 'the unused client is gone after 30 days (and an hour)')
+  t.equal(await app.mcpOAuth.storage.getClient(idle.client_id, clock.t), null, 'the unused client is gone after 30 days (and an hour): naming it was no use')
   t.equal((await authorize(app, idle.client_id)).statusCode, 400, 'and unknown to the authorization endpoint')
   t.ok(await app.mcpOAuth.storage.getClient(used.client_id, clock.t), 'the used one lives on')
 
-  // A token request is a use too (here a refresh of a grant of the client).
-  const grant = await app.mcpOAuth.grants.createGrant({ userId: 'u', clientId: used.client_id, scopes: ['mcp:tools'], resource: RESOURCE })
-  const tokens = await app.mcpOAuth.grants.issueTokens(grant)
-  clock.advance(15 * DAY)
-  const refreshed = await app.inject({ method: 'POST', url: '/oauth/token', payload: { grant_type: 'refresh_token', refresh_token: tokens.refresh_token, client_id: used.client_id } })
+  // Every token issue is a use.
+  clock.advance(5 * DAY)
+  const refreshed = await refresh(renewed.json().refresh_token as string)
   t.equal(refreshed.statusCode, 200)
   clock.advance(29 * DAY)
   t.ok(await app.mcpOAuth.storage.getClient(used.client_id, clock.t), '29 days after the refresh, still there')
@@ -259,13 +262,35 @@ t.test('finding 7: renewal writes at most once an hour per client, never on guar
     t.equal((await app.inject({ method: 'POST', url: '/mcp', headers: { authorization: `Bearer ${tokens.access_token}` } })).statusCode, 200)
     clock.advance(60_000)
   }
-  t.same(writes, [], 'no write for fifteen uses within the hour after registration')
+  t.same(writes, [], 'no write for fifteen requests within the hour after registration')
   clock.advance(2 * HOUR)
   for (let i = 0; i < 5; i++) {
     t.equal((await authorize(app, client.client_id)).statusCode, 200)
     clock.advance(60_000)
   }
-  t.same(writes, ['renewClient'], 'one renewal once the hour has passed, for five uses')
+  t.same(writes, [], 'authorization requests are no use: no write')
+  for (let i = 0; i < 5; i++) {
+    const res = await app.inject({ method: 'POST', url: '/oauth/token', payload: { grant_type: 'refresh_token', refresh_token: tokens.refresh_token, client_id: client.client_id } })
+    t.equal(res.statusCode, 200)
+    tokens = res.json()
+    clock.advance(60_000)
+  }
+  t.same(writes, ['renewClient'], 'one renewal once the hour has passed, for five refreshes')
+})
+
+t.test('finding 7: a store written for an earlier version (no renewClient) starts, and use still renews', async t => {
+  const clock = new TestClock()
+  const store = new MemoryStore({ now: clock.now, sweepIntervalMs: 0 })
+  Object.assign(store, { renewClient: undefined })
+  const { app } = await buildApp(t, { registration: { mode: 'public' }, store, now: clock.now })
+  const client = (await register(app, { redirect_uris: ['http://127.0.0.1/cb'], token_endpoint_auth_method: 'none' })).json()
+  const grant = await app.mcpOAuth.grants.createGrant({ userId: 'u', clientId: client.client_id, scopes: ['mcp:tools'], resource: RESOURCE })
+  const tokens = await app.mcpOAuth.grants.issueTokens(grant)
+  clock.advance(20 * DAY)
+  const res = await app.inject({ method: 'POST', url: '/oauth/token', payload: { grant_type: 'refresh_token', refresh_token: tokens.refresh_token, client_id: client.client_id } })
+  t.equal(res.statusCode, 200)
+  const expiresAt = (await store.getClient(client.client_id, clock.t))?.expiresAt as number
+  t.ok(expiresAt >= clock.t + 30 * DAY && expiresAt <= clock.t + 30 * DAY + HOUR, 'renewed by a read and a write')
 })
 
 t.test('finding 7: the unused-client expiry can be turned off, with a start-up warning', async t => {
@@ -294,8 +319,11 @@ await withRedisServer('finding 7 on Redis', server => {
     const from = JSON.parse(await redis.get(key) ?? '{}').registeredFrom as string
     t.equal(Number(await redis.zscore(`${prefix}cf:${from}`, client.client_id)), clock.t + 30 * DAY + HOUR, 'the per-address index follows')
 
+    const grant = await app.mcpOAuth.grants.createGrant({ userId: 'u', clientId: client.client_id, scopes: ['mcp:tools'], resource: RESOURCE })
+    const tokens = await app.mcpOAuth.grants.issueTokens(grant)
     clock.advance(10 * DAY)
-    t.equal((await authorize(app, client.client_id)).statusCode, 200, 'a use, ten days later')
+    const used = await app.inject({ method: 'POST', url: '/oauth/token', payload: { grant_type: 'refresh_token', refresh_token: tokens.refresh_token, client_id: client.client_id } })
+    t.equal(used.statusCode, 200, 'a use (a refresh), ten days later')
     const renewed = await redis.pttl(key)
     t.ok(renewed > 30 * DAY + HOUR - 60_000, `the TTL starts again from the use (PTTL ${renewed})`)
     const expiresAt = JSON.parse(await redis.get(key) ?? '{}').expiresAt as number

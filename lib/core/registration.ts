@@ -292,8 +292,8 @@ export class RegistrationService {
   }
 
   /**
-   * A use of a client (a request naming it at the authorization, token, revocation or introspection
-   * endpoint). A dynamic client then lives `unusedClientTtlSeconds` longer, or as long as a token
+   * A use of a client: tokens issued to it after it authenticated (an authorization request names a
+   * client without proving anything, so it is not one). A dynamic client then lives `unusedClientTtlSeconds` longer, or as long as a token
    * issued now may be used (the refresh token's lifetime) if that is longer: it never expires while
    * a token of its is alive. The expiry is set a little further than needed (renewSlack), so that a
    * busy client is written at most about once an hour; other uses cost nothing.
@@ -305,7 +305,15 @@ export class RegistrationService {
     const now = this.#d.now()
     const keep = Math.max(unused, ttl.refreshToken * 1000, ttl.accessToken * 1000)
     if (client.expiresAt !== undefined && client.expiresAt >= now + keep) return
-    await this.#d.store.renewClient(client.clientId, now + keep + renewSlack(keep), now)
+    const expiresAt = now + keep + renewSlack(keep)
+    if (this.#d.store.renewClient !== undefined) {
+      await this.#d.store.renewClient(client.clientId, expiresAt, now)
+    } else {
+      // A store written for an earlier version: read and write back (a concurrent RFC 7592 update may
+      // win or lose against it, as before renewClient existed).
+      const current = await this.#d.store.getClient(client.clientId, now)
+      if (current !== null && (current.expiresAt === undefined || current.expiresAt < expiresAt)) await this.#d.store.saveClient({ ...current, expiresAt })
+    }
   }
 
   /** RFC 7592 §2: a wrong token and an unknown client look the same (401 invalid_token). */

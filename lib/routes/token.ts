@@ -6,6 +6,7 @@ import { OAuthError } from '../errors.js'
 import type { ResolvedConfig } from '../options.js'
 import type { ClientRecord } from '../storage/types.js'
 import type { RefreshService } from '../core/refresh.js'
+import type { RegistrationService } from '../core/registration.js'
 import { routeLimit } from './oauth.js'
 
 export interface TokenRouteDeps {
@@ -14,6 +15,7 @@ export interface TokenRouteDeps {
   refresh: RefreshService
   now: () => number
   findClient: (clientId: string) => Promise<ClientRecord | null>
+  registration: Pick<RegistrationService, 'keepAlive'>
 }
 
 const Param = Type.String({ maxLength: 4096 })
@@ -39,7 +41,7 @@ const TokenResponse = Type.Object({
   scope: Type.String()
 })
 
-export const tokenRoutes: FastifyPluginAsync<TokenRouteDeps> = async (fastify, { config, flow, refresh, now, findClient }) => {
+export const tokenRoutes: FastifyPluginAsync<TokenRouteDeps> = async (fastify, { config, flow, refresh, now, findClient, registration }) => {
   fastify.post(`${config.basePath}/oauth/token`, {
     schema: { body: TokenBody, response: { 200: TokenResponse } },
     config: routeLimit(config, 'token')
@@ -56,6 +58,9 @@ export const tokenRoutes: FastifyPluginAsync<TokenRouteDeps> = async (fastify, {
     const tokens = grantType === 'authorization_code'
       ? await flow.exchangeCode(client, body)
       : await refresh.refresh(client, body)
+    // Tokens issued to an authenticated client are its use (finding 7): it renews a dynamic client's
+    // expiry. Merely naming a client (an authorization request anyone can send) does not.
+    await registration.keepAlive(client)
     reply.header('cache-control', 'no-store').header('pragma', 'no-cache')
     return tokens
   })

@@ -233,11 +233,12 @@ export interface ClientStore {
   getClient (clientId: string, now: number): Promise<ClientRecord | null>
   deleteClient (clientId: string): Promise<boolean>
   /**
+   * Optional (both stores have it; a store without it gets a read and a write instead).
    * A use of a client: move its expiry to `expiresAt` when that is later (a client without one gets
    * it), with whatever else it keeps (the per-address count follows). Never lost against a concurrent
    * saveClient, nor loses it. False when the client is gone or expired at `now`.
    */
-  renewClient (clientId: string, expiresAt: number, now: number): Promise<boolean>
+  renewClient? (clientId: string, expiresAt: number, now: number): Promise<boolean>
   /** Live clients registered from this address (per-IP cap on dynamic registration). */
   countClientsFrom (address: string, now: number): Promise<number>
 }
