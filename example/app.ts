@@ -7,7 +7,7 @@ import { googleProvider, oidcProvider } from '../lib/providers/index.js'
 import { startDevIdp } from './dev-idp.js'
 import { RedisStore } from '../lib/storage/redis.js'
 import { mcpRoutes } from './mcp.js'
-import { serverTimeouts } from './timeouts.js'
+import { serverDefaults } from './timeouts.js'
 
 /**
  * A runnable MCP server protected by fastify-mcp-oauth.
@@ -166,12 +166,12 @@ export default app
 
 /** Server options that Fastify CLI merges in when started with `--options`. */
 export const options: FastifyServerOptions = {
-  ...serverTimeouts,
+  ...serverDefaults,
   logger: { level: process.env.LOG_LEVEL ?? 'info' }
 }
 
 /** The configured example, not listening: for tests and for embedding without Fastify CLI. */
-export async function buildExample (env: ExampleEnv = process.env, serverOptions: FastifyServerOptions = { ...serverTimeouts, logger: false }): Promise<FastifyInstance> {
+export async function buildExample (env: ExampleEnv = process.env, serverOptions: FastifyServerOptions = { ...serverDefaults, logger: false }): Promise<FastifyInstance> {
   const instance = Fastify(serverOptions)
   await instance.register(app, { env })
   await instance.ready()

@@ -19,3 +19,20 @@ export const serverTimeouts = {
     connectionsCheckingInterval: 1_000
   } satisfies ServerOptions
 }
+
+/**
+ * `//oauth/token?...` routed, logged and answered as `/oauth/token?...` (a client joining an issuer
+ * written with a trailing slash sends such paths). Without it, a doubled slash misses the plugin's
+ * paths, and Fastify's root 404 logs the URL with its query string, credentials included.
+ */
+export function collapseSlashes (req: { url?: string }): string {
+  const url = req.url ?? '/'
+  const end = url.search(/[?#]/)
+  return end < 0 ? url.replace(/\/{2,}/g, '/') : url.slice(0, end).replace(/\/{2,}/g, '/') + url.slice(end)
+}
+
+/** What the examples pass to Fastify(): the timeouts, and runs of slashes in the path collapsed. */
+export const serverDefaults = {
+  ...serverTimeouts,
+  rewriteUrl: collapseSlashes
+}

@@ -1,11 +1,12 @@
 import t from 'tap'
 import { connect } from 'node:net'
 import { Writable } from 'node:stream'
-import Fastify, { type FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import { mcpOAuth } from '../lib/index.js'
 import { generateToken } from '../lib/core/tokens.js'
 import { buildExample, options as exampleOptions } from '../example/app.js'
 import { serverOptions as productionServerOptions } from '../example/production/app.js'
+import { collapseSlashes, serverDefaults } from '../example/timeouts.js'
 
 /**
  * Operations findings of issue 15: no credential from a URL reaches the log under the plugin's
@@ -17,7 +18,7 @@ const ISSUER = 'https://auth.example.com'
 const CLIENT = { client_id: 'app', redirect_uris: ['http://127.0.0.1/cb'] }
 
 /** An app whose pino output is captured line by line. */
-async function loggedApp (t: { teardown (fn: () => unknown): void }, issuer = ISSUER): Promise<{ app: FastifyInstance, lines: string[] }> {
+async function loggedApp (t: { teardown (fn: () => unknown): void }, issuer = ISSUER, server: FastifyServerOptions = {}): Promise<{ app: FastifyInstance, lines: string[] }> {
   const lines: string[] = []
   const stream = new Writable({
     write (chunk: Buffer, _encoding, done) {
@@ -25,7 +26,7 @@ async function loggedApp (t: { teardown (fn: () => unknown): void }, issuer = IS
       done()
     }
   })
-  const app = Fastify({ logger: { level: 'trace', stream } })
+  const app = Fastify({ ...server, logger: { level: 'trace', stream } })
   await app.register(mcpOAuth, {
     issuer,
     resources: [`${issuer}/mcp`],
@@ -79,6 +80,20 @@ t.test('finding 16: URL credentials never reach the log under the plugin paths, 
   const logged = lines.slice(before).map(l => JSON.parse(l) as { msg?: string, req?: { url?: string, method?: string }, res?: { statusCode?: number } })
   t.same(logged.find(l => l.msg === 'incoming request')?.req, { method: 'GET', url: '/oauth/token', remoteAddress: '127.0.0.1' })
   t.equal(logged.find(l => l.msg === 'request completed')?.res?.statusCode, 404, 'and its outcome')
+})
+
+t.test('finding 16: with the examples\' server options, doubled slashes are routed to the plugin and logged path-only', async t => {
+  const { app, lines } = await loggedApp(t, ISSUER, serverDefaults)
+  for (const url of ['//oauth/token', '//oauth//token', '//oauth/nothing', '///.well-known//oauth-authorization-server/x']) {
+    const secret = generateToken('refreshToken')
+    const before = lines.length
+    const res = await app.inject({ method: 'GET', url: `${url}?refresh_token=${secret}` })
+    t.equal(res.statusCode, 404, `${url}: not found`)
+    t.ok(lines.slice(before).some(l => l.includes('"incoming request"')), `${url}: logged`)
+    t.same(lines.slice(before).filter(l => l.includes(secret)).map(l => l.replace(secret, 'SECRET')), [], `${url}: without the credential`)
+    t.notOk(res.body.includes(secret))
+  }
+  t.equal(collapseSlashes({ url: '//oauth//token?next=//x//y#//z' }), '/oauth/token?next=//x//y#//z', 'the path only: the query is left as sent')
 })
 
 t.test('finding 16: under an issuer with a path, the same; the application\'s own routes keep logging their query', async t => {

@@ -4,7 +4,7 @@ import { mcpOAuth, type EncryptionKey, type McpOAuthOptions } from '../../lib/in
 import { googleProvider, oidcProvider } from '../../lib/providers/index.js'
 import { RedisStore } from '../../lib/storage/redis.js'
 import { mcpRoutes } from '../mcp.js'
-import { serverTimeouts } from '../timeouts.js'
+import { serverDefaults } from '../timeouts.js'
 
 /**
  * The example as a deployment runs it: every protection on, state in Redis, secrets read from
@@ -95,7 +95,7 @@ export function serverOptions (env: Env): FastifyServerOptions {
     trustProxy: hops === 0 ? false : (_address: string, hop: number) => hop < hops,
     logger: { level: env.LOG_LEVEL ?? 'info' },
     bodyLimit: 1024 * 1024,
-    ...serverTimeouts,
+    ...serverDefaults,
     // Longer than the proxy's idle timeout for its connections to us (60 s on common load balancers):
     // the proxy, not this server, closes an idle connection, so it never sends a request on one that
     // is being closed (a 502 for the client).

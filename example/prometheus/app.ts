@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance, type FastifyPluginAsync, type FastifyServerOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { app as example, type ExampleEnv } from '../app.js'
-import { serverTimeouts } from '../timeouts.js'
+import { serverDefaults } from '../timeouts.js'
 
 /**
  * The example MCP server with Prometheus metrics on (see README.md beside this file).
@@ -38,7 +38,7 @@ export default app
 
 /** Server options that Fastify CLI merges in when started with `--options`. */
 export const options: FastifyServerOptions = {
-  ...serverTimeouts,
+  ...serverDefaults,
   logger: { level: process.env.LOG_LEVEL ?? 'info' }
 }
 
