@@ -462,14 +462,18 @@ t.test('e-mail: grants of the previous version (e-mail never known to be verifie
  * the REST endpoints the provider reads; GitHub itself cannot run on loopback. The test changes a
  * user's organisations and revokes tokens behind our back.
  */
-async function startGithub (t: Test): Promise<{ baseUrl: string, orgs: Map<string, string[]>, tokens: Map<string, string>, apiCalls: () => number }> {
-  const app = Fastify({ forceCloseConnections: true })
-  await app.register(formbody)
+async function startGithub (t: Test, app?: { refreshTokens: true }): Promise<{ baseUrl: string, orgs: Map<string, string[]>, tokens: Map<string, string>, apiCalls: () => number, refreshes: () => number, down: { user: boolean } }> {
+  const server = Fastify({ forceCloseConnections: true })
+  await server.register(formbody)
   const codes = new Map<string, string>()
   const tokens = new Map<string, string>()
   const orgs = new Map<string, string[]>([['octo', ['acme']]])
+  // A GitHub App with expiring user tokens: refresh tokens, rotated on every use (the old one is dead).
+  const refreshTokens = new Map<string, string>()
+  const down = { user: false }
   let calls = 0
-  app.get('/login/oauth/authorize', async (request, reply) => {
+  let refreshes = 0
+  server.get('/login/oauth/authorize', async (request, reply) => {
     const q = request.query as Record<string, string>
     const code = randomBytes(16).toString('hex')
     codes.set(code, 'octo')
@@ -478,29 +482,42 @@ async function startGithub (t: Test): Promise<{ baseUrl: string, orgs: Map<strin
     back.searchParams.set('state', q.state as string)
     return await reply.redirect(back.href, 302)
   })
-  app.post('/login/oauth/access_token', async (request) => {
-    const login = codes.get((request.body as Record<string, string>).code ?? '')
-    if (login === undefined) return { error: 'bad_verification_code' }
+  server.post('/login/oauth/access_token', async (request) => {
+    const body = request.body as Record<string, string>
+    let login: string | undefined
+    if (body.grant_type === 'refresh_token') {
+      refreshes++
+      login = refreshTokens.get(body.refresh_token ?? '')
+      if (login === undefined) return { error: 'bad_refresh_token' }
+      refreshTokens.delete(body.refresh_token as string)
+    } else {
+      login = codes.get(body.code ?? '')
+      if (login === undefined) return { error: 'bad_verification_code' }
+    }
     const token = `gho_${randomBytes(16).toString('hex')}`
     tokens.set(token, login)
-    return { access_token: token, token_type: 'bearer', scope: 'read:user,user:email,read:org' }
+    if (app === undefined) return { access_token: token, token_type: 'bearer', scope: 'read:user,user:email,read:org' }
+    const refresh = `ghr_${randomBytes(16).toString('hex')}`
+    refreshTokens.set(refresh, login)
+    return { access_token: token, token_type: 'bearer', expires_in: 28800, refresh_token: refresh, scope: '' }
   })
   const who = (authorization: string | undefined): string | undefined => tokens.get(authorization?.replace(/^Bearer /, '') ?? '')
-  app.get('/api/user', async (request, reply) => {
+  server.get('/api/user', async (request, reply) => {
     calls++
+    if (down.user) return await reply.code(502).send({ message: 'Server Error' })
     const login = who(request.headers.authorization)
     if (login === undefined) return await reply.code(401).send({ message: 'Bad credentials' })
     return { id: 101, login, name: 'Octo Cat', email: 'octo@example.com' }
   })
-  app.get('/api/user/orgs', async (request, reply) => {
+  server.get('/api/user/orgs', async (request, reply) => {
     calls++
     const login = who(request.headers.authorization)
     if (login === undefined) return await reply.code(401).send({ message: 'Bad credentials' })
     return (orgs.get(login) ?? []).map((name, i) => ({ login: name, id: i + 1 }))
   })
-  await app.listen({ host: '127.0.0.1', port: 0 })
-  t.teardown(() => app.close())
-  return { baseUrl: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`, orgs, tokens, apiCalls: () => calls }
+  await server.listen({ host: '127.0.0.1', port: 0 })
+  t.teardown(() => server.close())
+  return { baseUrl: `http://127.0.0.1:${(server.server.address() as AddressInfo).port}`, orgs, tokens, apiCalls: () => calls, refreshes: () => refreshes, down }
 }
 
 t.test('deprovisioning with GitHub (no refresh token): membership and the token are checked again', async t => {
@@ -550,4 +567,23 @@ await withRedisServer('deprovisioning across replicas', server => {
     t.equal((await refresh(b, next)).status, 200)
     t.equal(a.idp.refreshCount(), 1, 'the check recorded through replica a holds on replica b')
   })
+})
+
+t.test('deprovisioning with a GitHub App (rotating refresh tokens): a 5xx from /user after the refresh keeps the new tokens', async t => {
+  const gh = await startGithub(t, { refreshTokens: true })
+  const provider = (): Provider => githubProvider({ clientId: 'gh-app', clientSecret: 'gh-secret', baseUrl: gh.baseUrl, apiUrl: `${gh.baseUrl}/api`, allowedOrganizations: ['acme'], timeoutMs: 1500 })
+  const [h] = await setup(t, { provider }) as [Harness]
+  const tokens = await loginTokens(h, 'octo')
+  const grantId = await grantOf(h, tokens.access_token as string)
+  h.clock.advance(61 * MINUTE)
+  gh.down.user = true
+  const res = await refresh(h, tokens)
+  t.equal(res.status, 503, 'the GitHub API down after the token refresh: 503')
+  t.equal(gh.refreshes(), 1)
+  gh.down.user = false
+  const again = await refresh(h, tokens)
+  t.equal(again.status, 200, 'the next refresh works: GitHub got the new refresh token')
+  t.equal(gh.refreshes(), 2)
+  t.not(await h.app.mcpOAuth.storage.getGrant(grantId, h.clock.now()), null)
+  t.notOk(h.events.some(e => (e.event as string) === 'upstream_access_lost'))
 })
