@@ -73,6 +73,14 @@ async function setup (t: Test, h: HarnessOptions = {}): Promise<Harness[]> {
       ...h.options
     })
     app.post('/mcp', { onRequest: app.mcpOAuth.authenticate({ scopes: ['mcp:tools'] }) }, async (request) => ({ auth: request.mcpAuth }))
+    // An MCP tool calling the provider's API: the upstream token, or why not.
+    app.post('/mcp/upstream', { onRequest: app.mcpOAuth.authenticate({ scopes: ['mcp:tools'] }) }, async (request, reply) => {
+      try {
+        return await app.mcpOAuth.getUpstreamToken(request)
+      } catch (err) {
+        return await reply.code((err as { retryable?: boolean }).retryable === true ? 503 : 401).send({ error: (err as Error).message })
+      }
+    })
     await app.listen({ port, host: '127.0.0.1' })
     t.teardown(() => app.close())
     // `issuer` here is where the test sends its requests: this replica's own port.
@@ -280,6 +288,24 @@ t.test('deprovisioning: an outage after the upstream refresh keeps the new upstr
   t.equal(again.status, 200, 'the next refresh works: the IdP got the new refresh token')
   t.equal(h.idp.refreshCount(), 2)
   t.not(await h.app.mcpOAuth.storage.getGrant(grantId, h.clock.now()), null)
+  t.notOk(h.events.some(e => (e.event as string) === 'upstream_access_lost'))
+})
+
+t.test('getUpstreamToken: an outage after the upstream refresh keeps the new upstream tokens (rotating IdP)', async t => {
+  const flaky = flakyUserInfo()
+  const [h] = await setup(t, { provider: flaky.provider }) as [Harness]
+  const tokens = await loginTokens(h, 'alice')
+  const { grantId, tokens: upstream } = await readUpstream(h, tokens.access_token as string)
+  // Close to expiry (wall time, as the provider sets it): the next ask refreshes upstream.
+  await writeUpstream(h, grantId, { ...upstream, expiresAt: Date.now() + 1000 })
+  const ask = async (): Promise<number> => (await fetch(`${h.issuer}/mcp/upstream`, { method: 'POST', headers: { authorization: `Bearer ${tokens.access_token as string}` } })).status
+  flaky.down.userInfo = true
+  t.equal(await ask(), 503, 'UserInfo down after the upstream refresh: retry later')
+  t.equal(h.idp.refreshCount(), 1)
+  flaky.down.userInfo = false
+  await writeUpstream(h, grantId, { ...(await upstreamOf(h, grantId)).tokens, expiresAt: Date.now() + 1000 })
+  t.equal(await ask(), 200, 'the next ask works: the IdP got the new refresh token')
+  t.equal(h.idp.refreshCount(), 2)
   t.notOk(h.events.some(e => (e.event as string) === 'upstream_access_lost'))
 })
 
