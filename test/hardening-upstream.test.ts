@@ -8,7 +8,7 @@ import { mcpOAuth, type McpOAuthOptions } from '../lib/index.js'
 import { oidcProvider, type MapUser } from '../lib/providers/oidc.js'
 import { googleProvider } from '../lib/providers/google.js'
 import { githubProvider } from '../lib/providers/github.js'
-import { UpstreamError, type Provider } from '../lib/providers/types.js'
+import { UpstreamError, type Provider, type UpstreamTokens } from '../lib/providers/types.js'
 import { RedisStore } from '../lib/storage/redis.js'
 import type { AuditEventName } from '../lib/security/audit.js'
 import { startDevIdp } from '../example/dev-idp.js'
@@ -73,6 +73,14 @@ async function setup (t: Test, h: HarnessOptions = {}): Promise<Harness[]> {
       ...h.options
     })
     app.post('/mcp', { onRequest: app.mcpOAuth.authenticate({ scopes: ['mcp:tools'] }) }, async (request) => ({ auth: request.mcpAuth }))
+    // An MCP tool calling the provider's API: the upstream token, or why not.
+    app.post('/mcp/upstream', { onRequest: app.mcpOAuth.authenticate({ scopes: ['mcp:tools'] }) }, async (request, reply) => {
+      try {
+        return await app.mcpOAuth.getUpstreamToken(request)
+      } catch (err) {
+        return await reply.code((err as { retryable?: boolean }).retryable === true ? 503 : 401).send({ error: (err as Error).message })
+      }
+    })
     await app.listen({ port, host: '127.0.0.1' })
     t.teardown(() => app.close())
     // `issuer` here is where the test sends its requests: this replica's own port.
@@ -232,6 +240,145 @@ t.test('deprovisioning without an upstream refresh token: UserInfo with the stor
   t.equal((await mcp(h, tokens.access_token as string)).status, 401)
 })
 
+/** The upstream blob of a grant (stored without encryption in these tests). */
+async function upstreamOf (h: Harness, grantId: string): Promise<{ tokens: UpstreamTokens & { checkedAt?: number } }> {
+  const sealed = String((await h.app.mcpOAuth.storage.getGrant(grantId, h.clock.now()))?.upstream)
+  return { tokens: JSON.parse(Buffer.from(sealed.slice(3), 'base64url').toString('utf8')) as UpstreamTokens }
+}
+
+/** The generic OIDC provider, with a switch that makes the IdP's UserInfo endpoint answer 503 (the refresh before it works). */
+function flakyUserInfo (opts: { mapUser?: MapUser } = {}): { provider: (issuer: string) => Provider, down: { userInfo: boolean }, userInfoCalls: () => number } {
+  const down = { userInfo: false }
+  let calls = 0
+  const provider = (issuer: string): Provider => oidcProvider({
+    issuer,
+    clientId: 'mcp-proxy',
+    clientSecret: SECRET,
+    timeoutMs: 1500,
+    userInfo: 'always',
+    ...opts,
+    customFetch: async (url, init) => {
+      if (new URL(url).pathname === '/me') {
+        calls++
+        if (down.userInfo) return new Response('{"error":"temporarily_unavailable"}', { status: 503, headers: { 'content-type': 'application/json' } })
+      }
+      return await fetch(url, init as RequestInit)
+    }
+  })
+  return { provider, down, userInfoCalls: () => calls }
+}
+
+t.test('deprovisioning: an outage after the upstream refresh keeps the new upstream tokens (rotating IdP)', async t => {
+  const flaky = flakyUserInfo()
+  const [h] = await setup(t, { provider: flaky.provider }) as [Harness]
+  const tokens = await loginTokens(h, 'alice')
+  const grantId = await grantOf(h, tokens.access_token as string)
+  const before = await upstreamOf(h, grantId)
+  h.clock.advance(61 * MINUTE)
+  flaky.down.userInfo = true
+  const res = await refresh(h, tokens)
+  t.equal(res.status, 503, 'UserInfo down: 503')
+  t.equal(h.idp.refreshCount(), 1, 'the upstream refresh itself went through')
+  const kept = await upstreamOf(h, grantId)
+  t.not(kept.tokens.refreshToken, before.tokens.refreshToken, 'the rotated upstream refresh token is stored')
+  t.equal((kept.tokens as { checkedAt?: number }).checkedAt, (before.tokens as { checkedAt?: number }).checkedAt, 'the check is not recorded')
+
+  flaky.down.userInfo = false
+  const again = await refresh(h, tokens)
+  t.equal(again.status, 200, 'the next refresh works: the IdP got the new refresh token')
+  t.equal(h.idp.refreshCount(), 2)
+  t.not(await h.app.mcpOAuth.storage.getGrant(grantId, h.clock.now()), null)
+  t.notOk(h.events.some(e => (e.event as string) === 'upstream_access_lost'))
+})
+
+t.test('getUpstreamToken: an outage after the upstream refresh keeps the new upstream tokens (rotating IdP)', async t => {
+  const flaky = flakyUserInfo()
+  const [h] = await setup(t, { provider: flaky.provider }) as [Harness]
+  const tokens = await loginTokens(h, 'alice')
+  const { grantId, tokens: upstream } = await readUpstream(h, tokens.access_token as string)
+  // Close to expiry (wall time, as the provider sets it): the next ask refreshes upstream.
+  await writeUpstream(h, grantId, { ...upstream, expiresAt: Date.now() + 1000 })
+  const ask = async (): Promise<number> => (await fetch(`${h.issuer}/mcp/upstream`, { method: 'POST', headers: { authorization: `Bearer ${tokens.access_token as string}` } })).status
+  flaky.down.userInfo = true
+  t.equal(await ask(), 503, 'UserInfo down after the upstream refresh: retry later')
+  t.equal(h.idp.refreshCount(), 1)
+  flaky.down.userInfo = false
+  await writeUpstream(h, grantId, { ...(await upstreamOf(h, grantId)).tokens, expiresAt: Date.now() + 1000 })
+  t.equal(await ask(), 200, 'the next ask works: the IdP got the new refresh token')
+  t.equal(h.idp.refreshCount(), 2)
+  t.notOk(h.events.some(e => (e.event as string) === 'upstream_access_lost'))
+})
+
+t.test('deprovisioning: a refreshed ID token naming another subject ends the grant (identity_changed)', async t => {
+  const [h] = await setup(t) as [Harness]
+  const tokens = await loginTokens(h, 'alice')
+  const { grantId, tokens: upstream } = await readUpstream(h, tokens.access_token as string)
+  // The ID token the login stored, as if it had named someone else (it is read, not verified, from our own store).
+  const other = ['{"alg":"none"}', JSON.stringify({ sub: 'bob', iss: h.idp.issuer })].map(part => Buffer.from(part).toString('base64url')).join('.') + '.'
+  await writeUpstream(h, grantId, { ...upstream, idToken: other })
+  h.clock.advance(61 * MINUTE)
+  const res = await refresh(h, tokens)
+  t.equal(res.body.error, 'invalid_grant')
+  t.equal(await h.app.mcpOAuth.storage.getGrant(grantId, h.clock.now()), null, 'revoked')
+  t.match(h.events.find(e => (e.event as string) === 'upstream_access_lost')?.fields, { reason: 'identity_changed' })
+})
+
+t.test('deprovisioning: an answer that cannot be judged is 503, without spending an upstream refresh per retry', async t => {
+  let broken = false
+  const flaky = flakyUserInfo({
+    mapUser: (_claims, user) => {
+      if (broken) throw new Error('directory lookup failed')
+      return user
+    }
+  })
+  const [h] = await setup(t, { provider: flaky.provider }) as [Harness]
+  const tokens = await loginTokens(h, 'alice')
+  const grantId = await grantOf(h, tokens.access_token as string)
+  h.clock.advance(61 * MINUTE)
+  broken = true
+  for (let i = 0; i < 3; i++) {
+    const res = await refresh(h, tokens)
+    t.equal(res.status, 503, `attempt ${i + 1}: 503`)
+    t.ok(Number(res.headers.get('retry-after')) > 0, 'with Retry-After')
+  }
+  t.equal(h.idp.refreshCount(), 1, 'one upstream refresh for three attempts')
+  t.match(h.events.filter(e => e.event === 'upstream_failure')[0]?.fields, { kind: 'invalid_response' })
+  broken = false
+  h.clock.advance(6 * MINUTE)
+  const res = await refresh(h, tokens)
+  t.equal(res.status, 200, 'after the pause, the check runs again and passes')
+  t.equal(h.idp.refreshCount(), 2)
+  t.not(await h.app.mcpOAuth.storage.getGrant(grantId, h.clock.now()), null)
+})
+
+t.test('offline access: the generic OIDC provider asks for a refresh token where the IdP offers offline_access', async t => {
+  const [h] = await setup(t) as [Harness]
+  const input = { redirectUri: `${h.issuer}/oauth/callback`, state: 's', codeVerifier: 'v'.repeat(43), nonce: 'n' }
+  const url = await oidcProvider({ issuer: h.idp.issuer, clientId: 'mcp-proxy', clientSecret: SECRET }).authorizationUrl(input)
+  t.same(url.searchParams.get('scope')?.split(' ').sort(), ['email', 'offline_access', 'openid', 'profile'])
+  t.equal(url.searchParams.get('prompt'), null, 'no forced consent screen (a strict issuer needs authorizationParams.prompt)')
+  const off = await oidcProvider({ issuer: h.idp.issuer, clientId: 'mcp-proxy', clientSecret: SECRET, offlineAccess: false }).authorizationUrl(input)
+  t.notOk(off.searchParams.get('scope')?.includes('offline_access'), 'offlineAccess: false')
+  const google = await googleProvider({ issuer: h.idp.issuer, clientId: 'mcp-proxy', clientSecret: SECRET }).authorizationUrl(input)
+  t.notOk(google.searchParams.get('scope')?.includes('offline_access'), 'Google keeps access_type=offline')
+  t.equal(google.searchParams.get('access_type'), 'offline')
+})
+
+t.test('deprovisioning without an upstream refresh token, once the stored access token has expired: skipped, not revoked', async t => {
+  const [h] = await setup(t) as [Harness]
+  const first = await loginTokens(h, 'alice')
+  const { grantId, tokens: upstream } = await readUpstream(h, first.access_token as string)
+  const { refreshToken: _dropped, ...withoutRefresh } = upstream
+  // Expired: the IdP refuses it (401), as it refuses any token it no longer knows.
+  await writeUpstream(h, grantId, { ...withoutRefresh, accessToken: 'expired-upstream-token', expiresAt: h.clock.now() + 30 * MINUTE })
+  h.clock.advance(61 * MINUTE)
+  const res = await refresh(h, first)
+  t.equal(res.status, 200, 'the refresh works')
+  t.not(await h.app.mcpOAuth.storage.getGrant(grantId, h.clock.now()), null, 'the grant stays')
+  t.match(h.events.find(e => e.event === 'upstream_failure')?.fields, { provider: 'oidc', kind: 'recheck_impossible', step: 'refresh' })
+  t.notMatch(JSON.stringify(h.events), /expired-upstream-token/, 'no upstream token in the audit stream')
+})
+
 t.test('deprovisioning: upstreamRecheckSeconds 0 turns the re-check off (with a start-up warning)', async t => {
   const [h] = await setup(t, { options: { upstreamRecheckSeconds: 0 } as Partial<McpOAuthOptions> }) as [Harness]
   t.ok(h.app.mcpOAuth.config.warnings.some(w => /upstreamRecheckSeconds is 0/.test(w)), 'warned')
@@ -264,14 +411,76 @@ t.test('e-mail: only a verified address reaches request.mcpAuth', async t => {
   t.equal(eveAgain.auth?.emailVerified, false)
 })
 
-t.test('e-mail: an address the IdP no longer vouches for ends the grant at the re-check', async t => {
+t.test('e-mail: an address the IdP no longer vouches for is dropped at the re-check (the user id is the identity)', async t => {
   const [h] = await setup(t) as [Harness]
   const tokens = await loginTokens(h, 'alice')
   h.claims.set('alice', { email_verified: false })
   h.clock.advance(61 * MINUTE)
   const res = await refresh(h, tokens)
-  t.equal(res.body.error, 'invalid_grant')
-  t.match(h.events.find(e => (e.event as string) === 'upstream_access_lost')?.fields, { reason: 'identity_changed' })
+  t.equal(res.status, 200, 'the grant stays')
+  const auth = (await mcp(h, (res.body as Record<string, string>).access_token as string)).auth
+  t.notOk('email' in (auth ?? {}), 'the address is gone from the new access token')
+  t.equal(auth?.emailVerified, false)
+  t.notOk(h.events.some(e => (e.event as string) === 'upstream_access_lost'))
+
+  // A new verified address replaces it, and is kept by the refreshes between checks.
+  h.claims.set('alice', { email: 'alice.new@dev.local', email_verified: true })
+  h.clock.advance(61 * MINUTE)
+  const changed = await refresh(h, pair(res, tokens.client_id as string))
+  t.equal(changed.status, 200)
+  t.match((await mcp(h, (changed.body as Record<string, string>).access_token as string)).auth, { email: 'alice.new@dev.local', emailVerified: true })
+  h.clock.advance(10 * MINUTE)
+  const between = await refresh(h, pair(changed, tokens.client_id as string))
+  t.match((await mcp(h, (between.body as Record<string, string>).access_token as string)).auth, { email: 'alice.new@dev.local', emailVerified: true }, 'between checks too')
+})
+
+/** The grant as the previous version stored it: an e-mail it never knew to be verified, and upstream tokens without the marker. */
+async function makeLegacy (t: Test, h: Harness, accessToken: string): Promise<string> {
+  const { grantId, tokens } = await readUpstream(h, accessToken)
+  const { emailVerified: _marker, email: _email, checkedAt: _checked, ...old } = tokens as typeof tokens & { emailVerified?: boolean, email?: string, checkedAt?: number }
+  await writeUpstream(h, grantId, old)
+  t.ok((await h.app.mcpOAuth.storage.getGrant(grantId, h.clock.now()))?.email, 'the legacy grant carries an e-mail')
+  return grantId
+}
+
+t.test('e-mail: grants of the previous version (e-mail never known to be verified) are not logged out on upgrade', async t => {
+  t.test('re-check on: the IdP sends no email_verified (Entra ID): the grant stays, the e-mail goes', async t => {
+    const [h] = await setup(t) as [Harness]
+    const tokens = await loginTokens(h, 'alice')
+    const grantId = await makeLegacy(t, h, tokens.access_token as string)
+    h.claims.set('alice', { email_verified: undefined })
+    h.clock.advance(61 * MINUTE)
+    const res = await refresh(h, tokens)
+    t.equal(res.status, 200, 'not revoked')
+    t.not(await h.app.mcpOAuth.storage.getGrant(grantId, h.clock.now()), null)
+    const auth = (await mcp(h, (res.body as Record<string, string>).access_token as string)).auth
+    t.notOk('email' in (auth ?? {}))
+    t.equal(auth?.emailVerified, false)
+  })
+
+  t.test('re-check off: a refresh no longer passes the old e-mail on as verified', async t => {
+    const [h] = await setup(t, { options: { upstreamRecheckSeconds: 0 } as Partial<McpOAuthOptions> }) as [Harness]
+    const tokens = await loginTokens(h, 'alice')
+    await makeLegacy(t, h, tokens.access_token as string)
+    h.clock.advance(61 * MINUTE)
+    const res = await refresh(h, tokens)
+    t.equal(res.status, 200)
+    const auth = (await mcp(h, (res.body as Record<string, string>).access_token as string)).auth
+    t.notOk('email' in (auth ?? {}), 'no e-mail')
+    t.equal(auth?.emailVerified, false)
+  })
+
+  t.test('re-check on, the IdP verifies the address now: it is kept as verified', async t => {
+    const [h] = await setup(t) as [Harness]
+    const tokens = await loginTokens(h, 'alice')
+    await makeLegacy(t, h, tokens.access_token as string)
+    h.clock.advance(10 * MINUTE)
+    const early = await refresh(h, tokens)
+    t.notOk('email' in ((await mcp(h, (early.body as Record<string, string>).access_token as string)).auth ?? {}), 'before the check: unknown, dropped')
+    h.clock.advance(51 * MINUTE)
+    const res = await refresh(h, pair(early, tokens.client_id as string))
+    t.match((await mcp(h, (res.body as Record<string, string>).access_token as string)).auth, { email: 'alice@dev.local', emailVerified: true })
+  })
 })
 
 /**
@@ -279,14 +488,18 @@ t.test('e-mail: an address the IdP no longer vouches for ends the grant at the r
  * the REST endpoints the provider reads; GitHub itself cannot run on loopback. The test changes a
  * user's organisations and revokes tokens behind our back.
  */
-async function startGithub (t: Test): Promise<{ baseUrl: string, orgs: Map<string, string[]>, tokens: Map<string, string>, apiCalls: () => number }> {
-  const app = Fastify({ forceCloseConnections: true })
-  await app.register(formbody)
+async function startGithub (t: Test, app?: { refreshTokens: true }): Promise<{ baseUrl: string, orgs: Map<string, string[]>, tokens: Map<string, string>, apiCalls: () => number, refreshes: () => number, down: { user: boolean } }> {
+  const server = Fastify({ forceCloseConnections: true })
+  await server.register(formbody)
   const codes = new Map<string, string>()
   const tokens = new Map<string, string>()
   const orgs = new Map<string, string[]>([['octo', ['acme']]])
+  // A GitHub App with expiring user tokens: refresh tokens, rotated on every use (the old one is dead).
+  const refreshTokens = new Map<string, string>()
+  const down = { user: false }
   let calls = 0
-  app.get('/login/oauth/authorize', async (request, reply) => {
+  let refreshes = 0
+  server.get('/login/oauth/authorize', async (request, reply) => {
     const q = request.query as Record<string, string>
     const code = randomBytes(16).toString('hex')
     codes.set(code, 'octo')
@@ -295,29 +508,42 @@ async function startGithub (t: Test): Promise<{ baseUrl: string, orgs: Map<strin
     back.searchParams.set('state', q.state as string)
     return await reply.redirect(back.href, 302)
   })
-  app.post('/login/oauth/access_token', async (request) => {
-    const login = codes.get((request.body as Record<string, string>).code ?? '')
-    if (login === undefined) return { error: 'bad_verification_code' }
+  server.post('/login/oauth/access_token', async (request) => {
+    const body = request.body as Record<string, string>
+    let login: string | undefined
+    if (body.grant_type === 'refresh_token') {
+      refreshes++
+      login = refreshTokens.get(body.refresh_token ?? '')
+      if (login === undefined) return { error: 'bad_refresh_token' }
+      refreshTokens.delete(body.refresh_token as string)
+    } else {
+      login = codes.get(body.code ?? '')
+      if (login === undefined) return { error: 'bad_verification_code' }
+    }
     const token = `gho_${randomBytes(16).toString('hex')}`
     tokens.set(token, login)
-    return { access_token: token, token_type: 'bearer', scope: 'read:user,user:email,read:org' }
+    if (app === undefined) return { access_token: token, token_type: 'bearer', scope: 'read:user,user:email,read:org' }
+    const refresh = `ghr_${randomBytes(16).toString('hex')}`
+    refreshTokens.set(refresh, login)
+    return { access_token: token, token_type: 'bearer', expires_in: 28800, refresh_token: refresh, scope: '' }
   })
   const who = (authorization: string | undefined): string | undefined => tokens.get(authorization?.replace(/^Bearer /, '') ?? '')
-  app.get('/api/user', async (request, reply) => {
+  server.get('/api/user', async (request, reply) => {
     calls++
+    if (down.user) return await reply.code(502).send({ message: 'Server Error' })
     const login = who(request.headers.authorization)
     if (login === undefined) return await reply.code(401).send({ message: 'Bad credentials' })
     return { id: 101, login, name: 'Octo Cat', email: 'octo@example.com' }
   })
-  app.get('/api/user/orgs', async (request, reply) => {
+  server.get('/api/user/orgs', async (request, reply) => {
     calls++
     const login = who(request.headers.authorization)
     if (login === undefined) return await reply.code(401).send({ message: 'Bad credentials' })
     return (orgs.get(login) ?? []).map((name, i) => ({ login: name, id: i + 1 }))
   })
-  await app.listen({ host: '127.0.0.1', port: 0 })
-  t.teardown(() => app.close())
-  return { baseUrl: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`, orgs, tokens, apiCalls: () => calls }
+  await server.listen({ host: '127.0.0.1', port: 0 })
+  t.teardown(() => server.close())
+  return { baseUrl: `http://127.0.0.1:${(server.server.address() as AddressInfo).port}`, orgs, tokens, apiCalls: () => calls, refreshes: () => refreshes, down }
 }
 
 t.test('deprovisioning with GitHub (no refresh token): membership and the token are checked again', async t => {
@@ -367,4 +593,23 @@ await withRedisServer('deprovisioning across replicas', server => {
     t.equal((await refresh(b, next)).status, 200)
     t.equal(a.idp.refreshCount(), 1, 'the check recorded through replica a holds on replica b')
   })
+})
+
+t.test('deprovisioning with a GitHub App (rotating refresh tokens): a 5xx from /user after the refresh keeps the new tokens', async t => {
+  const gh = await startGithub(t, { refreshTokens: true })
+  const provider = (): Provider => githubProvider({ clientId: 'gh-app', clientSecret: 'gh-secret', baseUrl: gh.baseUrl, apiUrl: `${gh.baseUrl}/api`, allowedOrganizations: ['acme'], timeoutMs: 1500 })
+  const [h] = await setup(t, { provider }) as [Harness]
+  const tokens = await loginTokens(h, 'octo')
+  const grantId = await grantOf(h, tokens.access_token as string)
+  h.clock.advance(61 * MINUTE)
+  gh.down.user = true
+  const res = await refresh(h, tokens)
+  t.equal(res.status, 503, 'the GitHub API down after the token refresh: 503')
+  t.equal(gh.refreshes(), 1)
+  gh.down.user = false
+  const again = await refresh(h, tokens)
+  t.equal(again.status, 200, 'the next refresh works: GitHub got the new refresh token')
+  t.equal(gh.refreshes(), 2)
+  t.not(await h.app.mcpOAuth.storage.getGrant(grantId, h.clock.now()), null)
+  t.notOk(h.events.some(e => (e.event as string) === 'upstream_access_lost'))
 })

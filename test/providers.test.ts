@@ -194,7 +194,7 @@ t.test('oidcProvider against the dev IdP', async (t) => {
     t.equal(params.get('response_type'), 'code')
     t.equal(params.get('client_id'), 'confidential')
     t.equal(params.get('redirect_uri'), REDIRECT_URI)
-    t.equal(params.get('scope'), 'openid email profile')
+    t.equal(params.get('scope'), 'openid email profile offline_access', 'offline_access: the issuer lists it')
     t.equal(params.get('state'), flow.state)
     t.equal(params.get('nonce'), flow.nonce)
     t.equal(params.get('code_challenge_method'), 'S256')
@@ -258,7 +258,7 @@ t.test('oidcProvider against the dev IdP', async (t) => {
   t.test('a refreshed ID token must name the same subject', async (t) => {
     const { flow, callbackUrl } = await login(provider, 'alice')
     const { tokens } = await provider.exchangeCode({ ...flow, callbackUrl })
-    await expectKind(t, provider.refresh({ ...tokens, idToken: forgeJwt({ sub: 'mallory' }) }), 'invalid_response')
+    await expectKind(t, provider.refresh({ ...tokens, idToken: forgeJwt({ sub: 'mallory' }) }), 'identity_changed')
   })
 
   t.test('an IdP failure is temporary and reaches the IdP log', async (t) => {
@@ -556,7 +556,7 @@ t.test('oidcProvider against the dev IdP', async (t) => {
   t.test('scopes and extra authorization parameters', async (t) => {
     const custom = devOidc({ scopes: ['email'], authorizationParams: { prompt: 'login', login_hint: 'dave' } })
     const url = await custom.authorizationUrl(newFlow())
-    t.equal(url.searchParams.get('scope'), 'openid email', 'openid is always requested')
+    t.equal(url.searchParams.get('scope'), 'openid email offline_access', 'openid is always requested (offline_access: the issuer lists it)')
     t.equal(url.searchParams.get('prompt'), 'login')
     t.equal(url.searchParams.get('login_hint'), 'dave')
   })

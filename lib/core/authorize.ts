@@ -13,6 +13,7 @@ import { isLoopbackRedirect, matchRedirectUri } from './redirect.js'
 import { matchResource } from './resource.js'
 import { assertClientHolds, decideClientScopes } from './scopes.js'
 import { generateId, generateToken, hashToken, looksLike, safeEqual } from './tokens.js'
+import { loginUpstream } from './upstream.js'
 
 /** An authorization request that passed every check; what the consent page shows and signs. */
 export interface ValidatedAuthorization {
@@ -302,7 +303,8 @@ export class AuthorizationFlow {
       resource: flow.resource,
       grantId,
       userId: user.id,
-      upstream: this.#d.keyRing.seal(JSON.stringify(tokens), grantId),
+      // The verified e-mail goes with the tokens: later refreshes tell it from an older version's.
+      upstream: this.#d.keyRing.seal(loginUpstream(tokens, user.emailVerified === true ? user.email : undefined), grantId),
       provider: provider.name,
       issuedAt: now,
       expiresAt: now + config.ttl.code * 1000

@@ -15,8 +15,11 @@ export interface RefreshDeps {
   now: () => number
   /** Family revocation, including the upstream grant. */
   revokeGrant: (grantId: string) => Promise<boolean>
-  /** Deprovisioning: re-checks the user upstream when due; throws OAuthError (invalid_grant, 503). */
-  recheck?: (grant: NonNullable<Awaited<ReturnType<Store['getGrant']>>>) => Promise<void>
+  /**
+   * Deprovisioning: re-checks the user upstream when due; throws OAuthError (invalid_grant, 503).
+   * Says which e-mail the new access token carries (only a verified one; the grant's may be stale or unverified).
+   */
+  recheck?: (grant: NonNullable<Awaited<ReturnType<Store['getGrant']>>>) => Promise<{ email?: string }>
   /** The deployment's 'refresh-successor' key (DeploymentKeys): the same on every replica, never in the store. */
   successorKey: Buffer
 }
@@ -93,7 +96,7 @@ export class RefreshService {
 
     const grant = await store.getGrant(record.grantId, now)
     if (grant === null) throw invalid()
-    await this.#d.recheck?.(grant)
+    const checked = await this.#d.recheck?.(grant)
     const requested = typeof body.scope === 'string' ? body.scope : undefined
     const scopes = narrowScopes(requested, withinClient(record.scopes, client))
     if (!scopes.ok) throw new OAuthError('invalid_scope', scopes.description)
@@ -124,7 +127,8 @@ export class RefreshService {
       issuedAt: now,
       expiresAt: accessExpiresAt
     }
-    if (grant.email !== undefined) access.email = grant.email
+    const email = checked === undefined ? grant.email : checked.email
+    if (email !== undefined) access.email = email
     const next: RefreshTokenRecord = {
       grantId: grant.grantId,
       clientId: grant.clientId,

@@ -1,5 +1,5 @@
 import type { Provider, UpstreamTokens, UpstreamUser } from '../providers/types.js'
-import { UpstreamError } from '../providers/types.js'
+import { renewedTokens, UpstreamError } from '../providers/types.js'
 import type { Auditor } from '../security/audit.js'
 import type { KeyRing } from '../security/keyring.js'
 import type { GrantRecord, Store } from '../storage/types.js'
@@ -16,10 +16,13 @@ export interface UpstreamAccess {
 /** Why getUpstreamToken() could not deliver: `retryable` false means the user must log in again. */
 export class UpstreamTokenError extends Error {
   readonly retryable: boolean
-  constructor (message: string, retryable: boolean, options?: { cause?: unknown }) {
+  /** When retryable: seconds before a retry can succeed, where known. */
+  readonly retryAfter?: number
+  constructor (message: string, retryable: boolean, options?: { cause?: unknown, retryAfter?: number }) {
     super(message, options)
     this.name = 'UpstreamTokenError'
     this.retryable = retryable
+    if (options?.retryAfter !== undefined) this.retryAfter = options.retryAfter
   }
 }
 
@@ -38,19 +41,48 @@ export interface UpstreamDeps {
   lockWaitMs: number
 }
 
-/** The grant's upstream blob: the provider's tokens, and when the user last passed a check upstream (epoch ms). */
+/** The grant's upstream blob: the provider's tokens, and what the last check upstream found. */
 interface Sealed extends UpstreamTokens {
+  /** When the user last passed a check upstream (epoch ms); absent: at the grant's creation. */
   checkedAt?: number
+  /**
+   * Set since the upstream login and every check keep `email` here: the address the provider
+   * verified then (absent: none). Grants of earlier versions lack it; their e-mail was stored
+   * whether verified or not, so it is never passed on.
+   */
+  emailVerified?: true
+  email?: string
+  /** After an answer that could not be judged: no upstream call before this (epoch ms). */
+  retryAt?: number
+}
+
+/** The upstream blob of a new grant: the provider's tokens and the verified e-mail of the login. */
+export function loginUpstream (tokens: UpstreamTokens, email: string | undefined): string {
+  const sealed: Sealed = { ...tokens, emailVerified: true }
+  if (email !== undefined) sealed.email = email
+  return JSON.stringify(sealed)
+}
+
+/** What the next access token of a grant carries about the user. */
+export interface RecheckResult {
+  /** A verified e-mail address, or undefined. */
+  email?: string
 }
 
 /** What the grant needs to be known about it for a renewal. */
 type GrantView = Pick<GrantRecord, 'grantId' | 'userId' | 'clientId' | 'createdAt' | 'email' | 'provider'>
 
 /** Upstream failures after which the user must sign in again: our grant goes. */
-const ACCESS_LOST = new Set(['invalid_grant', 'access_denied', 'not_allowed'])
+const ACCESS_LOST = new Set(['invalid_grant', 'access_denied', 'not_allowed', 'identity_changed'])
 
 /** Seconds a client is told to wait when the identity provider is unavailable. */
-const RETRY_AFTER = '5'
+const RETRY_AFTER = 5
+/**
+ * Pause after an answer that could not be judged (a malformed reply, a failing mapUser): it is
+ * not a verdict on the user, so the grant stays (503), but it tends to repeat, and each attempt
+ * spends an upstream refresh.
+ */
+const UNJUDGED_PAUSE_MS = 5 * 60_000
 const POLL_MS = 50
 
 /**
@@ -86,31 +118,48 @@ export class UpstreamTokenService {
    * invalid_grant when the user lost access (the grant is revoked by then), 503
    * temporarily_unavailable when the identity provider cannot answer now (the grant stays).
    */
-  async recheck (grant: GrantRecord): Promise<void> {
+  async recheck (grant: GrantRecord): Promise<RecheckResult> {
     const { provider, recheckMs } = this.#d
     // Grants without upstream tokens were not made by an upstream login (the application created
-    // them through the API): there is nothing to check them against.
-    if (recheckMs === 0 || provider === undefined || grant.upstream === undefined) return
-    // The login was a check: a grant younger than the interval is not due (and nothing is decrypted).
-    if (this.#d.now() - grant.createdAt < recheckMs) return
+    // them through the API, with the e-mail it vouches for): there is nothing to check them against.
+    if (provider === undefined || grant.upstream === undefined) return grant.email === undefined ? {} : { email: grant.email }
+    // The login was a check: a grant younger than the interval is not due.
+    const due = recheckMs > 0 && this.#d.now() - grant.createdAt >= recheckMs
     let tokens: Sealed
     try {
       tokens = this.#open(grant.grantId, grant.upstream)
     } catch (err) {
+      // Whether the e-mail was verified is unknown here: leave it out.
+      if (!due) return {}
       // Cannot check now, which is not the provider refusing: a replica missing a key must not end
       // every grant it touches.
-      throw new OAuthError('temporarily_unavailable', 'The upstream tokens could not be read; retry later', { headers: { 'retry-after': RETRY_AFTER }, cause: err })
+      throw new OAuthError('temporarily_unavailable', 'The upstream tokens could not be read; retry later', { headers: { 'retry-after': String(RETRY_AFTER) }, cause: err })
     }
-    try {
-      if (!this.#due(grant, tokens)) return
-      // A provider without recheck() checks by refreshing; without a refresh token it cannot.
-      if (provider.recheck === undefined && tokens.refreshToken === undefined) return
-      await this.#renew(grant.grantId)
-    } catch (err) {
-      if (!(err instanceof UpstreamTokenError)) throw err
-      if (err.retryable) throw new OAuthError('temporarily_unavailable', err.message, { headers: { 'retry-after': RETRY_AFTER }, cause: err })
-      throw new OAuthError('invalid_grant', err.message, { cause: err })
+    if (due && this.#due(grant, tokens) && this.#askable(tokens, provider)) {
+      try {
+        await this.#renew(grant.grantId)
+        tokens = (await this.#read(grant.grantId)).tokens
+      } catch (err) {
+        if (!(err instanceof UpstreamTokenError)) throw err
+        if (err.retryable) throw new OAuthError('temporarily_unavailable', err.message, { headers: { 'retry-after': String(err.retryAfter ?? RETRY_AFTER) }, cause: err })
+        throw new OAuthError('invalid_grant', err.message, { cause: err })
+      }
     }
+    return tokens.emailVerified === true && tokens.email !== undefined ? { email: tokens.email } : {}
+  }
+
+  /** Whether the provider can be asked about the user with these tokens; audits when it cannot. */
+  #askable (tokens: Sealed, provider: Provider): boolean {
+    if (tokens.refreshToken !== undefined) return true
+    // A provider without recheck() checks by refreshing; without a refresh token it cannot.
+    if (provider.recheck === undefined) return false
+    // Only the stored access token could ask, and it has expired: any answer would be a refusal of
+    // the token, not of the user. The check waits for the next login (the README states the window).
+    if (tokens.expiresAt !== undefined && tokens.expiresAt <= this.#d.now()) {
+      this.#d.auditor.emit('upstream_failure', { provider: provider.name, kind: 'recheck_impossible', step: 'refresh' })
+      return false
+    }
+    return true
   }
 
   #stale (tokens: UpstreamTokens): boolean {
@@ -177,7 +226,10 @@ export class UpstreamTokenService {
     const { grant, tokens: sealed } = await this.#read(grantId)
     if (!this.#stale(sealed) && !this.#due(grant, sealed)) return
     const provider = this.#d.provider
-    const { checkedAt: _checkedAt, ...tokens } = sealed
+    const { checkedAt: _checkedAt, emailVerified: _verified, email: _email, retryAt, ...tokens } = sealed
+    if (retryAt !== undefined && retryAt > this.#d.now()) {
+      throw new UpstreamTokenError('The identity provider\'s last answer could not be accepted; retry later', true, { retryAfter: Math.ceil((retryAt - this.#d.now()) / 1000) })
+    }
     if (provider === undefined || (provider.recheck === undefined && tokens.refreshToken === undefined)) return
     // Never hand one provider's tokens to another.
     if (grant.provider !== undefined && grant.provider !== provider.name) {
@@ -191,20 +243,42 @@ export class UpstreamTokenService {
     } catch (err) {
       const kind = err instanceof UpstreamError ? err.kind : 'temporary'
       this.#d.auditor.emit('upstream_failure', { provider: provider.name, kind, step: 'refresh' })
+      const kept = renewedTokens(err)
+      if (kept !== undefined) {
+        // The upstream refresh went through before the failure: the refresh token we held is spent
+        // (rotating providers refuse it from now on), so the new tokens are kept, the check is not.
+        const { checkedAt, emailVerified, email } = sealed
+        const failed: Sealed = { ...withRefresh(kept, tokens), ...(checkedAt === undefined ? {} : { checkedAt }), ...(emailVerified === undefined ? {} : { emailVerified }), ...(email === undefined ? {} : { email }) }
+        if (kind === 'invalid_response') failed.retryAt = this.#d.now() + UNJUDGED_PAUSE_MS
+        await this.#save(grantId, failed)
+      }
       if (ACCESS_LOST.has(kind)) {
-        const why = kind === 'not_allowed' && err instanceof UpstreamError ? `${err.message}; ` : 'The identity provider ended the session; '
+        const why = kind === 'not_allowed' && err instanceof UpstreamError
+          ? `${err.message}; `
+          : kind === 'identity_changed' ? 'The identity provider now names another user; ' : 'The identity provider ended the session; '
         return await this.#lost(grant, provider.name, kind, `${why}the user must sign in again`, err)
       }
       throw new UpstreamTokenError('The identity provider is unavailable; retry later', true, { cause: err })
     }
-    // The e-mail in our tokens must be one the provider still vouches for, for the same user.
-    const email = user?.emailVerified === true ? user.email : undefined
-    if (user !== undefined && (user.id !== grant.userId || email?.toLowerCase() !== grant.email?.toLowerCase())) {
+    // The user id is the identity; the e-mail is an attribute the provider may change or stop
+    // vouching for (the login policy, run by recheck(), refuses what it must).
+    if (user !== undefined && user.id !== grant.userId) {
       return await this.#lost(grant, provider.name, 'identity_changed', 'The identity provider now describes the user differently; the user must sign in again')
     }
-    if (next.refreshToken === undefined && tokens.refreshToken !== undefined) next = { ...next, refreshToken: tokens.refreshToken }
-    const renewed: Sealed = { ...next, checkedAt: this.#d.now() }
-    const stored = await this.#d.store.updateGrantUpstream(grantId, this.#d.keyRing.seal(JSON.stringify(renewed), grantId), this.#d.now())
+    const renewed: Sealed = { ...withRefresh(next, tokens), checkedAt: this.#d.now() }
+    if (user !== undefined) {
+      renewed.emailVerified = true
+      if (user.emailVerified === true && user.email !== undefined) renewed.email = user.email
+    } else {
+      // Refreshed without asking about the user (no recheck()): what was known stays.
+      if (sealed.emailVerified !== undefined) renewed.emailVerified = sealed.emailVerified
+      if (sealed.email !== undefined) renewed.email = sealed.email
+    }
+    await this.#save(grantId, renewed)
+  }
+
+  async #save (grantId: string, sealed: Sealed): Promise<void> {
+    const stored = await this.#d.store.updateGrantUpstream(grantId, this.#d.keyRing.seal(JSON.stringify(sealed), grantId), this.#d.now())
     if (!stored) throw new UpstreamTokenError('The grant was revoked during the refresh', false)
   }
 
@@ -214,6 +288,11 @@ export class UpstreamTokenService {
     this.#d.auditor.emit('upstream_access_lost', { provider, reason, clientId: grant.clientId, userId: grant.userId, grantId: grant.grantId })
     throw new UpstreamTokenError(message, false, cause === undefined ? undefined : { cause })
   }
+}
+
+/** The provider's new tokens, keeping the old refresh token when it sent none. */
+function withRefresh (next: UpstreamTokens, previous: UpstreamTokens): UpstreamTokens {
+  return next.refreshToken === undefined && previous.refreshToken !== undefined ? { ...next, refreshToken: previous.refreshToken } : next
 }
 
 function access (tokens: UpstreamTokens): UpstreamAccess {

@@ -14,6 +14,7 @@
 import { s256 } from '../core/pkce.js'
 import { checkUpstreamUrl, isTransientStatus, safeCause, safeCode } from './oidc.js'
 import {
+  keepRenewedTokens,
   UpstreamError,
   type AuthorizationUrlInput,
   type ExchangeInput,
@@ -342,8 +343,14 @@ export function githubProvider (opts: GithubProviderOptions): Provider {
     async recheck (tokens: UpstreamTokens): Promise<{ tokens: UpstreamTokens, user: UpstreamUser }> {
       // OAuth App tokens have no refresh token and do not expire: the stored one asks (a revoked
       // authorization answers 401, which is invalid_grant).
-      const next = tokens.refreshToken === undefined || tokens.refreshToken === '' ? tokens : await refreshTokens(tokens)
-      return { tokens: next, user: await userFor(next.accessToken) }
+      if (tokens.refreshToken === undefined || tokens.refreshToken === '') return { tokens, user: await userFor(tokens.accessToken) }
+      const next = await refreshTokens(tokens)
+      try {
+        return { tokens: next, user: await userFor(next.accessToken) }
+      } catch (err) {
+        // GitHub rotates refresh tokens: the one we held is spent, the new ones must be kept.
+        throw keepRenewedTokens(err, next)
+      }
     },
 
     async revoke (tokens: UpstreamTokens): Promise<void> {

@@ -73,6 +73,8 @@ export function googleProvider (opts: GoogleProviderOptions): Provider {
     authorizationParams,
     // Policy is checked on the ID token alone; Google puts every claim we need there.
     userInfo: 'never',
+    // Google's way to a refresh token is access_type=offline above, not the offline_access scope.
+    offlineAccess: false,
     mapUser
   }
   if (opts.scopes !== undefined) oidcOptions.scopes = opts.scopes

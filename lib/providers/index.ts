@@ -1,4 +1,4 @@
-export { UpstreamError } from './types.js'
+export { UpstreamError, keepRenewedTokens } from './types.js'
 export type {
   AuthorizationUrlInput,
   ExchangeInput,

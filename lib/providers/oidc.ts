@@ -14,6 +14,7 @@
 import * as client from 'openid-client'
 import { decodeJwt } from 'jose'
 import {
+  keepRenewedTokens,
   UpstreamError,
   type AuthorizationUrlInput,
   type ExchangeInput,
@@ -42,8 +43,20 @@ export interface OidcProviderOptions {
   clientId: string
   /** Absent for a public client (PKCE only, token endpoint auth method `none`). */
   clientSecret?: string
-  /** Default `['openid', 'email', 'profile']`; `openid` is added when missing. */
+  /**
+   * Default `['openid', 'email', 'profile']`; `openid` is added when missing, and
+   * `offline_access` when the issuer lists it (see `offlineAccess`).
+   */
   scopes?: string[]
+  /**
+   * Ask for a refresh token with the `offline_access` scope when the issuer's discovery lists it.
+   * Without an upstream refresh token the user can only be re-checked while the login's access
+   * token lasts. Issuers that follow OpenID Connect Core 11 to the letter (node oidc-provider)
+   * grant it only with `prompt=consent`: set that in `authorizationParams` for them (it is not
+   * the default: it shows the consent screen at every login, and some tenants let only an
+   * administrator consent). Default true.
+   */
+  offlineAccess?: boolean
   /** Extra authorization request parameters (`prompt`, `login_hint`, ...). Protocol parameters are refused. */
   authorizationParams?: Record<string, string>
   /** Bound for every upstream request, in milliseconds. Default 10000. */
@@ -332,7 +345,8 @@ export function oidcProvider (opts: OidcProviderOptions): Provider {
     if (fresh !== undefined) {
       const previousSub = idTokenClaims(tokens.idToken)?.sub
       if (previousSub !== undefined && previousSub !== fresh.sub) {
-        throw new UpstreamError(name, 'invalid_response', `${name}: the refreshed ID token names another subject`)
+        // Not a broken answer: the provider vouches for another user now, which ends our grant.
+        throw keepRenewedTokens(new UpstreamError(name, 'identity_changed', `${name}: the refreshed ID token names another subject`), toTokens(res, tokens))
       }
     }
     return res
@@ -350,6 +364,23 @@ export function oidcProvider (opts: OidcProviderOptions): Provider {
     }
   }
 
+  /** The user after an upstream refresh: the fresh ID token's claims, UserInfo as at login, then the login policy. */
+  async function checkRefreshed (config: client.Configuration, res: client.TokenEndpointResponse & client.TokenEndpointResponseHelpers, next: UpstreamTokens, previous: OidcClaims | undefined): Promise<UpstreamUser> {
+    const fresh = res.claims()
+    let claims: OidcClaims | undefined = fresh === undefined ? undefined : { ...fresh }
+    // As at login: UserInfo when the ID token lacks the e-mail (or always). Without a fresh ID
+    // token, UserInfo is the only fresh source, and its answer wins over the login's claims.
+    const wantUserInfo = userInfoMode === 'always' || (userInfoMode === 'auto' && claims?.email === undefined)
+    if (wantUserInfo && config.serverMetadata().userinfo_endpoint !== undefined) {
+      const info = await userInfo(config, next.accessToken, claims?.sub ?? previous?.sub)
+      claims = claims === undefined ? { ...previous, ...info } : { ...info, ...claims }
+    }
+    // Nothing fresher: the login's claims (the upstream refresh itself was the check).
+    claims ??= previous
+    if (claims === undefined) throw new UpstreamError(name, 'invalid_response', `${name}: there are no claims to check the user against`)
+    return await mapClaims(name, claims, opts.mapUser)
+  }
+
   return {
     name,
 
@@ -358,7 +389,9 @@ export function oidcProvider (opts: OidcProviderOptions): Provider {
       const params = new URLSearchParams(extraParams)
       params.set('response_type', 'code')
       params.set('redirect_uri', input.redirectUri)
-      params.set('scope', scopes.join(' '))
+      const offline = opts.offlineAccess !== false && !scopes.includes('offline_access') &&
+        config.serverMetadata().scopes_supported?.includes('offline_access') === true
+      params.set('scope', (offline ? [...scopes, 'offline_access'] : scopes).join(' '))
       params.set('state', input.state)
       params.set('nonce', input.nonce)
       params.set('code_challenge', await client.calculatePKCECodeChallenge(input.codeVerifier))
@@ -406,22 +439,15 @@ export function oidcProvider (opts: OidcProviderOptions): Provider {
       if (tokens.refreshToken !== undefined && tokens.refreshToken !== '') {
         const res = await refreshGrant(tokens)
         const next = toTokens(res, tokens)
-        const fresh = res.claims()
-        let claims: OidcClaims | undefined = fresh === undefined ? undefined : { ...fresh }
-        // As at login: UserInfo when the ID token lacks the e-mail (or always). Without a fresh ID
-        // token, UserInfo is the only fresh source, and its answer wins over the login's claims.
-        const wantUserInfo = userInfoMode === 'always' || (userInfoMode === 'auto' && claims?.email === undefined)
-        if (wantUserInfo && config.serverMetadata().userinfo_endpoint !== undefined) {
-          const info = await userInfo(config, next.accessToken, claims?.sub ?? previous?.sub)
-          claims = claims === undefined ? { ...previous, ...info } : { ...info, ...claims }
+        try {
+          return { tokens: next, user: await checkRefreshed(config, res, next, previous) }
+        } catch (err) {
+          // The refresh token we held is spent: whatever failed after it, the new tokens must be kept.
+          throw keepRenewedTokens(err, next)
         }
-        // Nothing fresher: the login's claims (the upstream refresh itself was the check).
-        claims ??= previous
-        if (claims === undefined) throw new UpstreamError(name, 'invalid_response', `${name}: there are no claims to check the user against`)
-        return { tokens: next, user: await mapClaims(name, claims, opts.mapUser) }
       }
-      // No refresh token: UserInfo with the stored access token is the only way to ask; once that
-      // token has expired, the user has to sign in again.
+      // No refresh token: UserInfo with the stored access token is the only way to ask (the plugin
+      // does not ask once that token has expired).
       if (config.serverMetadata().userinfo_endpoint === undefined) {
         throw new UpstreamError(name, 'invalid_grant', `${name}: no refresh token and no UserInfo endpoint to re-check the user with`)
       }

@@ -58,6 +58,8 @@ export interface Provider {
    * the user as the provider sees them now. Throws an UpstreamError: 'invalid_grant',
    * 'access_denied' or 'not_allowed' when the user lost access, 'temporary' to retry later.
    * Without it, the plugin re-checks with `refresh` alone (the policy is not run again).
+   * When the upstream refresh succeeded and a later step fails, attach the new tokens to the
+   * error with {@link keepRenewedTokens}: the old refresh token is spent, the plugin stores them.
    */
   recheck? (tokens: UpstreamTokens): Promise<{ tokens: UpstreamTokens, user: UpstreamUser }>
   /** Revoke upstream tokens (best effort); absent when the provider offers no revocation. */
@@ -75,6 +77,8 @@ export type UpstreamErrorKind =
   | 'invalid_response'
   /** The user is not allowed by policy (hosted domain, organisation, unverified e-mail). */
   | 'not_allowed'
+  /** The provider now names another user (a refreshed ID token with another subject): our grant must go. */
+  | 'identity_changed'
 
 /**
  * What every provider throws. The message is safe to show and log: never a token, code or secret,
@@ -90,4 +94,18 @@ export class UpstreamError extends Error {
     this.kind = kind
     this.provider = provider
   }
+}
+
+/** Tokens a re-check renewed before it failed, by error; a side table, so nothing logs them with the error. */
+const renewed = new WeakMap<object, UpstreamTokens>()
+
+/** Returns `err` carrying the tokens the failed re-check renewed (the caller must keep them). */
+export function keepRenewedTokens (err: unknown, tokens: UpstreamTokens): unknown {
+  if (typeof err === 'object' && err !== null) renewed.set(err, tokens)
+  return err
+}
+
+/** The tokens a failed re-check renewed, if any. */
+export function renewedTokens (err: unknown): UpstreamTokens | undefined {
+  return typeof err === 'object' && err !== null ? renewed.get(err) : undefined
 }
