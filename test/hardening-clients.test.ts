@@ -30,6 +30,11 @@ async function register (app: App, body: Record<string, unknown>, headers: Recor
   return app.inject({ method: 'POST', url: '/oauth/register', payload: body, headers: { 'content-type': 'application/json', ...headers } })
 }
 
+/** RFC 7592 update of a client, with its registration access token. */
+async function update (app: App, clientId: string, registrationToken: string, body: Record<string, unknown>) {
+  return app.inject({ method: 'PUT', url: `/oauth/register/${clientId}`, headers: { authorization: `Bearer ${registrationToken}` }, payload: body })
+}
+
 function authorize (app: App, clientId: string, extra: Record<string, string> = {}, redirectUri = 'http://127.0.0.1:9/cb') {
   return app.inject(`/oauth/authorize?${new URLSearchParams({
     response_type: 'code', client_id: clientId, redirect_uri: redirectUri, code_challenge: CHALLENGE, code_challenge_method: 'S256', ...extra
@@ -48,49 +53,23 @@ t.test('finding 4: a client registered without the initial access token cannot P
   const { app, clock } = await buildApp(t, { registration: { mode: 'token', token: TOKEN, trustedSchemes: ['cursor'] } })
   const cursor = (await register(app, { redirect_uris: ['cursor://anysphere.cursor-retrieval/oauth/callback'], token_endpoint_auth_method: 'none', client_name: 'Cursor' })).json()
   t.ok(cursor.client_id, 'registered through the trusted scheme, without the token')
-  const url = `/oauth/register/${cursor.client_id as string}`
   const before = await app.mcpOAuth.storage.getClient(cursor.client_id, clock.t)
 
-  const hijack = await app.inject({
-    method: 'PUT',
-    url,
-    headers: { authorization: `Bearer ${cursor.registration_access_token as string}` },
-    payload: { client_id: cursor.client_id, redirect_uris: ['https://evil.example.com/cb'], token_endpoint_auth_method: 'none', client_name: 'Cursor' }
-  })
+  const hijack = await update(app, cursor.client_id as string, cursor.registration_access_token as string, { client_id: cursor.client_id, redirect_uris: ['https://evil.example.com/cb'], token_endpoint_auth_method: 'none', client_name: 'Cursor' })
   t.equal(hijack.statusCode, 400, 'refused as a registration without the token would be')
   t.equal(hijack.json().error, 'invalid_redirect_uri')
   t.match(hijack.json().error_description, /trusted scheme/)
-  const mixed = await app.inject({
-    method: 'PUT',
-    url,
-    headers: { authorization: `Bearer ${cursor.registration_access_token as string}` },
-    payload: { client_id: cursor.client_id, redirect_uris: ['cursor://anysphere.cursor-retrieval/oauth/callback', 'https://evil.example.com/cb'], token_endpoint_auth_method: 'none' }
-  })
+  const mixed = await update(app, cursor.client_id as string, cursor.registration_access_token as string, { client_id: cursor.client_id, redirect_uris: ['cursor://anysphere.cursor-retrieval/oauth/callback', 'https://evil.example.com/cb'], token_endpoint_auth_method: 'none' })
   t.equal(mixed.json().error, 'invalid_redirect_uri', 'every redirect URI must keep to a trusted scheme')
   t.same(await app.mcpOAuth.storage.getClient(cursor.client_id, clock.t), before, 'nothing stored changed (not even the registration access token)')
 
-  const fine = await app.inject({
-    method: 'PUT',
-    url,
-    headers: { authorization: `Bearer ${cursor.registration_access_token as string}` },
-    payload: { client_id: cursor.client_id, redirect_uris: ['cursor://anysphere.cursor-retrieval/oauth/callback2'], token_endpoint_auth_method: 'none', client_name: 'Cursor 2' }
-  })
+  const fine = await update(app, cursor.client_id as string, cursor.registration_access_token as string, { client_id: cursor.client_id, redirect_uris: ['cursor://anysphere.cursor-retrieval/oauth/callback2'], token_endpoint_auth_method: 'none', client_name: 'Cursor 2' })
   t.equal(fine.statusCode, 200, 'an update within the trusted schemes passes')
-  const again = await app.inject({
-    method: 'PUT',
-    url,
-    headers: { authorization: `Bearer ${fine.json().registration_access_token as string}` },
-    payload: { client_id: cursor.client_id, redirect_uris: ['https://evil.example.com/cb'], token_endpoint_auth_method: 'none' }
-  })
+  const again = await update(app, cursor.client_id as string, fine.json().registration_access_token as string, { client_id: cursor.client_id, redirect_uris: ['https://evil.example.com/cb'], token_endpoint_auth_method: 'none' })
   t.equal(again.json().error, 'invalid_redirect_uri', 'the limit survives an update')
 
   const web = (await register(app, { redirect_uris: ['https://a.example.com/cb'] }, { authorization: `Bearer ${TOKEN}` })).json()
-  const moved = await app.inject({
-    method: 'PUT',
-    url: `/oauth/register/${web.client_id as string}`,
-    headers: { authorization: `Bearer ${web.registration_access_token as string}` },
-    payload: { client_id: web.client_id, redirect_uris: ['https://b.example.com/cb'], client_secret: web.client_secret }
-  })
+  const moved = await update(app, web.client_id as string, web.registration_access_token as string, { client_id: web.client_id, redirect_uris: ['https://b.example.com/cb'], client_secret: web.client_secret })
   t.equal(moved.statusCode, 200, 'a client registered with the token may update to any redirect registration allows')
   t.same(moved.json().redirect_uris, ['https://b.example.com/cb'])
 })
@@ -142,12 +121,7 @@ t.test('finding 5: refresh narrows to the client\'s current scope (RFC 7592 narr
   const client = (await register(app, { redirect_uris: ['http://127.0.0.1/cb'], token_endpoint_auth_method: 'none', scope: 'mcp:tools mcp:admin' })).json()
   const grant = await app.mcpOAuth.grants.createGrant({ userId: 'u', clientId: client.client_id, scopes: ['mcp:tools', 'mcp:admin'], resource: RESOURCE })
   const tokens = await app.mcpOAuth.grants.issueTokens(grant)
-  const narrowed = await app.inject({
-    method: 'PUT',
-    url: `/oauth/register/${client.client_id as string}`,
-    headers: { authorization: `Bearer ${client.registration_access_token as string}` },
-    payload: { client_id: client.client_id, redirect_uris: ['http://127.0.0.1/cb'], token_endpoint_auth_method: 'none', scope: 'mcp:tools' }
-  })
+  const narrowed = await update(app, client.client_id as string, client.registration_access_token as string, { client_id: client.client_id, redirect_uris: ['http://127.0.0.1/cb'], token_endpoint_auth_method: 'none', scope: 'mcp:tools' })
   t.equal(narrowed.statusCode, 200)
   const refreshed = await app.inject({ method: 'POST', url: '/oauth/token', payload: { grant_type: 'refresh_token', refresh_token: tokens.refresh_token, client_id: client.client_id } })
   t.equal(refreshed.statusCode, 200)

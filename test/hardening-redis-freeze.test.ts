@@ -76,6 +76,16 @@ function freezeTests (server: RedisServer): void {
     return (await storeCode(a.mcpOAuth.storage, { clientId: CLIENT.client_id, redirectUri: CLIENT.redirect_uris[0] as string, resource: RESOURCE, userId: 'code-user' })).code
   }
 
+  /** What the guard answers once Redis serves again (reconnection takes up to a few seconds). */
+  async function admittedAgain (send: { guard: () => Promise<{ statusCode: number, json: () => unknown }> }): Promise<unknown> {
+    const r = await eventually(async () => {
+      const res = await send.guard()
+      if (res.statusCode !== 200) throw new Error(`guard ${res.statusCode}`)
+      return res
+    }, 10_000)
+    return r.json()
+  }
+
   /** One request of each kind that needs the store. */
   function requests (a: FastifyInstance, x: { refresh: string, code: string, revoke: string, introspect: string, access: string }) {
     const basic = 'Basic ' + Buffer.from(`${RS.id}:${RS.secret}`).toString('base64')
@@ -139,12 +149,7 @@ function freezeTests (server: RedisServer): void {
       t.ok(ms < REQUEST_LIMIT, `${kind}: answered in ${ms.toFixed(0)} ms (limit ${REQUEST_LIMIT})`)
     }
     // Back: every credential from before the freeze still does what it did.
-    const ok = await eventually(async () => {
-      const r = await send.guard()
-      if (r.statusCode !== 200) throw new Error(`guard ${r.statusCode}`)
-      return r
-    }, 10_000)
-    t.same(ok.json(), { user: 'gus' }, 'the guard admits the token again')
+    t.same(await admittedAgain(send), { user: 'gus' }, 'the guard admits the token again')
     const refreshed = await send.refresh()
     t.equal(refreshed.statusCode, 200, 'the refresh token from before the freeze still refreshes')
     const exchanged = await send.code()
@@ -197,12 +202,7 @@ function freezeTests (server: RedisServer): void {
       t.ok(ms < REQUEST_LIMIT, `${kind}: answered in ${ms.toFixed(0)} ms`)
     }
     await server.start()
-    const ok = await eventually(async () => {
-      const r = await send.guard()
-      if (r.statusCode !== 200) throw new Error(`guard ${r.statusCode}`)
-      return r
-    }, 10_000)
-    t.same(ok.json(), { user: 'gus' }, 'the guard admits the token again')
+    t.same(await admittedAgain(send), { user: 'gus' }, 'the guard admits the token again')
     t.equal((await send.refresh()).statusCode, 200, 'the refresh token survived the crash')
     t.equal((await send.code()).statusCode, 200, 'the code survived the crash')
     t.equal((await send.introspect()).json().active, true)
