@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto'
 import type { Provider } from '../lib/providers/types.js'
 import { googleProvider, oidcProvider } from '../lib/providers/index.js'
 import { startDevIdp } from './dev-idp.js'
-import { RedisStore } from '../lib/storage/redis.js'
+import { RedisStore } from '../lib/storage/redis/index.js'
 import { mcpRoutes } from './mcp.js'
 import { serverDefaults } from './timeouts.js'
 

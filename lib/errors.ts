@@ -1,5 +1,5 @@
 import createError from '@fastify/error'
-import { StoreUnavailableError } from './storage/types.js'
+import { StoreUnavailableError } from './storage/contract.js'
 
 /**
  * Configuration and programming errors: one row each. They are thrown at registration or by

@@ -1,8 +1,8 @@
 import type { FastifyReply, FastifyRequest, HookHandlerDoneFunction, onRequestHookHandler } from 'fastify'
 import { errors } from './errors.js'
-import { TOKEN_PREFIX } from './core/tokens.js'
-import type { TokenValidator, ValidationResult } from './core/validator.js'
-import type { ResolvedConfig, ResolvedResource } from './options.js'
+import { TOKEN_PREFIX } from './oauth/tokens.js'
+import type { TokenValidator, ValidationResult } from './token/validator.js'
+import type { ResolvedConfig, ResolvedResource } from './options/index.js'
 import type { LimiterHolder } from './routes/oauth.js'
 
 export interface AuthenticateOptions {

@@ -1,7 +1,7 @@
 import t from 'tap'
-import { s256 } from '../lib/core/pkce.js'
-import { matchResource } from '../lib/core/resource.js'
-import type { ResolvedResource } from '../lib/options.js'
+import { s256 } from '../lib/oauth/pkce.js'
+import { matchResource } from '../lib/oauth/resource.js'
+import type { ResolvedResource } from '../lib/options/index.js'
 import { buildApp, ISSUER } from './helpers/app.js'
 
 const VERIFIER = 'dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk'

@@ -4,10 +4,10 @@ import { createServer as createHttpsServer } from 'node:https'
 import { getDefaultAutoSelectFamily, setDefaultAutoSelectFamily, type AddressInfo } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { DEFAULT_CUSTOM_SCHEMES, type RedirectPolicy } from '../lib/core/redirect.js'
+import { DEFAULT_CUSTOM_SCHEMES, type RedirectPolicy } from '../lib/oauth/redirect.js'
 import { OAuthError } from '../lib/errors.js'
 import { selfSignedCert } from './helpers/tls.js'
-import { CimdResolver, isForbiddenAddress, type CimdResolverOptions, type ResolvedAddress } from '../lib/security/cimd.js'
+import { CimdResolver, isForbiddenAddress, type CimdResolverOptions, type ResolvedAddress } from '../lib/clients/cimd.js'
 
 const policy: RedirectPolicy = { allowHttp: false, allowPrivateHosts: false, customSchemes: DEFAULT_CUSTOM_SCHEMES }
 const JSON_TYPE = { 'content-type': 'application/json' }

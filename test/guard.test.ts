@@ -1,7 +1,7 @@
 import t from 'tap'
 import Fastify from 'fastify'
 import { mcpOAuth, MemoryStore } from '../lib/index.js'
-import { generateToken } from '../lib/core/tokens.js'
+import { generateToken } from '../lib/oauth/tokens.js'
 import { buildApp, ISSUER, RESOURCE } from './helpers/app.js'
 
 const PRM = `${ISSUER}/.well-known/oauth-protected-resource/mcp`

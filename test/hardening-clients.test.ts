@@ -9,11 +9,11 @@ import { TestClock } from './helpers/clock.js'
 import { selfSignedCert } from './helpers/tls.js'
 import { authorizeUrl, login, readUpstream, REDIRECT, registerClient, startLogin, token } from './helpers/login.js'
 import { withRedisServer } from './helpers/redis-tests.js'
-import { s256 } from '../lib/core/pkce.js'
-import { generateId } from '../lib/core/tokens.js'
-import { MemoryStore } from '../lib/storage/memory.js'
-import { RedisStore } from '../lib/storage/redis.js'
-import type { Store } from '../lib/storage/types.js'
+import { s256 } from '../lib/oauth/pkce.js'
+import { generateId } from '../lib/oauth/tokens.js'
+import { MemoryStore } from '../lib/storage/memory/index.js'
+import { RedisStore } from '../lib/storage/redis/index.js'
+import type { Store } from '../lib/storage/contract.js'
 
 // Findings 4, 5, 7, 8 and 11 of issue 15: registration policy through RFC 7592, a client's registered
 // scope, unused-client expiry, client metadata fetch fan-out, and RFC 7592 DELETE.

@@ -2,9 +2,9 @@ import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
 import { buildApp, RESOURCE, type TestApp } from './helpers/app.js'
 import { CODE_VERIFIER as VERIFIER, pauseAt, storeCode } from './helpers/codes.js'
-import { hashToken } from '../lib/core/tokens.js'
-import { MemoryStore } from '../lib/storage/memory.js'
-import type { Store } from '../lib/storage/types.js'
+import { hashToken } from '../lib/oauth/tokens.js'
+import { MemoryStore } from '../lib/storage/memory/index.js'
+import type { Store } from '../lib/storage/contract.js'
 
 /**
  * Issue 15, findings 1 and 10 and the refresh grace, on the memory store (the Redis side is in

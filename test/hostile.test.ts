@@ -7,8 +7,8 @@ import { buildApp, ISSUER, RESOURCE, type TestApp } from './helpers/app.js'
 import { startDevIdp, type DevIdp } from '../example/dev-idp.js'
 import { oidcProvider } from '../lib/providers/oidc.js'
 import { generateToken, hashToken, type McpOAuthOptions, type StoreStats, type TokenResponse } from '../lib/index.js'
-import { s256 } from '../lib/core/pkce.js'
-import { matchRedirectUri } from '../lib/core/redirect.js'
+import { s256 } from '../lib/oauth/pkce.js'
+import { matchRedirectUri } from '../lib/oauth/redirect.js'
 
 /**
  * Hostile traffic against every endpoint the plugin serves (and the guarded POST /mcp): fast-check

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
-import { added, MemoryStore, type Hashes } from '../lib/storage/memory.js'
-import { generateId, generateToken, hashToken } from '../lib/core/tokens.js'
+import { added, MemoryStore, type Hashes } from '../lib/storage/memory/index.js'
+import { generateId, generateToken, hashToken } from '../lib/oauth/tokens.js'
 import { publicClient, storeContract } from './helpers/store-contract.js'
 
 t.test('storage contract: MemoryStore', async t => {

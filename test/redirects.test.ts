@@ -1,8 +1,8 @@
 import t from 'tap'
 import { createServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
-import { s256 } from '../lib/core/pkce.js'
-import { checkRedirectUri, DEFAULT_CUSTOM_SCHEMES, matchRedirectUri } from '../lib/core/redirect.js'
+import { s256 } from '../lib/oauth/pkce.js'
+import { checkRedirectUri, DEFAULT_CUSTOM_SCHEMES, matchRedirectUri } from '../lib/oauth/redirect.js'
 import { buildApp } from './helpers/app.js'
 import { selfSignedCert } from './helpers/tls.js'
 

@@ -1,15 +1,15 @@
 import t from 'tap'
 import type { Test } from 'tap'
 import { Redis } from 'ioredis'
-import { RedisStore, type RedisStoreOptions } from '../lib/storage/redis.js'
-import { TokenCache } from '../lib/storage/redis-cache.js'
-import type { AccessTokenRecord, GrantRecord } from '../lib/storage/types.js'
-import { generateId, generateToken, hashToken } from '../lib/core/tokens.js'
+import { RedisStore, type RedisStoreOptions } from '../lib/storage/redis/index.js'
+import { TokenCache } from '../lib/storage/redis/cache.js'
+import type { AccessTokenRecord, GrantRecord } from '../lib/storage/contract.js'
+import { generateId, generateToken, hashToken } from '../lib/oauth/tokens.js'
 import { storeContract } from './helpers/store-contract.js'
 import { withRedisServer } from './helpers/redis-tests.js'
 import type { RedisServer } from './helpers/redis.js'
 
-// The RedisStore's local access-token cache (lib/storage/redis-cache.ts) against a real
+// The RedisStore's local access-token cache (lib/storage/redis/cache.ts) against a real
 // redis-server: what it serves, and every way a record leaves it (revocation on another replica,
 // this replica's own writes, expiry in Redis, FLUSHDB, a dropped or silent tracking connection).
 

@@ -1,9 +1,9 @@
 import t from 'tap'
 import { buildApp, RESOURCE } from './helpers/app.js'
 import type { TestApp } from './helpers/app.js'
-import { hashToken, looksLike } from '../lib/core/tokens.js'
-import { MemoryStore } from '../lib/storage/memory.js'
-import type { Store } from '../lib/storage/types.js'
+import { hashToken, looksLike } from '../lib/oauth/tokens.js'
+import { MemoryStore } from '../lib/storage/memory/index.js'
+import type { Store } from '../lib/storage/contract.js'
 
 const PUBLIC = { client_id: 'public-app', redirect_uris: ['http://127.0.0.1/cb'] }
 const SECRET = 'confidential-secret-0123456789abcdef'

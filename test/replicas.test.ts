@@ -1,7 +1,7 @@
 import t from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { mcpOAuth, type McpOAuthOptions } from '../lib/index.js'
-import { RedisStore } from '../lib/storage/redis.js'
+import { RedisStore } from '../lib/storage/redis/index.js'
 import type { RedisServer } from './helpers/redis.js'
 import { withRedisServer } from './helpers/redis-tests.js'
 import { loginTokens, readUpstream, startLogin, writeUpstream } from './helpers/login.js'

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { generateToken, hashToken, looksLike, safeEqual, TOKEN_PREFIX, generateId } from '../lib/core/tokens.js'
+import { generateToken, hashToken, looksLike, safeEqual, TOKEN_PREFIX, generateId } from '../lib/oauth/tokens.js'
 
 t.test('tokens: prefix, 256 random bits, base64url, unique', async t => {
   const seen = new Set<string>()

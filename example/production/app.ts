@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import { mcpOAuth, type EncryptionKey, type McpOAuthOptions } from '../../lib/index.js'
 import { googleProvider, oidcProvider } from '../../lib/providers/index.js'
-import { RedisStore } from '../../lib/storage/redis.js'
+import { RedisStore } from '../../lib/storage/redis/index.js'
 import { mcpRoutes } from '../mcp.js'
 import { serverDefaults } from '../timeouts.js'
 

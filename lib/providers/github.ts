@@ -11,7 +11,7 @@
  * (https://ghe.example.com/api/v3).
  */
 
-import { s256 } from '../core/pkce.js'
+import { s256 } from '../oauth/pkce.js'
 import { checkUpstreamUrl, isTransientStatus, safeCause, safeCode } from './oidc.js'
 import {
   keepRenewedTokens,

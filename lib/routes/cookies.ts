@@ -1,6 +1,6 @@
 import type {} from '@fastify/cookie'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import type { ResolvedConfig } from '../options.js'
+import type { ResolvedConfig } from '../options/index.js'
 import type { Signer } from '../security/signing.js'
 
 export interface CookieNames {

@@ -1,6 +1,6 @@
 import type { FastifyCorsOptions } from '@fastify/cors'
 import type { FastifyRequest } from 'fastify'
-import type { ResolvedConfig } from '../options.js'
+import type { ResolvedConfig } from '../options/index.js'
 
 /**
  * CORS for what browser-based MCP clients call: metadata, token, registration, revocation,

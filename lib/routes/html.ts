@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
 import type { FastifyReply } from 'fastify'
-import { isLoopbackRedirect } from '../core/redirect.js'
-import type { ResolvedConfig } from '../options.js'
+import { isLoopbackRedirect } from '../oauth/redirect.js'
+import type { ResolvedConfig } from '../options/index.js'
 
 /** Escape for HTML text and double-quoted attribute values. */
 export function escapeHtml (value: string): string {

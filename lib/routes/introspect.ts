@@ -1,11 +1,11 @@
 import Type from 'typebox'
 import type { FastifyPluginAsync } from 'fastify'
-import { authenticateClient } from '../core/clients.js'
-import type { RevocationService } from '../core/revocation.js'
-import { hashToken, safeEqual } from '../core/tokens.js'
+import { authenticateClient } from '../clients/authenticate.js'
+import type { RevocationService } from '../token/revocation.js'
+import { hashToken, safeEqual } from '../oauth/tokens.js'
 import { OAuthError } from '../errors.js'
-import type { ResolvedConfig } from '../options.js'
-import type { ClientRecord } from '../storage/types.js'
+import type { ResolvedConfig } from '../options/index.js'
+import type { ClientRecord } from '../storage/contract.js'
 import { routeLimit } from './oauth.js'
 
 export interface IntrospectRouteDeps {

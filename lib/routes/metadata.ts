@@ -1,7 +1,7 @@
 import Type from 'typebox'
 import type { FastifyPluginAsync } from 'fastify'
-import { authorizationServerMetadata, protectedResourceMetadata } from '../core/metadata.js'
-import type { ResolvedConfig } from '../options.js'
+import { authorizationServerMetadata, protectedResourceMetadata } from './documents.js'
+import type { ResolvedConfig } from '../options/index.js'
 import { routeLimit } from './oauth.js'
 
 const StringArray = Type.Array(Type.String())

@@ -5,7 +5,7 @@ import type { FastifyPluginAsync, FastifyReply, FastifyRequest, RouteOptions } f
 import { logOAuthError, OAuthError, oauthErrorHandler, toOAuthError } from '../errors.js'
 import { errorPage, sendPage } from './html.js'
 import type { Auditor } from '../security/audit.js'
-import { AUTHORIZATION_SERVER_WELL_KNOWN, PROTECTED_RESOURCE_WELL_KNOWN, type ResolvedConfig, type RateLimitName } from '../options.js'
+import { AUTHORIZATION_SERVER_WELL_KNOWN, PROTECTED_RESOURCE_WELL_KNOWN, type ResolvedConfig, type RateLimitName } from '../options/index.js'
 import { authorizeRoutes, type AuthorizeRouteDeps } from './authorize.js'
 import { callbackRoutes } from './callback.js'
 import { tokenRoutes, type TokenRouteDeps } from './token.js'

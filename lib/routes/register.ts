@@ -1,7 +1,7 @@
 import Type from 'typebox'
 import type { FastifyPluginAsync } from 'fastify'
-import type { RegistrationService } from '../core/registration.js'
-import type { ResolvedConfig } from '../options.js'
+import type { RegistrationService } from '../clients/registration.js'
+import type { ResolvedConfig } from '../options/index.js'
 import { OAuthError } from '../errors.js'
 import { routeLimit } from './oauth.js'
 

@@ -1,9 +1,9 @@
 import Type from 'typebox'
 import type { FastifyPluginAsync } from 'fastify'
-import { authenticateClient } from '../core/clients.js'
-import type { RevocationService } from '../core/revocation.js'
-import type { ResolvedConfig } from '../options.js'
-import type { ClientRecord } from '../storage/types.js'
+import { authenticateClient } from '../clients/authenticate.js'
+import type { RevocationService } from '../token/revocation.js'
+import type { ResolvedConfig } from '../options/index.js'
+import type { ClientRecord } from '../storage/contract.js'
 import { routeLimit } from './oauth.js'
 
 export interface RevokeRouteDeps {

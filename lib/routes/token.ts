@@ -1,12 +1,12 @@
 import Type from 'typebox'
 import type { FastifyPluginAsync } from 'fastify'
-import type { AuthorizationFlow } from '../core/authorize.js'
-import { authenticateClient } from '../core/clients.js'
+import type { AuthorizationFlow } from '../flow/authorize.js'
+import { authenticateClient } from '../clients/authenticate.js'
 import { OAuthError } from '../errors.js'
-import type { ResolvedConfig } from '../options.js'
-import type { ClientRecord } from '../storage/types.js'
-import type { RefreshService } from '../core/refresh.js'
-import type { RegistrationService } from '../core/registration.js'
+import type { ResolvedConfig } from '../options/index.js'
+import type { ClientRecord } from '../storage/contract.js'
+import type { RefreshService } from '../token/grants/refresh-token.js'
+import type { RegistrationService } from '../clients/registration.js'
 import { routeLimit } from './oauth.js'
 
 export interface TokenRouteDeps {

@@ -1,5 +1,5 @@
 import { createHmac, randomBytes } from 'node:crypto'
-import { safeEqual } from '../core/tokens.js'
+import { safeEqual } from '../oauth/tokens.js'
 
 /**
  * HMAC-SHA256 signatures for the small values this server hands to browsers (consent cookie,

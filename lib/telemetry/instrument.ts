@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks'
 import { context, trace, SpanKind, SpanStatusCode, type Attributes, type Span, type Tracer } from '@opentelemetry/api'
-import type { Store } from '../storage/types.js'
+import type { Store } from '../storage/contract.js'
 import type { Provider } from '../providers/types.js'
 import { UpstreamError } from '../providers/types.js'
 

@@ -7,7 +7,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { setImmediate as tick } from 'node:timers/promises'
 import Fastify from 'fastify'
 import { mcpOAuth } from '../../lib/index.js'
-import { MemoryStore } from '../../lib/storage/memory.js'
+import { MemoryStore } from '../../lib/storage/memory/index.js'
 import { TOKEN_BENCH } from './protocol.js'
 
 export interface MemoryResult {
@@ -24,7 +24,7 @@ export interface MemoryResult {
   remaining: { grants: number, accessTokens: number, refreshTokens: number }
 }
 
-/** A dynamically registered client's id (lib/core/tokens.ts generateId: 22 characters). */
+/** A dynamically registered client's id (lib/oauth/tokens.ts generateId: 22 characters). */
 const CLIENT_ID = 'q0Hn2xFz7XkVYd1cWm9b-A'
 
 const gc = (globalThis as { gc?: () => void }).gc

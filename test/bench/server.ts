@@ -9,8 +9,8 @@ import { Session } from 'node:inspector/promises'
 import Fastify, { type FastifyInstance, type onRequestHookHandler } from 'fastify'
 import formbody from '@fastify/formbody'
 import { mcpOAuth, type McpOAuthOptions } from '../../lib/index.js'
-import { generateId, generateToken, hashToken } from '../../lib/core/tokens.js'
-import type { CodeRecord } from '../../lib/storage/types.js'
+import { generateId, generateToken, hashToken } from '../../lib/oauth/tokens.js'
+import type { CodeRecord } from '../../lib/storage/contract.js'
 import { TOKEN_BENCH, type Ready, type Reply, type Request, type ServerSpec } from './protocol.js'
 import { startOidcBench } from './oidc.js'
 
@@ -52,7 +52,7 @@ async function guardServer (s: Extract<ServerSpec, { kind: 'guard' }>): Promise<
   // Untyped on purpose: on a plugin without a `metrics` option, registration fails and the row says n/a.
   if (s.metrics) Object.assign(opts, { metrics: { enabled: true, token: 'bench-metrics-token-0123456789' } })
   if (s.store === 'redis') {
-    const { RedisStore } = await import('../../lib/storage/redis.js')
+    const { RedisStore } = await import('../../lib/storage/redis/index.js')
     opts.store = new RedisStore({ url: s.redisUrl as string, commandTimeoutMs: 2000, ...(s.redisCache === false ? { cache: false } : {}) })
   }
   await app.register(mcpOAuth, opts)
@@ -128,7 +128,7 @@ async function tokenServer (): Promise<Bench> {
           })
           items.push((await grants.issueTokens(grant)).refresh_token)
         } else {
-          // What the upstream callback stores (lib/core/authorize.ts), with a lifetime that outlasts the run.
+          // What the upstream callback stores (lib/flow/authorize.ts), with a lifetime that outlasts the run.
           const code = generateToken('authorizationCode')
           const now = Date.now()
           const record: CodeRecord = {

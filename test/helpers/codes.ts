@@ -1,6 +1,6 @@
-import { s256 } from '../../lib/core/pkce.js'
-import { generateId, generateToken, hashToken } from '../../lib/core/tokens.js'
-import type { CodeRecord, FlowStore } from '../../lib/storage/types.js'
+import { s256 } from '../../lib/oauth/pkce.js'
+import { generateId, generateToken, hashToken } from '../../lib/oauth/tokens.js'
+import type { CodeRecord, FlowStore } from '../../lib/storage/contract.js'
 
 /** The PKCE verifier of every code made by storeCode. */
 export const CODE_VERIFIER = 'v'.repeat(43)

@@ -3,7 +3,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { mcpOAuth, type McpOAuthOptions } from '../../lib/index.js'
 import { oidcProvider } from '../../lib/providers/oidc.js'
 import { startDevIdp, type DevIdp, type DevIdpOptions } from '../../example/dev-idp.js'
-import { s256 } from '../../lib/core/pkce.js'
+import { s256 } from '../../lib/oauth/pkce.js'
 import type { UpstreamTokens } from '../../lib/providers/types.js'
 import { Browser } from './browser.js'
 

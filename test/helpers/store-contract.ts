@@ -1,7 +1,7 @@
 import type { Test } from 'tap'
-import type { ClientRecord, CodeRecord, GrantRecord, Store } from '../../lib/storage/types.js'
-import { GrantRevokedError } from '../../lib/storage/types.js'
-import { generateId, generateToken, hashToken } from '../../lib/core/tokens.js'
+import type { ClientRecord, CodeRecord, GrantRecord, Store } from '../../lib/storage/contract.js'
+import { GrantRevokedError } from '../../lib/storage/contract.js'
+import { generateId, generateToken, hashToken } from '../../lib/oauth/tokens.js'
 
 /**
  * The storage contract, as tests. Every store implementation runs this suite; `make` returns a

@@ -1,12 +1,12 @@
 import Type, { type Static } from 'typebox'
 import { Compile } from 'typebox/compile'
-import { errors } from './errors.js'
-import type { Store } from './storage/types.js'
-import type { Provider } from './providers/types.js'
-import type { AuditSink } from './security/audit.js'
-import type { CimdResolverOptions } from './security/cimd.js'
-import type { MetricsOptions, TracingOptions } from './telemetry/options.js'
-import { DEFAULT_CUSTOM_SCHEMES, type RedirectPolicy } from './core/redirect.js'
+import { errors } from '../errors.js'
+import type { Store } from '../storage/contract.js'
+import type { Provider } from '../providers/types.js'
+import type { AuditSink } from '../security/audit.js'
+import type { CimdResolverOptions } from '../clients/cimd.js'
+import type { MetricsOptions, TracingOptions } from '../telemetry/options.js'
+import { DEFAULT_CUSTOM_SCHEMES, type RedirectPolicy } from '../oauth/redirect.js'
 
 const Seconds = (def: number, description: string) =>
   Type.Optional(Type.Integer({ minimum: 1, maximum: 31_536_000 * 5, default: def, description }))

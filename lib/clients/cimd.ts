@@ -3,11 +3,11 @@ import type { IncomingHttpHeaders } from 'node:http'
 import { request as httpsRequest } from 'node:https'
 import { isIP, type LookupFunction } from 'node:net'
 import { OAuthError } from '../errors.js'
-import { checkRedirectUri, isForbiddenAddress, isPrivateHost, type RedirectPolicy } from '../core/redirect.js'
-import { registeredScope } from '../core/scopes.js'
-export { isForbiddenAddress } from '../core/redirect.js'
-import type { ClientRecord } from '../storage/types.js'
-import { hasUnsafeDisplayChars } from '../core/display.js'
+import { checkRedirectUri, isForbiddenAddress, isPrivateHost, type RedirectPolicy } from '../oauth/redirect.js'
+import { registeredScope } from '../oauth/scopes.js'
+export { isForbiddenAddress } from '../oauth/redirect.js'
+import type { ClientRecord } from '../storage/contract.js'
+import { hasUnsafeDisplayChars } from '../oauth/display.js'
 
 /**
  * Client ID Metadata Documents (MCP authorization 2025-11-25, draft-ietf-oauth-client-id-metadata-document):

@@ -1,11 +1,11 @@
 import { OAuthError } from '../errors.js'
-import type { ResolvedConfig } from '../options.js'
+import type { ResolvedConfig } from '../options/index.js'
 import type { Auditor } from '../security/audit.js'
-import type { ClientAuthMethod, ClientRecord, Store } from '../storage/types.js'
-import { checkRedirectUri, type RedirectKind } from './redirect.js'
-import { registeredScope } from './scopes.js'
-import { hasUnsafeDisplayChars } from './display.js'
-import { generateId, generateToken, hashToken, looksLike, safeEqual } from './tokens.js'
+import type { ClientAuthMethod, ClientRecord, Store } from '../storage/contract.js'
+import { checkRedirectUri, type RedirectKind } from '../oauth/redirect.js'
+import { registeredScope } from '../oauth/scopes.js'
+import { hasUnsafeDisplayChars } from '../oauth/display.js'
+import { generateId, generateToken, hashToken, looksLike, safeEqual } from '../oauth/tokens.js'
 
 export interface RegistrationDeps {
   config: ResolvedConfig

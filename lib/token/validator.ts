@@ -1,5 +1,5 @@
-import { hashToken, looksLike } from './tokens.js'
-import type { AccessTokenRecord, TokenStore } from '../storage/types.js'
+import { hashToken, looksLike } from '../oauth/tokens.js'
+import type { AccessTokenRecord, TokenStore } from '../storage/contract.js'
 
 /** What a valid access token says about the request. Users may augment it (declaration merging). */
 export interface McpAuthInfo {

@@ -2,8 +2,8 @@ import { randomUUID } from 'node:crypto'
 import type {
   AccessTokenRecord, ClientRecord, CodeRecord, ConsumeCodeResult, FlowRecord, GrantRecord,
   RefreshTokenRecord, RotateResult, Store, StoreStats
-} from './types.js'
-import { GrantRevokedError } from './types.js'
+} from '../contract.js'
+import { GrantRevokedError } from '../contract.js'
 
 export interface MemoryStoreOptions {
   /** How often a sweep pass starts (ms). Default 30 s. */

@@ -1,4 +1,4 @@
-import type { ResolvedConfig, ResolvedResource } from '../options.js'
+import type { ResolvedConfig, ResolvedResource } from '../options/index.js'
 
 /** RFC 8414 authorization server metadata: only what this server actually serves. */
 export function authorizationServerMetadata (config: ResolvedConfig): Record<string, unknown> {

@@ -1,7 +1,7 @@
-import { generateId, generateToken, hashToken } from './tokens.js'
-import type { ResolvedConfig } from '../options.js'
-import type { AccessTokenRecord, GrantRecord, RefreshTokenRecord, TokenStore } from '../storage/types.js'
-import { GrantRevokedError } from '../storage/types.js'
+import { generateId, generateToken, hashToken } from '../oauth/tokens.js'
+import type { ResolvedConfig } from '../options/index.js'
+import type { AccessTokenRecord, GrantRecord, RefreshTokenRecord, TokenStore } from '../storage/contract.js'
+import { GrantRevokedError } from '../storage/contract.js'
 
 export interface TokenResponse {
   access_token: string

@@ -5,9 +5,9 @@ import type { RedisOptions, RedisStatus } from 'ioredis'
 import type {
   AccessTokenRecord, ClientRecord, CodeRecord, ConsumeCodeResult, FlowRecord, GrantRecord,
   RefreshTokenRecord, RotateResult, Store, StoreStats
-} from './types.js'
-import { GrantRevokedError, StoreUnavailableError } from './types.js'
-import { TokenCache, cacheSettings, type TokenCacheOptions } from './redis-cache.js'
+} from '../contract.js'
+import { GrantRevokedError, StoreUnavailableError } from '../contract.js'
+import { TokenCache, cacheSettings, type TokenCacheOptions } from './cache.js'
 
 export interface RedisStoreOptions {
   /**

@@ -1,12 +1,12 @@
 import { createHmac } from 'node:crypto'
-import { OAuthError } from '../errors.js'
-import type { ResolvedConfig } from '../options.js'
-import type { Auditor } from '../security/audit.js'
-import type { AccessTokenRecord, ClientRecord, RefreshTokenRecord, RotateResult, Store } from '../storage/types.js'
-import { secondsUntil, type TokenResponse } from './grants.js'
-import { matchResource } from './resource.js'
-import { narrowScopes, withinClient } from './scopes.js'
-import { generateId, hashToken, looksLike, TOKEN_PREFIX } from './tokens.js'
+import { OAuthError } from '../../errors.js'
+import type { ResolvedConfig } from '../../options/index.js'
+import type { Auditor } from '../../security/audit.js'
+import type { AccessTokenRecord, ClientRecord, RefreshTokenRecord, RotateResult, Store } from '../../storage/contract.js'
+import { secondsUntil, type TokenResponse } from '../issue.js'
+import { matchResource } from '../../oauth/resource.js'
+import { narrowScopes, withinClient } from '../../oauth/scopes.js'
+import { generateId, hashToken, looksLike, TOKEN_PREFIX } from '../../oauth/tokens.js'
 
 export interface RefreshDeps {
   config: ResolvedConfig

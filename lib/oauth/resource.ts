@@ -1,11 +1,14 @@
-import type { ResolvedResource } from '../options.js'
+/** What a configured resource needs to be matched: its identifier as configured. */
+export interface NamedResource {
+  resource: string
+}
 
 /**
  * RFC 8707 resource indicators. Clients spell the same resource in different ways (scheme and host
  * case, a default port, a trailing slash); these compare equal. Returns the configured resource, or
  * null when the value names none of them.
  */
-export function matchResource (value: string, resources: ResolvedResource[]): ResolvedResource | null {
+export function matchResource<R extends NamedResource> (value: string, resources: readonly R[]): R | null {
   // MCP clients send the resource on every authorization and token request, nearly always spelled
   // as configured: that needs no URL parsing.
   for (const r of resources) {
@@ -17,9 +20,9 @@ export function matchResource (value: string, resources: ResolvedResource[]): Re
 }
 
 /** The comparable form of each configured resource, worked out once. */
-const configuredKeys = new WeakMap<ResolvedResource, string | null>()
+const configuredKeys = new WeakMap<NamedResource, string | null>()
 
-function configuredKey (resource: ResolvedResource): string | null {
+function configuredKey (resource: NamedResource): string | null {
   let key = configuredKeys.get(resource)
   if (key === undefined) {
     key = comparable(resource.resource)

@@ -1,10 +1,10 @@
 import { OAuthError } from '../errors.js'
-import type { ResolvedConfig } from '../options.js'
+import type { ResolvedConfig } from '../options/index.js'
 import type { Provider, UpstreamTokens } from '../providers/types.js'
 import type { Auditor } from '../security/audit.js'
 import type { KeyRing } from '../security/keyring.js'
-import type { AccessTokenRecord, ClientRecord, GrantRecord, RefreshTokenRecord, Store } from '../storage/types.js'
-import { hashToken, looksLike } from './tokens.js'
+import type { AccessTokenRecord, ClientRecord, GrantRecord, RefreshTokenRecord, Store } from '../storage/contract.js'
+import { hashToken, looksLike } from '../oauth/tokens.js'
 
 export interface RevocationDeps {
   config: ResolvedConfig

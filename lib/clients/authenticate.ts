@@ -1,6 +1,6 @@
 import { OAuthError } from '../errors.js'
-import type { ClientRecord } from '../storage/types.js'
-import { hashToken, safeEqual } from './tokens.js'
+import type { ClientRecord } from '../storage/contract.js'
+import { hashToken, safeEqual } from '../oauth/tokens.js'
 
 export interface ClientCredentials {
   /** The Authorization header, if any. */

@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis'
-import type { AccessTokenRecord } from './types.js'
+import type { AccessTokenRecord } from '../contract.js'
 
 export interface TokenCacheOptions {
   /** Access-token records kept at most (the oldest cached goes first). Default 10,000. */

@@ -2,7 +2,7 @@ import type { Provider, UpstreamTokens, UpstreamUser } from '../providers/types.
 import { renewedTokens, UpstreamError } from '../providers/types.js'
 import type { Auditor } from '../security/audit.js'
 import type { KeyRing } from '../security/keyring.js'
-import type { GrantRecord, Store } from '../storage/types.js'
+import type { GrantRecord, Store } from '../storage/contract.js'
 import { OAuthError } from '../errors.js'
 
 export interface UpstreamAccess {
