@@ -219,24 +219,23 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
 export const mcpOAuth = fp(plugin, { name: 'fastify-mcp-oauth', fastify: '5.x' })
 export default mcpOAuth
 
+// The public face: the plugin, its options and decorators, the error types, and the contracts a
+// custom store or provider implements. Services and helpers stay internal; the decorators give
+// applications what they need of them.
 export { OAuthError, errors } from './errors.js'
 export type { OAuthErrorCode } from './errors.js'
+export { StoreUnavailableError } from './storage/contract.js'
+export { UpstreamTokenError } from './token/upstream.js'
+export { UpstreamError } from './providers/types.js'
 export { MemoryStore } from './storage/memory/index.js'
 export type { MemoryStoreOptions } from './storage/memory/index.js'
 export type * from './storage/contract.js'
-export { StoreUnavailableError } from './storage/contract.js'
 export type { McpOAuthOptions, ResolvedConfig, ResolvedResource } from './options/index.js'
 export type { AuthenticateOptions } from './guard.js'
-export type { McpAuthInfo, ValidationResult } from './token/validator.js'
-export { TokenValidator } from './token/validator.js'
-export { GrantService } from './token/issue.js'
-export { UpstreamTokenError } from './token/upstream.js'
+export type { McpAuthInfo, ValidationResult, TokenValidator } from './token/validator.js'
+export type { GrantService, TokenResponse, NewGrant } from './token/issue.js'
 export type { UpstreamAccess } from './token/upstream.js'
-export type { TokenResponse, NewGrant } from './token/issue.js'
-export { generateToken, hashToken } from './oauth/tokens.js'
-export { generateKey, KeyRing } from './security/keyring.js'
+export { generateKey } from './security/keyring.js'
 export type { EncryptionKey } from './security/keyring.js'
-export { Auditor, hashUserId } from './security/audit.js'
-export type { AuditEvents, AuditEventName, AuditSink } from './security/audit.js'
-export { UpstreamError } from './providers/types.js'
+export type { Auditor, AuditEvents, AuditEventName, AuditSink } from './security/audit.js'
 export type { Provider, UpstreamTokens, UpstreamUser, UpstreamErrorKind } from './providers/types.js'

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { createHash } from 'node:crypto'
-import { hashUserId } from '../lib/index.js'
+import { hashUserId } from '../lib/security/audit.js'
 import { Auditor } from '../lib/security/audit.js'
 import { buildApp } from './helpers/app.js'
 

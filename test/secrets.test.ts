@@ -1,6 +1,7 @@
 import t, { type Test } from 'tap'
 import Fastify from 'fastify'
-import { mcpOAuth, generateKey, KeyRing, MemoryStore, type FlowRecord, type UpstreamTokens } from '../lib/index.js'
+import { mcpOAuth, generateKey, MemoryStore, type FlowRecord, type UpstreamTokens } from '../lib/index.js'
+import { KeyRing } from '../lib/security/keyring.js'
 import { oidcProvider } from '../lib/providers/oidc.js'
 import { startDevIdp } from '../example/dev-idp.js'
 import { Browser } from './helpers/browser.js'

@@ -1,5 +1,6 @@
 import t from 'tap'
-import { generateKey, KeyRing } from '../lib/index.js'
+import { generateKey } from '../lib/index.js'
+import { KeyRing } from '../lib/security/keyring.js'
 import { loginTokens, readUpstream, startLogin, writeUpstream } from './helpers/login.js'
 import { oidcProvider } from '../lib/providers/oidc.js'
 

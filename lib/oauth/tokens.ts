@@ -45,14 +45,6 @@ function randomBase64url (n: number): string {
   return text
 }
 
-/** `n` (at most 4096) fresh random bytes in a Buffer of their own (IVs, nonces). */
-export function randomBuffer (n: number): Buffer {
-  const start = take(n)
-  const out = Buffer.from(pool.subarray(start, start + n))
-  pool.fill(0, start, start + n)
-  return out
-}
-
 /** A fresh credential of the given kind: prefix + 43 base64url characters (256 bits). */
 export function generateToken (kind: TokenKind): string {
   return TOKEN_PREFIX[kind] + randomBase64url(RANDOM_BYTES)
