@@ -10,7 +10,11 @@ export const errors = {
   INCONSISTENT_CONFIG: createError('FST_MCP_OAUTH_INCONSISTENT_CONFIG', 'Inconsistent fastify-mcp-oauth configuration: %s', 500),
   INVALID_GUARD: createError('FST_MCP_OAUTH_INVALID_GUARD', 'authenticate(): %s', 500, TypeError),
   STORE_CONTRACT: createError('FST_MCP_OAUTH_STORE_CONTRACT', 'Storage contract violated: %s', 500),
-  PROVIDER: createError('FST_MCP_OAUTH_PROVIDER', 'Identity provider misconfigured: %s', 500)
+  PROVIDER: createError('FST_MCP_OAUTH_PROVIDER', 'Identity provider misconfigured: %s', 500),
+  // storage: a store misused by its caller, or built with bad options
+  STORE_NO_GRANT: createError('FST_MCP_OAUTH_STORE_NO_GRANT', '%s: the grant does not exist', 500),
+  STORE_FOREIGN_SUCCESSOR: createError('FST_MCP_OAUTH_STORE_FOREIGN_SUCCESSOR', 'rotateRefreshToken: the successor must stay in the family', 500),
+  REDIS_STORE_OPTION: createError('FST_MCP_OAUTH_REDIS_STORE_OPTION', 'RedisStore: %s', 500, TypeError)
 } as const
 
 /** The error codes of RFC 6749, RFC 6750, RFC 7591, RFC 8707 and RFC 7009 that this server answers with. */

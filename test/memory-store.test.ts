@@ -1,11 +1,24 @@
 import t from 'tap'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
+import Fastify from 'fastify'
+import { mcpOAuth } from '../lib/index.js'
 import { added, MemoryStore, type Hashes } from '../lib/storage/memory/index.js'
 import { generateId, generateToken, hashToken } from '../lib/oauth/tokens.js'
 import { publicClient, storeContract } from './helpers/store-contract.js'
 
 t.test('storage contract: MemoryStore', async t => {
   storeContract(t, async () => new MemoryStore({ sweepIntervalMs: 0 }), { answersNow: true })
+})
+
+t.test('a store without one of the combined operations is refused at registration, which names it', async t => {
+  for (const method of ['saveGrantWithTokens', 'rotateRefreshTokenWithAccess', 'replayRefreshToken', 'renewClient']) {
+    const store = new MemoryStore({ sweepIntervalMs: 0 })
+    Object.assign(store, { [method]: undefined })
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await t.rejects(async () => { await app.register(mcpOAuth, { issuer: 'https://as.example.com', resources: ['https://as.example.com/mcp'], store }) },
+      { code: 'FST_MCP_OAUTH_INVALID_OPTION', message: new RegExp(`option store: does not implement ${method}$`) }, method)
+  }
 })
 
 t.test('an access token read after its expiry is dropped at once, not at the next sweep', async t => {

@@ -2,6 +2,7 @@ import Type, { type Static } from 'typebox'
 import { Compile } from 'typebox/compile'
 import { errors } from '../errors.js'
 import type { Store } from '../storage/contract.js'
+import { STORE_METHODS } from '../storage/contract.js'
 import type { Provider } from '../providers/types.js'
 import type { AuditSink } from '../security/audit.js'
 import type { CimdResolverOptions } from '../clients/cimd.js'
@@ -464,11 +465,8 @@ function checkProvider (provider: unknown): void {
 }
 
 function checkStore (store: unknown): void {
-  const required = ['saveGrant', 'getGrant', 'updateGrantUpstream', 'saveAccessToken', 'getAccessToken',
-    'deleteAccessToken', 'saveRefreshToken', 'getRefreshToken', 'rotateRefreshToken', 'revokeGrant',
-    'listGrants', 'saveClient', 'getClient', 'deleteClient', 'countClientsFrom', 'saveFlow', 'takeFlow', 'saveCode', 'consumeCode']
   if (store === null || typeof store !== 'object') throw bad('store', 'must be an object implementing the storage contract')
-  const missing = required.filter(m => typeof (store as Record<string, unknown>)[m] !== 'function')
+  const missing = STORE_METHODS.filter(m => typeof (store as Record<string, unknown>)[m] !== 'function')
   if (missing.length > 0) throw bad('store', `does not implement ${missing.join(', ')}`)
 }
 

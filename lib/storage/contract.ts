@@ -167,22 +167,22 @@ export interface TokenStore {
   saveAccessToken (hash: string, token: AccessTokenRecord): Promise<void>
   getAccessToken (hash: string, now: number): Promise<AccessTokenRecord | null>
   /**
-   * Optional: the same lookup, answered synchronously from this process's memory (the memory
-   * store always answers; the Redis store answers from its local cache). `undefined` means "not
-   * known without I/O": the caller then uses `getAccessToken`. A record or null returned here must
-   * be what `getAccessToken` would answer. The guard tries it first, so a request it answers passes
-   * without a promise.
+   * Optional, because it is a cache and not an operation: the `getAccessToken` lookup, answered
+   * synchronously from this process's memory (the memory store always answers; the Redis store
+   * answers from its local cache). `undefined` means "not known without I/O": the caller then uses
+   * `getAccessToken`. A record or null returned here must be what `getAccessToken` would answer.
+   * The guard tries it first, so a request it answers passes without a promise.
    */
   getAccessTokenNow? (hash: string, now: number): AccessTokenRecord | null | undefined
   deleteAccessToken (hash: string): Promise<boolean>
 
   saveRefreshToken (hash: string, token: RefreshTokenRecord): Promise<void>
   /**
-   * Optional: saveGrant, then saveAccessToken and saveRefreshToken for it, in one call (what a
-   * code exchange writes). A store that offers it saves a round trip or two per exchange. Like
-   * saveGrant, it throws GrantRevokedError (and writes nothing) for an id revoked in advance.
+   * saveGrant, then saveAccessToken and saveRefreshToken for it, in one call (what a code exchange
+   * writes; one round trip for a remote store). Like saveGrant, it throws GrantRevokedError (and
+   * writes nothing) for an id revoked in advance.
    */
-  saveGrantWithTokens? (
+  saveGrantWithTokens (
     grant: GrantRecord,
     access: { hash: string, token: AccessTokenRecord },
     refresh: { hash: string, token: RefreshTokenRecord }
@@ -202,11 +202,10 @@ export interface TokenStore {
     successorUntil?: number
   ): Promise<RotateResult>
   /**
-   * Optional: rotateRefreshToken that also saves the new access token (into the family), in the
-   * same atomic step and only when the rotation happens (`rotated`). A store that offers it saves
-   * a round trip per refresh, and a lost race leaves no access token behind.
+   * rotateRefreshToken that also saves the new access token (into the family), in the same atomic
+   * step and only when the rotation happens (`rotated`): a lost race leaves no access token behind.
    */
-  rotateRefreshTokenWithAccess? (
+  rotateRefreshTokenWithAccess (
     oldHash: string,
     next: { hash: string, token: RefreshTokenRecord },
     access: { hash: string, token: AccessTokenRecord },
@@ -215,12 +214,12 @@ export interface TokenStore {
     successorUntil?: number
   ): Promise<RotateResult>
   /**
-   * Optional: one replay of a rotated token inside its grace window. Atomically counts it and
-   * returns the kept `successor` with the count so far (1 for the first replay), or null when the
-   * token is not a live rotated one or its successor is no longer kept. The count is what caps
-   * replays across replicas; a store without it leaves replays uncounted.
+   * One replay of a rotated token inside its grace window. Atomically counts it and returns the
+   * kept `successor` with the count so far (1 for the first replay), or null when the token is not
+   * a live rotated one or its successor is no longer kept. The count is what caps replays across
+   * replicas.
    */
-  replayRefreshToken? (hash: string, now: number): Promise<{ successor: string, replays: number } | null>
+  replayRefreshToken (hash: string, now: number): Promise<{ successor: string, replays: number } | null>
 
   /** Remove a grant with every access and refresh token of its family. False when already gone. */
   revokeGrant (grantId: string): Promise<boolean>
@@ -233,12 +232,11 @@ export interface ClientStore {
   getClient (clientId: string, now: number): Promise<ClientRecord | null>
   deleteClient (clientId: string): Promise<boolean>
   /**
-   * Optional (both stores have it; a store without it gets a read and a write instead).
    * A use of a client: move its expiry to `expiresAt` when that is later (a client without one gets
    * it), with whatever else it keeps (the per-address count follows). Never lost against a concurrent
    * saveClient, nor loses it. False when the client is gone or expired at `now`.
    */
-  renewClient? (clientId: string, expiresAt: number, now: number): Promise<boolean>
+  renewClient (clientId: string, expiresAt: number, now: number): Promise<boolean>
   /** Live clients registered from this address (per-IP cap on dynamic registration). */
   countClientsFrom (address: string, now: number): Promise<number>
 }
@@ -285,4 +283,60 @@ export interface Store extends TokenStore, ClientStore, FlowStore, Partial<LockS
   stats? (): Promise<StoreStats>
   /** Release timers and connections the store opened itself. Called from the plugin's onClose. */
   close? (): Promise<void>
+  /**
+   * Optional: an ioredis client that the plugin's rate limiter (@fastify/rate-limit) may share, so
+   * that limits hold across replicas. A store without it leaves the limits per process.
+   */
+  readonly rateLimitRedis?: unknown
 }
+
+/** Names of `Store`'s methods that are required or optional. */
+type StoreMethod<Kind extends 'required' | 'optional'> = {
+  [K in keyof Store]-?: NonNullable<Store[K]> extends (...args: never[]) => unknown
+    ? (({} extends Pick<Store, K> ? 'optional' : 'required') extends Kind ? K : never)
+    : never
+}[keyof Store]
+
+/**
+ * The methods every store has, in one list: the plugin checks them at registration and telemetry
+ * measures each as one operation (the name is the metric's label value and the span's suffix).
+ * Written as an object so that tsc fails when it and the `Store` interface differ in either
+ * direction (a missing key or an extra one).
+ */
+const required = {
+  saveGrant: true,
+  saveGrantWithTokens: true,
+  getGrant: true,
+  updateGrantUpstream: true,
+  saveAccessToken: true,
+  getAccessToken: true,
+  deleteAccessToken: true,
+  saveRefreshToken: true,
+  getRefreshToken: true,
+  rotateRefreshToken: true,
+  rotateRefreshTokenWithAccess: true,
+  replayRefreshToken: true,
+  revokeGrant: true,
+  listGrants: true,
+  saveClient: true,
+  getClient: true,
+  deleteClient: true,
+  renewClient: true,
+  countClientsFrom: true,
+  saveFlow: true,
+  takeFlow: true,
+  saveCode: true,
+  consumeCode: true
+} as const satisfies Record<StoreMethod<'required'>, true>
+
+/** The methods a store may leave out (the plugin then does without them), checked the same way. */
+const optional = {
+  getAccessTokenNow: true,
+  acquireLock: true,
+  releaseLock: true,
+  stats: true,
+  close: true
+} as const satisfies Record<StoreMethod<'optional'>, true>
+
+export const STORE_METHODS = Object.keys(required) as ReadonlyArray<keyof typeof required>
+export const OPTIONAL_STORE_METHODS = Object.keys(optional) as ReadonlyArray<keyof typeof optional>

@@ -1,17 +1,12 @@
 import { performance } from 'node:perf_hooks'
 import { context, trace, SpanKind, SpanStatusCode, type Attributes, type Span, type Tracer } from '@opentelemetry/api'
 import type { Store } from '../storage/contract.js'
+import { STORE_METHODS } from '../storage/contract.js'
 import type { Provider } from '../providers/types.js'
 import { UpstreamError } from '../providers/types.js'
 
-/** The storage contract's operations: the only methods measured (and the only operation label values). */
-export const STORE_OPERATIONS = [
-  'saveGrant', 'saveGrantWithTokens', 'getGrant', 'updateGrantUpstream',
-  'saveAccessToken', 'getAccessToken', 'deleteAccessToken',
-  'saveRefreshToken', 'getRefreshToken', 'rotateRefreshToken', 'rotateRefreshTokenWithAccess', 'replayRefreshToken', 'revokeGrant', 'listGrants',
-  'saveClient', 'getClient', 'deleteClient', 'renewClient', 'countClientsFrom',
-  'saveFlow', 'takeFlow', 'saveCode', 'consumeCode'
-] as const
+/** The storage contract's methods: the only ones measured (and the only operation label values). */
+export const STORE_OPERATIONS = STORE_METHODS
 
 /** Provider methods and their label values. */
 export const PROVIDER_OPERATIONS = {

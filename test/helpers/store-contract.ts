@@ -1,6 +1,6 @@
 import type { Test } from 'tap'
 import type { ClientRecord, CodeRecord, GrantRecord, Store } from '../../lib/storage/contract.js'
-import { GrantRevokedError } from '../../lib/storage/contract.js'
+import { GrantRevokedError, OPTIONAL_STORE_METHODS, STORE_METHODS } from '../../lib/storage/contract.js'
 import { generateId, generateToken, hashToken } from '../../lib/oauth/tokens.js'
 
 /**
@@ -58,6 +58,11 @@ export function storeContract (t: Test, make: () => Promise<Store>, { answersNow
     return { grantId: g.grantId, clientId: g.clientId, scopes: g.scopes, issuedAt: T0, expiresAt }
   }
 
+  t.test('has every method of the contract (the plugin checks the list at registration), the optional ones too', async t => {
+    const store = await fresh(t)
+    for (const method of [...STORE_METHODS, ...OPTIONAL_STORE_METHODS]) t.type(store[method], 'function', method)
+  })
+
   t.test('grants: save, get, expire, update upstream', async t => {
     const store = await fresh(t)
     const g = grant({ upstream: 'blob-1' })
@@ -112,12 +117,8 @@ export function storeContract (t: Test, make: () => Promise<Store>, { answersNow
     }
   })
 
-  t.test('saveGrantWithTokens (optional): the grant and both tokens, as the three saves would store them', async t => {
+  t.test('saveGrantWithTokens: the grant and both tokens, as the three saves would store them', async t => {
     const store = await fresh(t)
-    if (store.saveGrantWithTokens === undefined) {
-      t.pass('not offered: the services make the three calls')
-      return
-    }
     const g = grant({ upstream: 'blob' })
     const a = hashToken(generateToken('accessToken'))
     const r = hashToken(generateToken('refreshToken'))
@@ -130,12 +131,8 @@ export function storeContract (t: Test, make: () => Promise<Store>, { answersNow
     t.equal(await store.getRefreshToken(r, T0), null)
   })
 
-  t.test('rotateRefreshTokenWithAccess (optional): the access token is saved exactly when the rotation happens', async t => {
+  t.test('rotateRefreshTokenWithAccess: the access token is saved exactly when the rotation happens', async t => {
     const store = await fresh(t)
-    if (store.rotateRefreshTokenWithAccess === undefined) {
-      t.pass('not offered: the service saves the access token itself')
-      return
-    }
     const g = grant()
     await store.saveGrant(g)
     const h1 = hashToken(generateToken('refreshToken'))
@@ -194,27 +191,25 @@ export function storeContract (t: Test, make: () => Promise<Store>, { answersNow
     t.equal((await store.getRefreshToken(h1, now))?.successor, 'salt scope', 'kept within the window')
     const lost = await store.rotateRefreshToken(h1, { hash: hashToken('other'), token: refresh(g) }, now + 1)
     t.equal(lost.status === 'already_rotated' ? lost.previous.successor : undefined, 'salt scope', 'a losing rotation sees it too')
-    if (store.replayRefreshToken !== undefined) {
-      t.same(await store.replayRefreshToken(h1, now), { successor: 'salt scope', replays: 1 })
-      const racing = await Promise.all(Array.from({ length: 10 }, () => store.replayRefreshToken?.(h1, now)))
-      t.same(racing.map(r => r?.replays).sort((a, b) => (a ?? 0) - (b ?? 0)), [2, 3, 4, 5, 6, 7, 8, 9, 10, 11], 'concurrent replays each get their own count')
-      t.equal(await store.replayRefreshToken(hashToken('never-issued'), now), null)
-    }
+    t.same(await store.replayRefreshToken(h1, now), { successor: 'salt scope', replays: 1 })
+    const racing = await Promise.all(Array.from({ length: 10 }, () => store.replayRefreshToken(h1, now)))
+    t.same(racing.map(r => r?.replays).sort((a, b) => (a ?? 0) - (b ?? 0)), [2, 3, 4, 5, 6, 7, 8, 9, 10, 11], 'concurrent replays each get their own count')
+    t.equal(await store.replayRefreshToken(hashToken('never-issued'), now), null)
     await new Promise(resolve => setTimeout(resolve, WINDOW + 50))
     const after = await store.getRefreshToken(h1, now + WINDOW + 50)
     t.equal(after?.rotatedAt, now, 'past the window the token still serves reuse detection')
     t.equal(after?.successor, undefined, 'but its successor data is gone')
-    if (store.replayRefreshToken !== undefined) t.equal(await store.replayRefreshToken(h1, now + WINDOW + 50), null, 'no replay past the window')
+    t.equal(await store.replayRefreshToken(h1, now + WINDOW + 50), null, 'no replay past the window')
 
     const h2 = hashToken(generateToken('refreshToken'))
     await store.saveRefreshToken(h2, refresh(g))
     await store.rotateRefreshToken(h2, { hash: hashToken(generateToken('refreshToken')), token: refresh(g) }, now, 'kept', now + HOUR)
     const h3 = hashToken(generateToken('refreshToken'))
     await store.saveRefreshToken(h3, refresh(g))
-    t.equal((await store.replayRefreshToken?.(h3, now)) ?? null, null, 'a token never rotated is no replay')
+    t.equal(await store.replayRefreshToken(h3, now), null, 'a token never rotated is no replay')
     t.equal(await store.revokeGrant(g.grantId), true)
     t.equal(await store.getRefreshToken(h2, now), null)
-    if (store.replayRefreshToken !== undefined) t.equal(await store.replayRefreshToken(h2, now), null, 'nothing replays once the family is revoked')
+    t.equal(await store.replayRefreshToken(h2, now), null, 'nothing replays once the family is revoked')
   })
 
   t.test('a reused code revokes its grant id in advance: the grant cannot be written until the retention ends', async t => {
@@ -241,13 +236,11 @@ export function storeContract (t: Test, make: () => Promise<Store>, { answersNow
     t.equal((await store.consumeCode(h, T0 + 20, T0 + 150)).status, 'reused')
     const early = { ...g, createdAt: T0 + 30 }
     await t.rejects(store.saveGrant(early), GrantRevokedError, 'saveGrant refuses the id')
-    if (store.saveGrantWithTokens !== undefined) {
-      const a = hashToken(generateToken('accessToken'))
-      const r = hashToken(generateToken('refreshToken'))
-      await t.rejects(store.saveGrantWithTokens(early, { hash: a, token: access(g) }, { hash: r, token: refresh(g) }), GrantRevokedError, 'saveGrantWithTokens too')
-      t.equal(await store.getAccessToken(a, T0 + 30), null, 'and writes none of its tokens')
-      t.equal(await store.getRefreshToken(r, T0 + 30), null)
-    }
+    const a = hashToken(generateToken('accessToken'))
+    const r = hashToken(generateToken('refreshToken'))
+    await t.rejects(store.saveGrantWithTokens(early, { hash: a, token: access(g) }, { hash: r, token: refresh(g) }), GrantRevokedError, 'saveGrantWithTokens too')
+    t.equal(await store.getAccessToken(a, T0 + 30), null, 'and writes none of its tokens')
+    t.equal(await store.getRefreshToken(r, T0 + 30), null)
     t.equal(await store.getGrant(g.grantId, T0 + 30), null, 'no grant was written')
     t.same(await store.listGrants({ userId: g.userId }, T0 + 30), [], 'nor indexed')
     // Past the retention (real time for Redis's key TTL, the grant's own date for the memory store).
@@ -350,11 +343,7 @@ export function storeContract (t: Test, make: () => Promise<Store>, { answersNow
 
   t.test('clients: a use renews the expiry, never shortens it, never loses an update', async t => {
     const store = await fresh(t)
-    // Optional in the contract; both stores here have it.
-    const renew = async (clientId: string, expiresAt: number, now: number): Promise<boolean> => {
-      if (store.renewClient === undefined) throw new Error('this store does not implement renewClient')
-      return store.renewClient(clientId, expiresAt, now)
-    }
+    const renew = store.renewClient.bind(store)
     const client = publicClient({ clientName: 'Renewed', registeredFrom: '192.0.2.9', expiresAt: T0 + HOUR })
     await store.saveClient(client)
     t.equal(await renew(client.clientId, T0 + 3 * HOUR, T0), true)

@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis'
 import type { AccessTokenRecord } from '../contract.js'
+import { errors } from '../../errors.js'
 
 export interface TokenCacheOptions {
   /** Access-token records kept at most (the oldest cached goes first). Default 10,000. */
@@ -16,8 +17,8 @@ export interface TokenCacheOptions {
 export function cacheSettings (opts: TokenCacheOptions = {}): Required<TokenCacheOptions> {
   const maxEntries = opts.maxEntries ?? 10_000
   const maxAgeMs = opts.maxAgeMs ?? 30_000
-  if (!Number.isInteger(maxEntries) || maxEntries <= 0) throw new TypeError('RedisStore: cache.maxEntries must be a positive integer')
-  if (!Number.isFinite(maxAgeMs) || maxAgeMs <= 0) throw new TypeError('RedisStore: cache.maxAgeMs must be a positive number')
+  if (!Number.isInteger(maxEntries) || maxEntries <= 0) throw new errors.REDIS_STORE_OPTION('cache.maxEntries must be a positive integer')
+  if (!Number.isFinite(maxAgeMs) || maxAgeMs <= 0) throw new errors.REDIS_STORE_OPTION('cache.maxAgeMs must be a positive number')
   return { maxEntries, maxAgeMs }
 }
 
@@ -64,7 +65,8 @@ export class TokenCache {
   #epoch = 0
   #closed = false
   #pinging = false
-  #lastError: Error | undefined
+  /** The message of the last failure, for operators. */
+  #lastError: string | undefined
 
   /**
    * `source`: the store's client, duplicated (RESP2, no offline queue) into the tracking
@@ -87,7 +89,7 @@ export class TokenCache {
       lazyConnect: false,
       connectionName: 'mcp-oauth-token-cache'
     })
-    this.#conn.on('error', (err: Error) => { this.#lastError = err })
+    this.#conn.on('error', (err: Error) => { this.#lastError = err.message })
     this.#conn.on('ready', this.#setUp)
     this.#conn.on('close', this.#off)
     this.#conn.on('end', this.#off)
@@ -103,7 +105,7 @@ export class TokenCache {
     return {
       active: this.#on,
       entries: this.#entries.size,
-      ...(this.#lastError !== undefined ? { lastError: this.#lastError.message } : {})
+      ...(this.#lastError !== undefined ? { lastError: this.#lastError } : {})
     }
   }
 
@@ -177,7 +179,7 @@ export class TokenCache {
       this.#on = true
     }, (err: unknown) => {
       // Redis before 6, or tracking refused: no cache on this connection; every read goes to Redis.
-      this.#lastError = err instanceof Error ? err : new Error(String(err))
+      this.#lastError = err instanceof Error ? err.message : String(err)
     })
   }
 
@@ -212,7 +214,7 @@ export class TokenCache {
     const conn = this.#conn
     conn.ping().then(() => { this.#pinging = false }, (err: unknown) => {
       this.#pinging = false
-      this.#lastError = err instanceof Error ? err : new Error(String(err))
+      this.#lastError = err instanceof Error ? err.message : String(err)
       // Invalidations may be lost on a connection that does not answer: start over.
       this.#off()
       if (!this.#closed) conn.disconnect(true)
