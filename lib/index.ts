@@ -22,7 +22,7 @@ import { corsOptions } from './routes/cors.js'
 import cors from '@fastify/cors'
 import { CimdResolver } from './clients/cimd.js'
 import { pageStyle } from './routes/html.js'
-import { resolveTelemetryOptions, setupTelemetry } from './telemetry/index.js'
+import { setupTelemetry } from './telemetry/index.js'
 
 export interface McpOAuthDecorator {
   /** An onRequest hook that admits only requests with a valid access token and the given scopes. */
@@ -73,10 +73,8 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   const auditor = new Auditor(fastify.log, opts.auditSink, deploymentKeys.key('user-pseudonym'))
   // Telemetry (lib/telemetry): metrics and spans wrap the store and the provider before any service
   // is built on them; with both off, they come back untouched and nothing else is added.
-  const telemetryOptions = resolveTelemetryOptions(opts)
-  config.warnings.push(...telemetryOptions.warnings)
   const ownStore: Store = opts.store ?? new MemoryStore({ now })
-  const telemetry = await setupTelemetry(fastify, telemetryOptions, {
+  const telemetry = await setupTelemetry(fastify, config.telemetry, {
     auditor,
     store: ownStore,
     provider: opts.provider,
@@ -92,8 +90,6 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   const keyRing = new KeyRing(config.encryptionKeys)
   const signer = new Signer(config.secret)
 
-  if (opts.provider === undefined) config.warnings.push('no identity provider configured: the authorization endpoint cannot log anyone in')
-  if (ownStore.replayRefreshToken === undefined && config.refreshGraceSeconds > 0) config.warnings.push('the store does not count grace-window replays (replayRefreshToken): refreshGraceMaxReplays is not enforced')
   for (const warning of config.warnings) auditor.emit('config_weakened', { setting: warning })
 
   // Clients from the options are (re)written at every start, so a changed secret takes effect.

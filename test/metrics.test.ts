@@ -352,7 +352,7 @@ t.test('option validation names the field', async t => {
   t.teardown(() => app.close())
   await t.rejects(async () => { await app.register(mcpOAuth, { issuer: 'https://auth.example.com', resources: ['https://auth.example.com/mcp'], metrics: { enabled: true, token: 'short' } }) },
     { code: 'FST_MCP_OAUTH_INVALID_OPTION' })
-  t.same(resolveTelemetryOptions({}), { metrics: null, tracing: {}, warnings: [] }, 'defaults: metrics off, tracing on')
+  t.same(resolveTelemetryOptions({}), { metrics: null, tracing: {} }, 'defaults: metrics off, tracing on')
 })
 
 t.test('a shared registry: families added, removed on close, refused twice', async t => {

@@ -1,6 +1,7 @@
 import t from 'tap'
 import Fastify from 'fastify'
 import { generateKey, mcpOAuth, MemoryStore } from '../lib/index.js'
+import { resolveOptions } from '../lib/options/index.js'
 
 const base = { issuer: 'https://as.example.com', resources: ['https://as.example.com/mcp'] }
 
@@ -86,4 +87,44 @@ t.test('http on loopback is fine; a store passed in is used and closed with the 
   t.same(app.mcpOAuth.config.warnings, ['no identity provider configured: the authorization endpoint cannot log anyone in'], 'nothing about http on loopback')
   await app.close()
   t.ok(closed)
+})
+
+t.test('resolveOptions: the schema\'s defaults filled in on a copy, the warnings in table order', async t => {
+  const given = { ...base, ttl: { code: 30 }, rateLimit: { token: { max: 5, windowSeconds: 10 } } }
+  const before = JSON.stringify(given)
+  const config = resolveOptions(given)
+  t.equal(JSON.stringify(given), before, 'the caller\'s options are not written to')
+  t.same(config.ttl, { accessToken: 3600, refreshToken: 30 * 86400, grant: 90 * 86400, code: 30, flow: 600 })
+  t.same(config.rateLimits.token, { max: 5, windowSeconds: 10 })
+  t.same(config.rateLimits.mcp, { max: 600, windowSeconds: 60 })
+  t.same(config.registration, { mode: 'off', allowPublicClients: true, trustedSchemes: [], maxClientsPerIp: 0, unusedClientTtlSeconds: 30 * 86400 })
+  t.same(config.scopes, ['mcp:tools'])
+  t.same(config.defaultScopes, ['mcp:tools'])
+  t.equal(config.cors, null)
+  t.same(config.telemetry, { metrics: null, tracing: {} })
+  t.not(resolveOptions(base).redirects.customSchemes, config.redirects.customSchemes, 'a default is a fresh copy each time')
+
+  const weakened = resolveOptions({
+    ...base,
+    issuer: 'http://as.example.com',
+    resources: ['http://as.example.com/mcp'],
+    pkce: { required: false, allowPlain: true },
+    refreshGraceSeconds: 0,
+    upstreamRecheckSeconds: 90000,
+    clients: [{ client_id: 'c', redirect_uris: ['http://127.0.0.1/cb'], refresh_grace_seconds: 900 }],
+    metrics: { enabled: true },
+    provider: { name: 'p', authorizationUrl () {}, exchangeCode () {}, refresh () {} }
+  })
+  t.match(weakened.warnings, [
+    /^issuer http:\/\/as\.example\.com is plain http/,
+    /^pkce\.allowPlain is on/,
+    /^pkce\.required is off/,
+    /^refreshGraceSeconds is 0/,
+    /^upstreamRecheckSeconds is 90000: /,
+    /^no encryption key/,
+    /^no secret/,
+    /^clients\[0\]\.refresh_grace_seconds is 900: .* of c stays usable/,
+    /^metrics\.token is not set: \/metrics is readable/
+  ])
+  t.equal(weakened.warnings.length, 9, 'a provider given: no warning about it')
 })

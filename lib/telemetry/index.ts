@@ -1,14 +1,12 @@
 import type { FastifyInstance, RouteOptions } from 'fastify'
 import type { Auditor } from '../security/audit.js'
-import type { RateLimitName } from '../options/index.js'
 import type { Provider } from '../providers/types.js'
 import type { Store } from '../storage/contract.js'
 import { instrumentProvider, instrumentStore } from './instrument.js'
 import { Metrics } from './metrics.js'
-import type { ResolvedTelemetryOptions } from './options.js'
+import type { RateLimitName, ResolvedTelemetryOptions } from './options.js'
 import { Tracing } from './tracing.js'
 
-export { resolveTelemetryOptions } from './options.js'
 export type { MetricsOptions, TracingOptions, ResolvedTelemetryOptions } from './options.js'
 export { METRIC_NAMES } from './metrics.js'
 

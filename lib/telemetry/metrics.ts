@@ -3,11 +3,10 @@ import { performance } from 'node:perf_hooks'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { AuditEventName, AuditEvents } from '../security/audit.js'
-import type { RateLimitName } from '../options/index.js'
 import type { Store, StoreStats } from '../storage/contract.js'
 import { errorKind, PROVIDER_OPERATIONS } from './instrument.js'
 import { FastHistogram, PendingCounts, type HistogramSeries, type PendingSeries } from './series.js'
-import type { ResolvedMetricsOptions } from './options.js'
+import { RATE_LIMIT_NAMES, type RateLimitName, type ResolvedMetricsOptions } from './options.js'
 
 /** Every metric family the plugin can emit, by name (the dashboards and alerts use exactly these). */
 export const METRIC_NAMES = {
@@ -46,7 +45,6 @@ const PROVIDER_BUCKETS = [10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30
 
 /** Methods outside this set are labelled OTHER (Node accepts a few dozen exotic ones). */
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'])
-const BUDGETS: readonly RateLimitName[] = ['metadata', 'authorize', 'token', 'register', 'revocation', 'mcp']
 
 type Labels = Record<string, string>
 type Handlers = { [E in AuditEventName]: ((fields: AuditEvents[E]) => void) | null }
@@ -192,7 +190,7 @@ export class Metrics {
     for (const decision of ['approved', 'denied']) consent.inc({ decision }, 0)
 
     const limited = counter('rateLimitExceeded', 'Requests refused by a rate limit, by budget', ['limiter_type'])
-    for (const budget of BUDGETS) limited.inc({ limiter_type: budget }, 0)
+    for (const budget of RATE_LIMIT_NAMES) limited.inc({ limiter_type: budget }, 0)
     counter('pkceFailed', 'Token requests whose PKCE verifier was missing or wrong', withClient).inc(initial, 0)
     counter('codeReuse', 'Authorization codes presented again (the grant they issued is revoked)', withClient).inc(initial, 0)
     counter('tokenReuse', 'Rotated refresh tokens presented again outside the grace window (the family is revoked)', withClient).inc(initial, 0)

@@ -2,6 +2,13 @@ import type { TracerProvider } from '@opentelemetry/api'
 import type { Registry } from 'prom-client'
 import { errors } from '../errors.js'
 
+/**
+ * The rate-limit budgets of the `rateLimit` option. Named here, on telemetry's floor, so metrics can
+ * start each budget's series at zero without importing upwards from lib/options.
+ */
+export const RATE_LIMIT_NAMES = ['metadata', 'authorize', 'token', 'register', 'revocation', 'mcp'] as const
+export type RateLimitName = typeof RATE_LIMIT_NAMES[number]
+
 /** `metrics` option: Prometheus exposition of the plugin's counters, histograms and gauges. */
 export interface MetricsOptions {
   /** Off by default. When off nothing is loaded, no hook is added and no route is served. */
@@ -53,8 +60,6 @@ export interface ResolvedTelemetryOptions {
   metrics: ResolvedMetricsOptions | null
   /** null: tracing off. */
   tracing: ResolvedTracingOptions | null
-  /** Settings that weaken security, for the start-up warnings. */
-  warnings: string[]
 }
 
 function bad (field: string, message: string): Error {
@@ -84,11 +89,10 @@ const TRACING_KEYS = ['enabled', 'tracerProvider'] as const
 
 /** Validate `metrics` and `tracing`; throws FST_MCP_OAUTH_INVALID_OPTION naming the field. */
 export function resolveTelemetryOptions (opts: { metrics?: unknown, tracing?: unknown }): ResolvedTelemetryOptions {
-  const warnings: string[] = []
-  return { metrics: resolveMetrics(opts.metrics, warnings), tracing: resolveTracing(opts.tracing), warnings }
+  return { metrics: resolveMetrics(opts.metrics), tracing: resolveTracing(opts.tracing) }
 }
 
-function resolveMetrics (metrics: unknown, warnings: string[]): ResolvedMetricsOptions | null {
+function resolveMetrics (metrics: unknown): ResolvedMetricsOptions | null {
   if (metrics === undefined) return null
   if (!isObject(metrics)) throw bad('metrics', 'must be an object ({ enabled: true, ... })')
   checkKeys('metrics', metrics, METRICS_KEYS)
@@ -116,7 +120,6 @@ function resolveMetrics (metrics: unknown, warnings: string[]): ResolvedMetricsO
   if (!metrics.enabled) return null
   if (registry !== undefined) resolved.registry = registry as unknown as Registry
   if (token !== undefined) resolved.token = token as string
-  else warnings.push(`metrics.token is not set: ${path} is readable by anyone who can reach the server (set a token, or block the path at your proxy)`)
   return resolved
 }
 

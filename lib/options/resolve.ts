@@ -1,0 +1,204 @@
+import { Compile } from 'typebox/compile'
+import { Value } from 'typebox/value'
+import { errors } from '../errors.js'
+import { STORE_METHODS } from '../storage/contract.js'
+import { resolveTelemetryOptions } from '../telemetry/options.js'
+import { AUTHORIZATION_SERVER_WELL_KNOWN, PROTECTED_RESOURCE_WELL_KNOWN, type ResolvedConfig, type ResolvedResource } from './config.js'
+import { OptionsSchema, type Filled, type McpOAuthOptions, type ResourceOption } from './schema.js'
+import { startupWarnings } from './warnings.js'
+
+const checkOptions = Compile(OptionsSchema)
+
+function bad (field: string, message: string): Error {
+  return new errors.INVALID_OPTION(field, message)
+}
+
+/**
+ * The one resolve step: validate the options, fill in the schema's defaults, derive every URL the
+ * plugin will serve or print, and list the start-up warnings. Throws naming the bad field.
+ */
+export function resolveOptions (opts: unknown): ResolvedConfig {
+  if (opts === null || typeof opts !== 'object') throw bad('(root)', 'options must be an object')
+  const { store, now, provider, auditSink, cimdTestHooks: _hooks, metrics, tracing, ...input } = opts as McpOAuthOptions
+  if (auditSink !== undefined && typeof auditSink !== 'function') throw bad('auditSink', 'must be a function (event, fields) => void')
+  if (store !== undefined) checkStore(store)
+  if (provider !== undefined) checkProvider(provider)
+  if (now !== undefined && typeof now !== 'function') throw bad('now', 'must be a function returning epoch milliseconds')
+
+  // Validated as given, before defaults: a section that is present must be complete (registration.mode).
+  if (!checkOptions.Check(input)) {
+    const first = [...checkOptions.Errors(input)].find(e => e.keyword !== 'boolean') ?? [...checkOptions.Errors(input)][0]
+    const field = first ? fieldName(first.instancePath, first.params) : '(root)'
+    throw bad(field, first?.keyword === 'required' ? 'is required' : (first?.message ?? 'invalid'))
+  }
+  // Value.Default writes into its argument: a copy, so the caller's options stay as they were given.
+  const data = Value.Default(OptionsSchema, Value.Clone(input)) as Filled<typeof OptionsSchema>
+
+  const issuerUrl = parseUrl('issuer', data.issuer)
+  if (issuerUrl.search !== '' || data.issuer.includes('?')) throw bad('issuer', 'must not have a query (RFC 8414)')
+  if (issuerUrl.hash !== '' || data.issuer.includes('#')) throw bad('issuer', 'must not have a fragment (RFC 8414)')
+  if (issuerUrl.username !== '' || issuerUrl.password !== '') throw bad('issuer', 'must not contain user information')
+  if (data.issuer.endsWith('/')) throw bad('issuer', `must not end with "/": use ${data.issuer.replace(/\/+$/, '')}`)
+  if (issuerUrl.href !== data.issuer && issuerUrl.href !== data.issuer + '/') {
+    throw bad('issuer', `must be written in canonical form (${issuerUrl.href.replace(/\/$/, '')}): clients compare it character by character`)
+  }
+
+  const basePath = issuerUrl.pathname === '/' ? '' : issuerUrl.pathname
+  const origin = issuerUrl.origin
+  const scopes = unique(data.scopes)
+  // Not a schema default: without defaultScopes, a client asking for none gets every scope.
+  const defaultScopes = unique(data.defaultScopes ?? scopes)
+  for (const s of defaultScopes) {
+    if (!scopes.includes(s)) throw bad('defaultScopes', `"${s}" is not in scopes`)
+  }
+
+  const resources: ResolvedResource[] = []
+  data.resources.forEach((entry, i) => {
+    const r: ResourceOption = typeof entry === 'string' ? { resource: entry } : entry
+    const field = `resources[${i}]`
+    const url = parseUrl(field, r.resource)
+    if (url.hash !== '' || r.resource.includes('#')) throw bad(field, 'a resource indicator must not have a fragment (RFC 8707)')
+    if (url.search !== '') throw bad(field, 'a resource indicator should not have a query (RFC 8707)')
+    if (url.username !== '' || url.password !== '') throw bad(field, 'must not contain user information')
+    if (url.origin !== origin) {
+      throw new errors.INCONSISTENT_CONFIG(`resource ${r.resource} is not on the issuer's origin ${origin}; ` +
+        'its protected resource metadata must be served by the host that serves the resource')
+    }
+    const canonical = url.href
+    if (resources.some(x => x.resource === canonical)) throw bad(field, `duplicate resource ${canonical}`)
+    const suffix = url.pathname === '/' ? '' : url.pathname
+    const metadataPath = PROTECTED_RESOURCE_WELL_KNOWN + suffix
+    for (const s of r.scopes ?? []) {
+      if (!scopes.includes(s)) throw bad(`${field}.scopes`, `"${s}" is not in scopes`)
+    }
+    const resolved: ResolvedResource = {
+      resource: canonical,
+      scopes: unique(r.scopes ?? scopes),
+      metadataPath,
+      metadataUrl: origin + metadataPath
+    }
+    if (r.name !== undefined) resolved.name = r.name
+    if (r.documentation !== undefined) resolved.documentation = parseUrl(`${field}.documentation`, r.documentation).href
+    resources.push(resolved)
+  })
+
+  const asMetadataPaths = basePath === ''
+    ? [AUTHORIZATION_SERVER_WELL_KNOWN]
+    : [AUTHORIZATION_SERVER_WELL_KNOWN + basePath, AUTHORIZATION_SERVER_WELL_KNOWN]
+
+  const { ttl, registration, consent, cors } = data
+  if (ttl.refreshToken > ttl.grant) throw bad('ttl.refreshToken', 'must not be longer than ttl.grant')
+  const logoUrl = consent.logoUrl === undefined ? undefined : parseUrl('consent.logoUrl', consent.logoUrl).href
+  if (registration.mode === 'token' && registration.token === undefined) throw bad('registration.token', 'is required when registration.mode is "token"')
+  const cimd = data.clientIdMetadataDocuments
+  if (cimd.minCacheSeconds > cimd.maxCacheSeconds) throw bad('clientIdMetadataDocuments.minCacheSeconds', 'must not exceed maxCacheSeconds')
+  if (cors?.origins === '*' && cors.credentials) throw bad('cors.credentials', 'cannot be combined with origins "*"')
+  if (Array.isArray(cors?.origins)) {
+    cors.origins.forEach((o, i) => {
+      let url: URL | undefined
+      try { url = new URL(o) } catch {}
+      if (url === undefined || url.origin !== o) throw bad(`cors.origins[${i}]`, `"${o}" is not an origin (scheme://host[:port], no path)`)
+    })
+  }
+  if (data.secret !== undefined && data.cookieSecret !== undefined && data.secret !== data.cookieSecret) throw bad('cookieSecret', 'is the former name of secret: give one of them')
+  checkClients(data.clients, scopes)
+  const serviceDocumentation = data.serviceDocumentation === undefined ? undefined : parseUrl('serviceDocumentation', data.serviceDocumentation).href
+  const telemetry = resolveTelemetryOptions({ metrics, tracing })
+
+  const config: Omit<ResolvedConfig, 'warnings'> = {
+    issuer: data.issuer,
+    basePath,
+    origin,
+    endpoints: {
+      authorization: `${data.issuer}/oauth/authorize`,
+      token: `${data.issuer}/oauth/token`,
+      callback: `${data.issuer}/oauth/callback`,
+      revocation: `${data.issuer}/oauth/revoke`,
+      introspection: `${data.issuer}/oauth/introspect`
+    },
+    asMetadataPaths,
+    resources,
+    scopes,
+    defaultScopes,
+    ttl,
+    clients: data.clients,
+    registration,
+    redirects: data.redirects,
+    pkce: data.pkce,
+    consent: logoUrl === undefined ? consent : { ...consent, logoUrl },
+    secureCookies: issuerUrl.protocol === 'https:',
+    encryptionKeys: data.encryption?.keys ?? [],
+    upstreamTimeoutMs: data.upstreamTimeoutMs,
+    refreshGraceSeconds: data.refreshGraceSeconds,
+    refreshGraceMaxReplays: data.refreshGraceMaxReplays,
+    clockSkewSeconds: data.clockSkewSeconds,
+    rateLimits: data.rateLimit,
+    cors: cors ?? null,
+    hsts: issuerUrl.protocol === 'https:',
+    cimd,
+    introspection: data.introspection,
+    upstreamRefreshThresholdSeconds: data.upstreamRefreshThresholdSeconds,
+    upstreamRecheckSeconds: data.upstreamRecheckSeconds,
+    ...(data.secret !== undefined || data.cookieSecret !== undefined ? { secret: (data.secret ?? data.cookieSecret) as string } : {}),
+    ...(serviceDocumentation !== undefined ? { serviceDocumentation } : {}),
+    telemetry
+  }
+  return { ...config, warnings: startupWarnings({ config, hasProvider: provider !== undefined }) }
+}
+
+function checkClients (clients: Filled<typeof OptionsSchema>['clients'], scopes: string[]): void {
+  const clientIds = new Set<string>()
+  clients.forEach((c, i) => {
+    if (clientIds.has(c.client_id)) throw bad(`clients[${i}].client_id`, `duplicate client_id "${c.client_id}"`)
+    clientIds.add(c.client_id)
+    const method = c.token_endpoint_auth_method ?? (c.client_secret === undefined ? 'none' : 'client_secret_basic')
+    if (method === 'none' && c.client_secret !== undefined) throw bad(`clients[${i}].client_secret`, 'a public client (token_endpoint_auth_method "none") has no secret')
+    if (method !== 'none' && c.client_secret === undefined) throw bad(`clients[${i}].client_secret`, `is required for ${method}`)
+    for (const s of c.scope?.split(' ') ?? []) {
+      if (!scopes.includes(s)) throw bad(`clients[${i}].scope`, `"${s}" is not in scopes`)
+    }
+    c.redirect_uris.forEach((u, j) => {
+      let url: URL | undefined
+      try { url = new URL(u) } catch {}
+      if (url === undefined || url.hash !== '') throw bad(`clients[${i}].redirect_uris[${j}]`, 'must be an absolute URL without a fragment')
+    })
+  })
+}
+
+function parseUrl (field: string, value: string): URL {
+  let url: URL
+  try {
+    url = new URL(value)
+  } catch {
+    throw bad(field, `"${value}" is not an absolute URL`)
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') throw bad(field, `"${value}" must be an http(s) URL`)
+  return url
+}
+
+function fieldName (instancePath: string, params: unknown): string {
+  const path = instancePath.replace(/^\//, '').split('/').filter(Boolean)
+    .map(p => /^\d+$/.test(p) ? `[${p}]` : `.${p}`).join('').replace(/^\./, '')
+  const extra = params as { additionalProperties?: string[], requiredProperties?: string[] } | undefined
+  const named = extra?.additionalProperties?.[0] ?? extra?.requiredProperties?.[0]
+  if (named !== undefined) return path === '' ? named : `${path}.${named}`
+  return path === '' ? '(root)' : path
+}
+
+function checkProvider (provider: unknown): void {
+  if (provider === null || typeof provider !== 'object') throw bad('provider', 'must be a Provider (googleProvider(), oidcProvider(), ...)')
+  const p = provider as Record<string, unknown>
+  if (typeof p.name !== 'string' || p.name === '') throw bad('provider', 'must have a name')
+  const missing = ['authorizationUrl', 'exchangeCode', 'refresh'].filter(m => typeof p[m] !== 'function')
+  if (missing.length > 0) throw bad('provider', `does not implement ${missing.join(', ')}`)
+}
+
+function checkStore (store: unknown): void {
+  if (store === null || typeof store !== 'object') throw bad('store', 'must be an object implementing the storage contract')
+  const missing = STORE_METHODS.filter(m => typeof (store as Record<string, unknown>)[m] !== 'function')
+  if (missing.length > 0) throw bad('store', `does not implement ${missing.join(', ')}`)
+}
+
+function unique (values: string[]): string[] {
+  return [...new Set(values)]
+}
