@@ -13,7 +13,12 @@ process.once('exit', () => {
 
 /** Fork a TypeScript file of this folder with the runner's own loader (`process.execArgv`) plus `execArgv`. */
 export function forkHere (file: string, args: string[], execArgv: string[] = []): ChildProcess {
-  const child = fork(fileURLToPath(new URL(file, import.meta.url)), args, {
+  return forkFile(fileURLToPath(new URL(file, import.meta.url)), args, execArgv)
+}
+
+/** The same for a file anywhere (BENCH_BASELINE: another checkout's server.ts, still with this runner's loader). */
+function forkFile (path: string, args: string[], execArgv: string[] = []): ChildProcess {
+  const child = fork(path, args, {
     execArgv: [...process.execArgv, ...execArgv],
     stdio: ['ignore', 'inherit', 'inherit', 'ipc']
   })
@@ -76,9 +81,12 @@ export class BenchServer {
     })
   }
 
-  /** Fork a server; resolves once it listens, or with the reason this configuration cannot be built. */
-  static async start (spec: ServerSpec): Promise<BenchServer | { unsupported: string }> {
-    const child = forkHere('./server.ts', [JSON.stringify(spec)])
+  /**
+   * Fork a server (this folder's server.ts, or `serverFile`: another checkout's, which imports that
+   * checkout's lib/); resolves once it listens, or with the reason this configuration cannot be built.
+   */
+  static async start (spec: ServerSpec, serverFile = fileURLToPath(new URL('./server.ts', import.meta.url))): Promise<BenchServer | { unsupported: string }> {
+    const child = forkFile(serverFile, [JSON.stringify(spec)])
     const ready = await firstMessage<Ready>(child, 60_000).catch(async (err: Error) => {
       await stopChild(child)
       throw err

@@ -20,14 +20,25 @@
  * target names within those parts, e.g. bare,protected: for a quick A/B), BENCH_PROFILE (a folder: a V8
  * CPU profile of the server is written there for every measured run, minting left out).
  * Exit status 1 when a target is missed or a run was invalid (unexpected status codes).
+ *
+ * Before/after: BENCH_BASELINE=/path/to/another/checkout (a git worktree of an older commit, with
+ * node_modules) starts every server of the guard and token parts a second time from that checkout's
+ * test/bench/server.ts (same spec, this runner's loader; it imports its own lib/ and must speak this
+ * protocol.ts). Each baseline target runs right after or right before its twin in every round (the
+ * serpentine order alternates which goes first), and a second table gives per target "after vs
+ * before": the median of the per-round ratios of this checkout's req/s to the baseline's, with the
+ * p50 latencies and CPU per request of both; no pass/fail. A target the baseline cannot start says
+ * so in its row. oidc-provider runs once: it loads nothing of lib/. The memory part is not paired.
  */
 import { randomBytes } from 'node:crypto'
-import { mkdirSync } from 'node:fs'
-import { join } from 'node:path'
+import { execFileSync } from 'node:child_process'
+import { existsSync, mkdirSync } from 'node:fs'
+import { join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import autocannon from 'autocannon'
 import { BenchServer, firstMessage, forkHere, stopChild } from './children.js'
 import type { MemoryResult } from './memory.js'
-import { TOKEN_BENCH } from './protocol.js'
+import { TOKEN_BENCH, type ServerSpec } from './protocol.js'
 import { redisServerAvailable, startRedisServer, type RedisServer } from '../helpers/redis.js'
 
 const DURATION = positive('BENCH_DURATION', 3)
@@ -39,6 +50,7 @@ const SATURATED = 0.85
 const PROFILE = process.env.BENCH_PROFILE
 const ONLY = new Set((process.env.BENCH_ONLY ?? 'guard,token,memory').split(',').map(s => s.trim()))
 const TARGETS = process.env.BENCH_TARGETS ? new Set(process.env.BENCH_TARGETS.split(',').map(s => s.trim())) : undefined
+const BASELINE = baseline(process.env.BENCH_BASELINE)
 
 function positive (name: string, def: number): number {
   const raw = process.env[name]
@@ -48,6 +60,24 @@ function positive (name: string, def: number): number {
   return value
 }
 
+/** BENCH_BASELINE: the other checkout's server.ts, and both checkouts' commits for the report. */
+function baseline (raw: string | undefined): { root: string, serverFile: string, label: string, ours: string } | undefined {
+  if (raw === undefined || raw === '') return undefined
+  const root = resolve(raw)
+  const serverFile = join(root, 'test/bench/server.ts')
+  if (!existsSync(serverFile)) throw new Error(`BENCH_BASELINE: ${serverFile} does not exist (a checkout of this project is expected)`)
+  return { root, serverFile, label: commitOf(root), ours: commitOf(fileURLToPath(new URL('../..', import.meta.url))) }
+}
+
+/** The commit a checkout is at, `-dirty` when it has uncommitted changes; '?' when git cannot tell. */
+function commitOf (dir: string): string {
+  try {
+    return execFileSync('git', ['-C', dir, 'describe', '--always', '--dirty'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
+  } catch {
+    return '?'
+  }
+}
+
 // ---- measuring -------------------------------------------------------------------------------
 
 interface Target {
@@ -55,12 +85,14 @@ interface Target {
   server: BenchServer
   method: 'GET' | 'POST'
   path: string
-  headers?: Record<string, string>
+  /** Send `Authorization: Bearer` with the server's access token. */
+  bearer?: boolean
   /** The status every response must have. */
   expect: number
-  /** Single-use credentials: each request's body is built from a fresh one. */
   /** Single-use credentials minted by the server, or (`fake`) token-shaped strings nobody checks. */
   pool?: { grant: 'refresh' | 'code' | 'fake', body: (item: string) => string }
+  /** BENCH_BASELINE: the target of this checkout that this baseline target mirrors. */
+  of?: string
 }
 
 interface Sample {
@@ -121,7 +153,7 @@ async function measureOnce (target: Target, seconds: number, profileFile?: strin
       path: target.path,
       headers: {
         ...(pool !== undefined ? { 'content-type': 'application/x-www-form-urlencoded' } : {}),
-        ...target.headers
+        ...(target.bearer === true ? { authorization: `Bearer ${target.server.accessToken as string}` } : {})
       },
       ...(pool !== undefined
         ? {
@@ -187,7 +219,7 @@ interface Measured {
 /** A warm-up run of each target, then ROUNDS rounds in which every target runs once, in turn. */
 async function alternate (all: Target[]): Promise<Map<string, Measured>> {
   // A row needs its target and its reference: without either it is left out of the table.
-  const targets = TARGETS === undefined ? all : all.filter(t => TARGETS.has(t.name))
+  const targets = TARGETS === undefined ? all : all.filter(t => TARGETS.has(t.of ?? t.name))
   for (const target of targets) await measure(target, WARMUP)
   const samples = new Map<string, Sample[]>(targets.map(t => [t.name, []]))
   for (let round = 0; round < ROUNDS; round++) {
@@ -253,6 +285,11 @@ function verdict (row: Row): string {
 
 function versus (scenario: string, m: Measured | undefined, ref: Measured | undefined, reference: string, target?: number): void {
   if (m === undefined || ref === undefined) return
+  rows.push({ scenario, m, ...perRound(m, ref), reference, ...(target !== undefined ? { target } : {}) })
+}
+
+/** The median of the per-round ratios of `m` to `ref`, their spread, and how many rounds counted. */
+function perRound (m: Measured, ref: Measured): { ratio: number, spread: [number, number], counted: [number, number] } {
   // A round in which either server had less than SATURATED of a core measured the machine (another
   // tenant, the load generator starved), not the server: its pair does not count. With fewer than
   // three pairs left, all of them count and the row says so.
@@ -260,15 +297,11 @@ function versus (scenario: string, m: Measured | undefined, ref: Measured | unde
   const usable = pairs.filter(p => p.ok)
   const counted = usable.length >= 3 ? usable : pairs
   const ratios = counted.map(p => p.ratio)
-  rows.push({
-    scenario,
-    m,
+  return {
     ratio: median(ratios),
     spread: [Math.min(...ratios), Math.max(...ratios)],
-    counted: [usable.length >= 3 ? usable.length : 0, pairs.length],
-    reference,
-    ...(target !== undefined ? { target } : {})
-  })
+    counted: [usable.length >= 3 ? usable.length : 0, pairs.length]
+  }
 }
 
 function printTable (): void {
@@ -300,8 +333,12 @@ function printTable (): void {
   console.log('  rounds: the per-round ratios that counted (lowest-highest) and how many rounds counted: a round counts when ' +
     `both servers had at least ${SATURATED * 100} % of a core.`)
   for (const note of notes) console.log(`  ${note}`)
-  if (starved.length > 0) {
-    console.log(`  note: fewer than three rounds had a saturated server in: ${starved.join('; ')}. The machine was busy ` +
+  printStarved(starved)
+}
+
+function printStarved (scenarios: string[]): void {
+  if (scenarios.length > 0) {
+    console.log(`  note: fewer than three rounds had a saturated server in: ${scenarios.join('; ')}. The machine was busy ` +
       'with something else; those ratios are noise more than measurement: run again when it is quiet.')
   }
 }
@@ -314,15 +351,102 @@ function printAligned (header: string[], lines: string[][]): void {
   for (const l of lines) console.log(fmt(l))
 }
 
+// ---- BENCH_BASELINE: this checkout against another one ---------------------------------------
+
+type Started = BenchServer | { unsupported: string }
+
+/** The baseline's server of the same spec as each server of this checkout, or why it did not start. */
+const twins = new Map<BenchServer, Started>()
+
+interface AbRow {
+  scenario: string
+  after: Measured
+  before?: Measured
+  ratio?: number
+  spread?: [number, number]
+  counted?: [number, number]
+  /** Why there is no baseline figure. */
+  note?: string
+}
+
+const abRows: AbRow[] = []
+/** Lines under the after-vs-before table. */
+const abNotes: string[] = []
+
+/** BENCH_BASELINE: start the baseline's server of `spec` next to ours. Never throws: the row will say what went wrong. */
+async function startTwin (ours: Started, spec: ServerSpec, started: BenchServer[]): Promise<void> {
+  if (BASELINE === undefined || !(ours instanceof BenchServer)) return
+  let twin: Started
+  try {
+    twin = await BenchServer.start(spec, BASELINE.serverFile)
+  } catch (err) {
+    twin = { unsupported: err instanceof Error ? err.message : String(err) }
+  }
+  if (twin instanceof BenchServer) started.push(twin)
+  else progress(`baseline: no ${spec.kind} server ${JSON.stringify(spec)}: ${twin.unsupported}`)
+  twins.set(ours, twin)
+}
+
+/** Each target followed by its baseline twin (the same request to the same spec), so that the two run back to back. */
+function withTwins (targets: Target[]): Target[] {
+  return targets.flatMap(t => {
+    const twin = twins.get(t.server)
+    return twin instanceof BenchServer ? [t, { ...t, name: `${t.name} (before)`, server: twin, of: t.name }] : [t]
+  })
+}
+
+/** One after-vs-before row per measured target that has (or should have had) a baseline twin. */
+function abVersus (part: string, targets: Target[], r: Map<string, Measured>): void {
+  for (const t of targets) {
+    const twin = twins.get(t.server)
+    const after = r.get(t.name)
+    if (twin === undefined || after === undefined) continue
+    const scenario = `${part}: ${t.name}`
+    const before = r.get(`${t.name} (before)`)
+    if (!(twin instanceof BenchServer)) abRows.push({ scenario, after, note: `the baseline did not start this server (${twin.unsupported})` })
+    else if (before !== undefined) abRows.push({ scenario, after, before, ...perRound(after, before) })
+  }
+}
+
+function printAbTable (): void {
+  if (BASELINE === undefined || abRows.length === 0) return
+  console.log(`\nafter vs before: this checkout (${BASELINE.ours}) against BENCH_BASELINE=${BASELINE.root} (${BASELINE.label}), ` +
+    'each round\'s req/s against the baseline\'s, measured back to back (no target: figures to read)\n')
+  const header = ['after vs before', 'req/s after', 'req/s before', 'ratio', 'rounds', 'p50 ms after', 'p50 ms before', 'srv us/req after', 'srv us/req before', 'result']
+  printAligned(header, abRows.map(row => {
+    const { after, before } = row
+    const invalid = after.bad > 0 || (before?.bad ?? 0) > 0
+    if (invalid) failed = true
+    return [
+      row.scenario,
+      String(Math.round(after.rps)),
+      before ? String(Math.round(before.rps)) : '-',
+      row.ratio !== undefined ? row.ratio.toFixed(2) : '-',
+      row.spread !== undefined ? `${row.spread[0].toFixed(2)}-${row.spread[1].toFixed(2)} (${row.counted?.[0]}/${row.counted?.[1]})` : '-',
+      after.p50.toFixed(1),
+      before ? before.p50.toFixed(1) : '-',
+      after.us.toFixed(0),
+      before ? before.us.toFixed(0) : '-',
+      before === undefined ? 'n/a' : invalid ? 'INVALID' : 'info'
+    ]
+  }))
+  for (const row of abRows) {
+    if (row.note !== undefined) console.log(`  ${row.scenario}: ${row.note}`)
+  }
+  for (const note of abNotes) console.log(`  ${note}`)
+  printStarved(abRows.filter(r => r.counted !== undefined && r.counted[0] === 0).map(r => r.scenario))
+}
+
 // ---- scenarios -------------------------------------------------------------------------------
 
 async function guardBench (): Promise<void> {
   console.log('\n## guard (GET, trivial handler)')
   const started: BenchServer[] = []
   let redis: RedisServer | undefined
-  const start = async (spec: Parameters<typeof BenchServer.start>[0]) => {
+  const start = async (spec: ServerSpec) => {
     const s = await BenchServer.start(spec)
     if (s instanceof BenchServer) started.push(s)
+    await startTwin(s, spec, started)
     return s
   }
   try {
@@ -342,19 +466,19 @@ async function guardBench (): Promise<void> {
     }
     // A server for the in-process timing of the hook only: it serves no measured request.
     const probe = await start({ kind: 'guard', store: 'memory', rateLimit: false, metrics: false })
-    const bearer = (s: BenchServer) => ({ authorization: `Bearer ${s.accessToken as string}` })
     const targets: Target[] = [
       // The same request to both routes (the bare route ignores the header): the guard is the only difference.
-      { name: 'bare', server: main, method: 'GET', path: '/bare', headers: bearer(main), expect: 200 },
-      { name: 'protected', server: main, method: 'GET', path: '/protected', headers: bearer(main), expect: 200 },
-      { name: 'noop-hook', server: main, method: 'GET', path: '/hooked', headers: bearer(main), expect: 200 },
+      { name: 'bare', server: main, method: 'GET', path: '/bare', bearer: true, expect: 200 },
+      { name: 'protected', server: main, method: 'GET', path: '/protected', bearer: true, expect: 200 },
+      { name: 'noop-hook', server: main, method: 'GET', path: '/hooked', bearer: true, expect: 200 },
       { name: 'no-token', server: main, method: 'GET', path: '/protected', expect: 401 }
     ]
-    if (limited instanceof BenchServer) targets.push({ name: 'rate-limited', server: limited, method: 'GET', path: '/protected', headers: bearer(limited), expect: 200 })
-    if (metrics instanceof BenchServer) targets.push({ name: 'metrics', server: metrics, method: 'GET', path: '/protected', headers: bearer(metrics), expect: 200 })
-    if (redisServer instanceof BenchServer) targets.push({ name: 'redis', server: redisServer, method: 'GET', path: '/protected', headers: bearer(redisServer), expect: 200 })
-    if (redisUncached instanceof BenchServer) targets.push({ name: 'redis-uncached', server: redisUncached, method: 'GET', path: '/protected', headers: bearer(redisUncached), expect: 200 })
-    const r = await alternate(targets)
+    if (limited instanceof BenchServer) targets.push({ name: 'rate-limited', server: limited, method: 'GET', path: '/protected', bearer: true, expect: 200 })
+    if (metrics instanceof BenchServer) targets.push({ name: 'metrics', server: metrics, method: 'GET', path: '/protected', bearer: true, expect: 200 })
+    if (redisServer instanceof BenchServer) targets.push({ name: 'redis', server: redisServer, method: 'GET', path: '/protected', bearer: true, expect: 200 })
+    if (redisUncached instanceof BenchServer) targets.push({ name: 'redis-uncached', server: redisUncached, method: 'GET', path: '/protected', bearer: true, expect: 200 })
+    const r = await alternate(withTwins(targets))
+    abVersus('guard', targets, r)
     const bare = r.get('bare')
     rows.push({ scenario: 'guard: /bare (memory process)', ...(bare ? { m: bare } : {}), ratio: 1, reference: 'itself' })
     if (probe instanceof BenchServer && bare !== undefined && (TARGETS === undefined || TARGETS.has('protected'))) {
@@ -362,6 +486,18 @@ async function guardBench (): Promise<void> {
       notes.push(`guard hook in process (memory store, valid token, no HTTP): ${us.toFixed(2)} us per call, ` +
         `${(100 * us / bare.us).toFixed(1)} % of /bare's server time per request in this run (${bare.us.toFixed(0)} us); ` +
         `that alone would put /protected at ${(bare.us / (bare.us + us)).toFixed(2)} of /bare`)
+      const twin = twins.get(probe)
+      if (twin instanceof BenchServer) {
+        try {
+          // Order ABBA, the lower figure of each side: the least disturbed of its two.
+          const before = Math.min(await twin.hookCost(), await twin.hookCost()) / 1000
+          const after = Math.min(us, await probe.hookCost() / 1000)
+          abNotes.push(`guard hook in process (no HTTP): ${after.toFixed(2)} us per call after, ${before.toFixed(2)} us before ` +
+            `(${(after / before).toFixed(2)} times the time; each the lower of two timings, in the order after, before, before, after)`)
+        } catch (err) {
+          abNotes.push(`guard hook in process: the baseline could not time its hook (${err instanceof Error ? err.message : String(err)})`)
+        }
+      }
     }
     versus('guard: /protected, memory store, no rate limit', r.get('protected'), bare, '/bare', 0.9)
     versus('guard: a do-nothing onRequest hook instead (Fastify)', r.get('noop-hook'), bare, '/bare')
@@ -388,6 +524,7 @@ async function tokenBench (): Promise<void> {
     const ours = await BenchServer.start({ kind: 'token' })
     if (!(ours instanceof BenchServer)) throw new Error(`token server: ${ours.unsupported}`)
     started.push(ours)
+    await startTwin(ours, { kind: 'token' }, started)
     const oidc = await BenchServer.start({ kind: 'oidc' })
     if (!(oidc instanceof BenchServer)) throw new Error(`oidc-provider: ${oidc.unsupported}`)
     started.push(oidc)
@@ -396,13 +533,15 @@ async function tokenBench (): Promise<void> {
     const refreshBody = (token: string) => `grant_type=refresh_token&refresh_token=${encodeURIComponent(token)}&${client}`
     const codeBody = (code: string) => `grant_type=authorization_code&code=${encodeURIComponent(code)}` +
       `&redirect_uri=${encodeURIComponent(TOKEN_BENCH.redirectUri)}&code_verifier=${TOKEN_BENCH.codeVerifier}&${client}`
-    const r = await alternate([
+    const targets: Target[] = [
       { name: 'plugin refresh', server: ours, method: 'POST', path: '/oauth/token', expect: 200, pool: { grant: 'refresh', body: refreshBody } },
       { name: 'oidc refresh', server: oidc, method: 'POST', path: '/token', expect: 200, pool: { grant: 'refresh', body: refreshBody } },
       { name: 'bare form', server: ours, method: 'POST', path: '/bare-form', expect: 200, pool: { grant: 'fake', body: refreshBody } },
       { name: 'plugin code', server: ours, method: 'POST', path: '/oauth/token', expect: 200, pool: { grant: 'code', body: codeBody } },
       { name: 'oidc code', server: oidc, method: 'POST', path: '/token', expect: 200, pool: { grant: 'code', body: codeBody } }
-    ])
+    ]
+    const r = await alternate(withTwins(targets))
+    abVersus('token', targets, r)
     const bare = r.get('bare form')
     rows.push({ scenario: 'token: bare route, same form body', ...(bare ? { m: bare } : {}), ratio: 1, reference: 'itself' })
     versus('token: oidc-provider, refresh rotation', r.get('oidc refresh'), bare, 'bare form')
@@ -442,12 +581,14 @@ const memoryLines: Array<[string, string, string, boolean]> = []
 async function main (): Promise<void> {
   console.log(`fastify-mcp-oauth benchmarks: node ${process.version}, ${DURATION} s per run, ${ROUNDS} rounds (median), ` +
     `${CONNECTIONS} connections, warm-up ${WARMUP} s`)
+  if (BASELINE !== undefined) console.log(`A/B: every guard and token server also from BENCH_BASELINE=${BASELINE.root} (${BASELINE.label}); this checkout: ${BASELINE.ours}`)
   if (PROFILE !== undefined) mkdirSync(PROFILE, { recursive: true })
   if (ONLY.has('guard')) await guardBench()
   if (ONLY.has('token')) await tokenBench()
   if (ONLY.has('memory')) await memoryBench()
   console.log('')
   if (rows.length > 0) printTable()
+  printAbTable()
   if (memoryLines.length > 0) {
     console.log('')
     printAligned(['memory', 'measured', 'target', 'result'], memoryLines.map(([a, b, c, ok]) => {
