@@ -109,7 +109,8 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (pl
   const shown = (reply: FastifyReply, err: unknown, titles: Partial<Record<OAuthErrorCode, string>>) => {
     const title = err instanceof OAuthError && !err.redirectable ? titles[err.error] : undefined
     if (title === undefined) throw err
-    return page(reply, (err as OAuthError).statusCode, title, (err as OAuthError).description)
+    const { statusCode, description } = err as OAuthError
+    return page(reply, statusCode, title, description)
   }
 
   const goUpstream = async (request: FastifyRequest, reply: FastifyReply, req: ValidatedAuthorization) => {
