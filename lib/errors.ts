@@ -1,16 +1,32 @@
 import createError from '@fastify/error'
-import { StoreUnavailableError } from './storage/contract.js'
 
 /**
- * Configuration and programming errors: one row each. They are thrown at registration or by
- * a misused API, never turned into an OAuth response.
+ * Every error type of the library lives in this file, which imports nothing from lib/: any floor
+ * may throw them.
+ *
+ * `errors`: configuration and programming errors, one row each (code, message, status, base
+ * class), as in fastify core's lib/errors.js. They are thrown at registration, by a misused API or
+ * inside the library, never turned into an OAuth response.
  */
 export const errors = {
   INVALID_OPTION: createError('FST_MCP_OAUTH_INVALID_OPTION', 'Invalid fastify-mcp-oauth option %s: %s', 500, TypeError),
   INCONSISTENT_CONFIG: createError('FST_MCP_OAUTH_INCONSISTENT_CONFIG', 'Inconsistent fastify-mcp-oauth configuration: %s', 500),
   INVALID_GUARD: createError('FST_MCP_OAUTH_INVALID_GUARD', 'authenticate(): %s', 500, TypeError),
-  STORE_CONTRACT: createError('FST_MCP_OAUTH_STORE_CONTRACT', 'Storage contract violated: %s', 500),
-  PROVIDER: createError('FST_MCP_OAUTH_PROVIDER', 'Identity provider misconfigured: %s', 500),
+  // Providers: the options given to googleProvider(), oidcProvider(), githubProvider().
+  PROVIDER_OPTION: createError('FST_MCP_OAUTH_PROVIDER_OPTION', '%s: %s', 500, TypeError),
+  PROVIDER_URL: createError('FST_MCP_OAUTH_PROVIDER_URL', '%s is not a valid URL', 500, TypeError),
+  PROVIDER_INSECURE_URL: createError('FST_MCP_OAUTH_PROVIDER_INSECURE_URL', '%s must use https (http is allowed only on loopback or with allowInsecureHttp)', 500, TypeError),
+  /** The stand-in `cause` of an UpstreamError: the original's class and codes, none of its payload. */
+  UPSTREAM_CAUSE: createError('FST_MCP_OAUTH_UPSTREAM_CAUSE', '%s', 500),
+  // Encryption at rest (the key ring).
+  ENCRYPTION_KEY: createError('FST_MCP_OAUTH_ENCRYPTION_KEY', 'key %s', 500),
+  SEALED_VALUE: createError('FST_MCP_OAUTH_SEALED_VALUE', '%s', 500),
+  // Telemetry.
+  METRIC_EXISTS: createError('FST_MCP_OAUTH_METRIC_EXISTS', 'fastify-mcp-oauth: metric %s is already in metrics.registry (two plugin instances on one registry?)', 500),
+  UNKNOWN_LABEL: createError('FST_MCP_OAUTH_UNKNOWN_LABEL', '%s: unknown label %s', 500),
+  STORE_STATS_TIMEOUT: createError('FST_MCP_OAUTH_STORE_STATS_TIMEOUT', 'store.stats() timed out', 500),
+  /** Recorded for an operation that failed without an error of its own. */
+  OPERATION_FAILED: createError('FST_MCP_OAUTH_OPERATION_FAILED', 'failed', 500),
   // storage: a store misused by its caller, or built with bad options
   STORE_NO_GRANT: createError('FST_MCP_OAUTH_STORE_NO_GRANT', '%s: the grant does not exist', 500),
   STORE_FOREIGN_SUCCESSOR: createError('FST_MCP_OAUTH_STORE_FOREIGN_SUCCESSOR', 'rotateRefreshToken: the successor must stay in the family', 500),
@@ -65,6 +81,8 @@ export interface OAuthErrorOptions {
   statusCode?: number
   headers?: Record<string, string>
   cause?: unknown
+  /** The client's redirect URI carrying this error as the authorization response (see `redirect`). */
+  redirect?: string
 }
 
 /**
@@ -76,6 +94,12 @@ export class OAuthError extends Error {
   readonly error: OAuthErrorCode
   readonly statusCode: number
   readonly headers: Record<string, string>
+  /**
+   * Set when the error may go back to the client: the redirect URI with `error`,
+   * `error_description`, `state` and `iss`. Errors about the client or its redirect URI have none:
+   * they are shown to the user, never redirected (RFC 6749 §4.1.2.1).
+   */
+  readonly redirect?: string
 
   constructor (error: OAuthErrorCode, description: string, opts: OAuthErrorOptions = {}) {
     super(description, opts.cause === undefined ? undefined : { cause: opts.cause })
@@ -83,10 +107,15 @@ export class OAuthError extends Error {
     this.error = error
     this.statusCode = opts.statusCode ?? defaultStatus[error]
     this.headers = opts.headers ?? {}
+    if (opts.redirect !== undefined) this.redirect = opts.redirect
   }
 
   get description (): string {
     return this.message
+  }
+
+  get redirectable (): boolean {
+    return this.redirect !== undefined
   }
 
   toJSON (): { error: OAuthErrorCode, error_description: string } {
@@ -96,6 +125,65 @@ export class OAuthError extends Error {
 
 export function isOAuthError (err: unknown): err is OAuthError {
   return err instanceof OAuthError
+}
+
+/**
+ * Thrown by a store whose backend is unreachable, slow or failing. Endpoints answer it with
+ * 503 temporarily_unavailable (never invalid_grant: a client would throw its tokens away).
+ */
+export class StoreUnavailableError extends Error {
+  override name = 'StoreUnavailableError'
+}
+
+/**
+ * Thrown by saveGrant / saveGrantWithTokens for a grant id revoked before it was written: the code
+ * that carries it was replayed while its first exchange was still running (see consumeCode).
+ */
+export class GrantRevokedError extends Error {
+  override name = 'GrantRevokedError'
+}
+
+export type UpstreamErrorKind =
+  /** The user or the provider refused (access_denied, login_required, ...). */
+  | 'access_denied'
+  /** The upstream grant is dead (invalid_grant): our grant must go too. */
+  | 'invalid_grant'
+  /** Timeout, network failure, 429 or 5xx: retry later, keep everything. */
+  | 'temporary'
+  /** The answer broke the protocol (bad ID token, wrong issuer, nonce mismatch, ...). */
+  | 'invalid_response'
+  /** The user is not allowed by policy (hosted domain, organisation, unverified e-mail). */
+  | 'not_allowed'
+  /** The provider now names another user (a refreshed ID token with another subject): our grant must go. */
+  | 'identity_changed'
+
+/**
+ * What every provider throws. The message is safe to show and log: never a token, code or secret,
+ * never the provider's raw response body.
+ */
+export class UpstreamError extends Error {
+  readonly kind: UpstreamErrorKind
+  readonly provider: string
+
+  constructor (provider: string, kind: UpstreamErrorKind, message: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.name = 'UpstreamError'
+    this.kind = kind
+    this.provider = provider
+  }
+}
+
+/** Why getUpstreamToken() could not deliver: `retryable` false means the user must log in again. */
+export class UpstreamTokenError extends Error {
+  readonly retryable: boolean
+  /** When retryable: seconds before a retry can succeed, where known. */
+  readonly retryAfter?: number
+  constructor (message: string, retryable: boolean, options?: { cause?: unknown, retryAfter?: number }) {
+    super(message, options)
+    this.name = 'UpstreamTokenError'
+    this.retryable = retryable
+    if (options?.retryAfter !== undefined) this.retryAfter = options.retryAfter
+  }
 }
 
 interface ReplyLike {

@@ -13,13 +13,12 @@
 
 import { s256 } from '../oauth/pkce.js'
 import { checkUpstreamUrl, isTransientStatus, safeCause, safeCode } from './oidc.js'
+import { errors, UpstreamError, type UpstreamErrorKind } from '../errors.js'
 import {
   keepRenewedTokens,
-  UpstreamError,
   type AuthorizationUrlInput,
   type ExchangeInput,
   type Provider,
-  type UpstreamErrorKind,
   type UpstreamTokens,
   type UpstreamUser
 } from './types.js'
@@ -119,19 +118,19 @@ function nextLink (header: string | null): string | undefined {
 
 export function githubProvider (opts: GithubProviderOptions): Provider {
   const name = opts.name ?? 'github'
-  if (typeof opts.clientId !== 'string' || opts.clientId === '') throw new TypeError(`${name}: clientId is required`)
-  if (typeof opts.clientSecret !== 'string' || opts.clientSecret === '') throw new TypeError(`${name}: clientSecret is required`)
+  if (typeof opts.clientId !== 'string' || opts.clientId === '') throw new errors.PROVIDER_OPTION(name, 'clientId is required')
+  if (typeof opts.clientSecret !== 'string' || opts.clientSecret === '') throw new errors.PROVIDER_OPTION(name, 'clientSecret is required')
   const baseUrl = trimSlash(checkUpstreamUrl(opts.baseUrl ?? 'https://github.com', `${name}: baseUrl`, opts.allowInsecureHttp).url)
   const apiRoot = checkUpstreamUrl(opts.apiUrl ?? 'https://api.github.com', `${name}: apiUrl`, opts.allowInsecureHttp).url
   const apiUrl = trimSlash(apiRoot)
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS
-  if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) throw new TypeError(`${name}: timeoutMs must be a positive number`)
+  if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) throw new errors.PROVIDER_OPTION(name, 'timeoutMs must be a positive number')
   const orgs = (opts.allowedOrganizations ?? []).map((org) => org.trim().toLowerCase()).filter((org) => org !== '')
   const scopes = [...(opts.scopes ?? DEFAULT_SCOPES)]
   if (orgs.length > 0 && !scopes.some((scope) => ORG_SCOPES.has(scope))) scopes.push('read:org')
   const extraParams = { ...opts.authorizationParams }
   for (const key of Object.keys(extraParams)) {
-    if (RESERVED_PARAMS.has(key)) throw new TypeError(`${name}: authorizationParams cannot set "${key}"`)
+    if (RESERVED_PARAMS.has(key)) throw new errors.PROVIDER_OPTION(name, `authorizationParams cannot set "${key}"`)
   }
   const tokenUrl = `${baseUrl}/login/oauth/access_token`
 

@@ -6,7 +6,8 @@
  */
 
 import { oidcProvider, type MapUser, type OidcProviderOptions } from './oidc.js'
-import { UpstreamError, type Provider } from './types.js'
+import { errors, UpstreamError } from '../errors.js'
+import type { Provider } from './types.js'
 
 export const GOOGLE_ISSUER = 'https://accounts.google.com'
 
@@ -38,7 +39,7 @@ export interface GoogleProviderOptions {
 export function googleProvider (opts: GoogleProviderOptions): Provider {
   const name = opts.name ?? 'google'
   const domains = [opts.hostedDomain ?? []].flat().map((domain) => domain.trim().toLowerCase())
-  if (domains.some((domain) => domain === '')) throw new TypeError(`${name}: hostedDomain cannot be empty`)
+  if (domains.some((domain) => domain === '')) throw new errors.PROVIDER_OPTION(name, 'hostedDomain cannot be empty')
 
   // Google needs prompt=consent to hand out a refresh token on every authorization, not only the first.
   const authorizationParams: Record<string, string> = {

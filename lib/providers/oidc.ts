@@ -13,13 +13,12 @@
 
 import * as client from 'openid-client'
 import { decodeJwt } from 'jose'
+import { errors, UpstreamError, type UpstreamErrorKind } from '../errors.js'
 import {
   keepRenewedTokens,
-  UpstreamError,
   type AuthorizationUrlInput,
   type ExchangeInput,
   type Provider,
-  type UpstreamErrorKind,
   type UpstreamTokens,
   type UpstreamUser
 } from './types.js'
@@ -112,13 +111,13 @@ export function checkUpstreamUrl (value: string | URL, label: string, allowInsec
   try {
     url = new URL(value)
   } catch {
-    throw new TypeError(`${label} is not a valid URL`)
+    throw new errors.PROVIDER_URL(label)
   }
   if (url.protocol === 'https:') return { url, insecure: false }
   if (url.protocol === 'http:' && (allowInsecureHttp || isLoopbackHost(url.hostname))) {
     return { url, insecure: true }
   }
-  throw new TypeError(`${label} must use https (http is allowed only on loopback or with allowInsecureHttp)`)
+  throw new errors.PROVIDER_INSECURE_URL(label)
 }
 
 /** A short upstream error code, or a placeholder when it is not a plain identifier. */
@@ -136,13 +135,13 @@ export function isTransientStatus (status: number): boolean {
  * payload (response bodies, callback parameters and claims all hang off openid-client errors).
  */
 export function safeCause (err: unknown): Error {
-  if (!(err instanceof Error)) return new Error('non-error thrown')
+  if (!(err instanceof Error)) return new errors.UPSTREAM_CAUSE('non-error thrown')
   const code = (err as { code?: unknown }).code
   const inner = (err.cause as { code?: unknown } | undefined)?.code
   const parts = [err.name]
   if (typeof code === 'string') parts.push(safeCode(code))
   if (typeof inner === 'string') parts.push(safeCode(inner))
-  return new Error(parts.join(' '))
+  return new errors.UPSTREAM_CAUSE(parts.join(' '))
 }
 
 type Stage = 'discovery' | 'token' | 'refresh' | 'revocation' | 'userinfo'
@@ -263,14 +262,14 @@ export async function mapClaims (provider: string, claims: OidcClaims, mapUser: 
 /** A Provider for any OpenID Connect issuer, configured through discovery on first use. */
 export function oidcProvider (opts: OidcProviderOptions): Provider {
   const name = opts.name ?? 'oidc'
-  if (typeof opts.clientId !== 'string' || opts.clientId === '') throw new TypeError(`${name}: clientId is required`)
+  if (typeof opts.clientId !== 'string' || opts.clientId === '') throw new errors.PROVIDER_OPTION(name, 'clientId is required')
   const { url: issuer, insecure } = checkUpstreamUrl(opts.issuer, `${name}: issuer`, opts.allowInsecureHttp)
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS
-  if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) throw new TypeError(`${name}: timeoutMs must be a positive number`)
+  if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) throw new errors.PROVIDER_OPTION(name, 'timeoutMs must be a positive number')
   const scopes = [...new Set(['openid', ...(opts.scopes ?? DEFAULT_SCOPES)])]
   const extraParams = { ...opts.authorizationParams }
   for (const key of Object.keys(extraParams)) {
-    if (RESERVED_PARAMS.has(key)) throw new TypeError(`${name}: authorizationParams cannot set "${key}"`)
+    if (RESERVED_PARAMS.has(key)) throw new errors.PROVIDER_OPTION(name, `authorizationParams cannot set "${key}"`)
   }
   const userInfoMode = opts.userInfo ?? 'auto'
   const secret = opts.clientSecret

@@ -66,35 +66,8 @@ export interface Provider {
   revoke? (tokens: UpstreamTokens): Promise<void>
 }
 
-export type UpstreamErrorKind =
-  /** The user or the provider refused (access_denied, login_required, ...). */
-  | 'access_denied'
-  /** The upstream grant is dead (invalid_grant): our grant must go too. */
-  | 'invalid_grant'
-  /** Timeout, network failure, 429 or 5xx: retry later, keep everything. */
-  | 'temporary'
-  /** The answer broke the protocol (bad ID token, wrong issuer, nonce mismatch, ...). */
-  | 'invalid_response'
-  /** The user is not allowed by policy (hosted domain, organisation, unverified e-mail). */
-  | 'not_allowed'
-  /** The provider now names another user (a refreshed ID token with another subject): our grant must go. */
-  | 'identity_changed'
-
-/**
- * What every provider throws. The message is safe to show and log: never a token, code or secret,
- * never the provider's raw response body.
- */
-export class UpstreamError extends Error {
-  readonly kind: UpstreamErrorKind
-  readonly provider: string
-
-  constructor (provider: string, kind: UpstreamErrorKind, message: string, options?: { cause?: unknown }) {
-    super(message, options)
-    this.name = 'UpstreamError'
-    this.kind = kind
-    this.provider = provider
-  }
-}
+export { UpstreamError } from '../errors.js'
+export type { UpstreamErrorKind } from '../errors.js'
 
 /** Tokens a re-check renewed before it failed, by error; a side table, so nothing logs them with the error. */
 const renewed = new WeakMap<object, UpstreamTokens>()

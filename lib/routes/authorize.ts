@@ -1,15 +1,17 @@
 import type {} from '@fastify/cookie'
 import { randomBytes } from 'node:crypto'
-import Type from 'typebox'
+import Type, { type Static } from 'typebox'
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
-import type { AuthorizationFlow, ValidatedAuthorization } from '../flow/authorize.js'
-import { isLoopbackRedirect, matchRedirectUri } from '../oauth/redirect.js'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import { OAuthError, type OAuthErrorCode } from '../errors.js'
+import type { AuthorizationFlow, AuthorizationInput, AuthorizationParameter, AuthorizationTarget } from '../flow/authorize.js'
+import type { ValidatedAuthorization } from '../flow/request.js'
 import { hashToken, safeEqual } from '../oauth/tokens.js'
 import type { ResolvedConfig } from '../options/index.js'
 import type { Signer } from '../security/signing.js'
 import type { ClientRecord } from '../storage/contract.js'
 import { clientErrorPage, consentPage, destinationOf, errorPage, sendPage, type ClientView, type PageStyle } from './html.js'
-import { cookieNames, readConsent, writeConsent, type ConsentCookie } from './cookies.js'
+import { cookieNames, readConsent, writeConsent } from './cookies.js'
 import { routeLimit } from './oauth.js'
 
 export interface AuthorizeRouteDeps {
@@ -18,45 +20,6 @@ export interface AuthorizeRouteDeps {
   signer: Signer
   style: PageStyle
   now: () => number
-  findClient: (clientId: string) => Promise<ClientRecord | null>
-}
-
-/**
- * A remembered approval covers one client, one resource and a set of scopes: a request for more
- * scopes, or for another resource, shows the consent page again.
- */
-function approvalKey (req: ValidatedAuthorization): string {
-  return [req.clientId, req.resource, [...req.scopes].sort().join(' ')].join('\n')
-}
-
-function isApproved (approvals: string[], req: ValidatedAuthorization): boolean {
-  return approvals.some(a => {
-    const [clientId, resource, scopes] = a.split('\n')
-    if (clientId !== req.clientId || resource !== req.resource || scopes === undefined) return false
-    const granted = scopes.split(' ')
-    return req.scopes.every(s => granted.includes(s))
-  })
-}
-
-/**
- * A public client redirecting to a loopback address or a private-use scheme: any program on the
- * device can use its client id and receive its codes, so nothing proves that the app asking now is
- * the one the user approved before (RFC 8252 §8.6). A client ID metadata document does not change
- * that: its host vouches for the metadata, not for the program listening on the loopback port or
- * claiming the scheme.
- */
-function isNativeRequest (client: ClientRecord, req: ValidatedAuthorization): boolean {
-  if (client.tokenEndpointAuthMethod !== 'none') return false
-  const scheme = new URL(req.redirectUri).protocol
-  return isLoopbackRedirect(req.redirectUri) || (scheme !== 'https:' && scheme !== 'http:')
-}
-
-/**
- * Errors may go straight back to clients the operator configured, or that the user approved in this
- * browser; for the others an automatic redirect would be an open redirector.
- */
-function redirectTrusted (client: ClientRecord, consent: ConsentCookie | null): boolean {
-  return client.source === 'static' || (consent?.c ?? []).some(a => a.split('\n')[0] === client.clientId)
 }
 
 function clientView (client: ClientRecord): ClientView {
@@ -71,8 +34,45 @@ function clientView (client: ClientRecord): ClientView {
 interface SignedRequest {
   r: ValidatedAuthorization
   exp: number
-  /** The form's single-use id (AuthorizationFlow.openConsentForm). */
+  /** The form's single-use id (Consent.open). */
   f: string
+}
+
+const Parameter = Type.Union([Type.String(), Type.Array(Type.String())])
+const AuthorizeQuery = Type.Object({
+  client_id: Type.Optional(Parameter),
+  redirect_uri: Type.Optional(Parameter),
+  response_type: Type.Optional(Parameter),
+  state: Type.Optional(Parameter),
+  scope: Type.Optional(Parameter),
+  code_challenge: Type.Optional(Parameter),
+  code_challenge_method: Type.Optional(Parameter),
+  resource: Type.Optional(Parameter)
+})
+
+/**
+ * The one place the query is read raw: a parameter sent twice arrives as an array, which the flow
+ * must refuse (RFC 6749 §3.1), not merge or pick from; so each may be a string or an array here.
+ */
+function authorizationInput (query: Static<typeof AuthorizeQuery>): AuthorizationInput {
+  const repeated = new Set<AuthorizationParameter>()
+  const one = (name: AuthorizationParameter): string | undefined => {
+    const value = query[name]
+    if (!Array.isArray(value)) return value
+    repeated.add(name)
+    return undefined
+  }
+  return {
+    clientId: one('client_id'),
+    redirectUri: one('redirect_uri'),
+    responseType: one('response_type'),
+    state: one('state'),
+    scope: one('scope'),
+    codeChallenge: one('code_challenge'),
+    codeChallengeMethod: one('code_challenge_method'),
+    resource: one('resource'),
+    repeated
+  }
 }
 
 const ConsentBody = Type.Object({
@@ -81,11 +81,23 @@ const ConsentBody = Type.Object({
   decision: Type.Union([Type.Literal('approve'), Type.Literal('deny')])
 })
 
+/** Page titles for the errors the flow shows to the user (those it may not redirect). */
+const authorizeTitles: Partial<Record<OAuthErrorCode, string>> = {
+  invalid_request: 'Invalid request',
+  invalid_client: 'Unknown application',
+  invalid_redirect_uri: 'Invalid redirect'
+}
+const consentTitles: Partial<Record<OAuthErrorCode, string>> = {
+  invalid_client: 'Unknown application',
+  invalid_request: 'Form already used'
+}
+
 /**
  * GET /oauth/authorize validates the request and shows the consent page (or, for a client this
  * browser approved before, goes straight upstream). POST /oauth/consent takes the decision.
  */
-export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fastify, deps) => {
+export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (plugin, deps) => {
+  const fastify = plugin.withTypeProvider<TypeBoxTypeProvider>()
   const { config, flow, signer, style, now } = deps
   const names = cookieNames(config)
   const consentAction = `${config.basePath}/oauth/consent`
@@ -93,37 +105,58 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
   const page = (reply: FastifyReply, status: number, title: string, description: string) =>
     sendPage(reply, style, status, errorPage(style, config, title, description))
 
+  /** A page for an error the flow threw for the user; anything else goes to the scope's handler. */
+  const shown = (reply: FastifyReply, err: unknown, titles: Partial<Record<OAuthErrorCode, string>>) => {
+    const title = err instanceof OAuthError && !err.redirectable ? titles[err.error] : undefined
+    if (title === undefined) throw err
+    const { statusCode, description } = err as OAuthError
+    return page(reply, statusCode, title, description)
+  }
+
   const goUpstream = async (request: FastifyRequest, reply: FastifyReply, req: ValidatedAuthorization) => {
     const consent = readConsent(request, signer, names, now())
     const secret = consent?.b ?? randomBytes(32).toString('base64url')
-    const entry = approvalKey(req)
-    const approved = [entry, ...(consent?.c ?? []).filter(c => c !== entry)].slice(0, 20)
-    writeConsent(reply, signer, names, config, { b: secret, c: approved }, now())
-    const url = await flow.startUpstream(req, hashToken(secret))
+    writeConsent(reply, signer, names, config, { b: secret, c: flow.consent.approve(consent?.c ?? [], req) }, now())
+    let url: string
+    try {
+      url = await flow.upstream.start(req, hashToken(secret))
+    } catch (err) {
+      if (!(err instanceof OAuthError) || err.redirect === undefined) throw err
+      url = err.redirect
+    }
     return reply.code(303).header('cache-control', 'no-store').redirect(url, 303)
   }
 
   fastify.get(`${config.basePath}/oauth/authorize`, {
-    schema: { querystring: Type.Record(Type.String(), Type.Union([Type.String(), Type.Array(Type.String())])) },
+    schema: { querystring: AuthorizeQuery },
     config: routeLimit(config, 'authorize')
   }, async (request, reply) => {
-    const decision = await flow.validate(request.query as Record<string, unknown>)
-    if (decision.kind === 'page') return page(reply, decision.status, decision.title, decision.description)
+    const input = authorizationInput(request.query)
+    let target: AuthorizationTarget
+    let req: ValidatedAuthorization
+    try {
+      target = await flow.target(input)
+    } catch (err) {
+      return shown(reply, err, authorizeTitles)
+    }
+    const { client } = target
     const consent = readConsent(request, signer, names, now())
-    if (decision.kind === 'redirect') {
-      if (redirectTrusted(decision.client, consent)) return reply.header('cache-control', 'no-store').redirect(decision.url, 302)
+    const approvals = consent?.c ?? []
+    try {
+      req = await flow.validate(target, input)
+    } catch (err) {
+      if (!(err instanceof OAuthError) || err.redirect === undefined) throw err
+      if (flow.consent.trusts(client, approvals)) return reply.header('cache-control', 'no-store').redirect(err.redirect, 302)
       return sendPage(reply, style, 400, clientErrorPage(style, config, {
-        ...clientView(decision.client),
-        error: decision.error,
-        description: decision.description,
-        link: decision.url,
-        destination: destinationOf(decision.url)
+        ...clientView(client),
+        error: err.error,
+        description: err.description,
+        link: err.redirect,
+        destination: destinationOf(err.redirect)
       }))
     }
-    const { request: req, client } = decision
 
-    const remember = config.consent.rememberNativeClients || !isNativeRequest(client, req)
-    if (consent !== null && remember && isApproved(consent.c, req)) return goUpstream(request, reply, req)
+    if (consent !== null && flow.consent.remembered(approvals, client, req)) return goUpstream(request, reply, req)
 
     let csrfCookie = request.cookies[names.csrf]
     if (csrfCookie === undefined || csrfCookie.length < 32 || csrfCookie.length > 64) {
@@ -132,7 +165,7 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
         path: '/', httpOnly: true, secure: config.secureCookies, sameSite: 'lax'
       })
     }
-    const form = await flow.openConsentForm(req)
+    const form = await flow.consent.open(req)
     const signed = signer.sign('authorization-request', { r: req, exp: now() + config.ttl.flow * 1000, f: form } satisfies SignedRequest)
     return sendPage(reply, style, 200, consentPage(style, config, {
       ...clientView(client),
@@ -158,7 +191,7 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
     if ((site !== undefined && site !== 'same-origin') || (origin !== undefined && origin !== 'null' && origin !== config.origin)) {
       return page(reply, 403, 'Request refused', 'The consent form was submitted from another site.')
     }
-    const body = request.body as { request: string, csrf: string, decision: 'approve' | 'deny' }
+    const body = request.body
     const csrfCookie = request.cookies[names.csrf]
     if (csrfCookie === undefined || !safeEqual(body.csrf, signer.mac('csrf', csrfCookie))) {
       return page(reply, 403, 'Form expired', 'This consent form is no longer valid (cookies may be blocked). Start again from the application.')
@@ -168,14 +201,12 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
       return page(reply, 400, 'Form expired', 'This consent form has expired. Start again from the application.')
     }
     const req = signed.r
-    const client = await deps.findClient(req.clientId)
-    if (client === null || !matchRedirectUri(client.redirectUris, req.redirectUri)) {
-      return page(reply, 400, 'Unknown application', 'This application is no longer registered with this server.')
+    try {
+      await flow.consent.take(req, typeof signed.f === 'string' ? signed.f : undefined)
+    } catch (err) {
+      return shown(reply, err, consentTitles)
     }
-    if (typeof signed.f !== 'string' || !await flow.takeConsentForm(signed.f)) {
-      return page(reply, 400, 'Form already used', 'This consent form was already used (or has expired). Start again from the application.')
-    }
-    if (body.decision === 'deny') return reply.header('cache-control', 'no-store').redirect(flow.denied(req), 303)
+    if (body.decision === 'deny') return reply.header('cache-control', 'no-store').redirect(flow.consent.denied(req), 303)
     return goUpstream(request, reply, req)
   })
 }

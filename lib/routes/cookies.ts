@@ -18,7 +18,7 @@ export function cookieNames (config: ResolvedConfig): CookieNames {
 export interface ConsentCookie {
   /** Binding secret; its hash is stored with each flow this browser starts. */
   b: string
-  /** Approved client ids, most recent first. */
+  /** Approvals (client, resource and scopes; see Consent.approve), most recent first. */
   c: string[]
 }
 

@@ -1,4 +1,5 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto'
+import { errors } from '../errors.js'
 
 export interface EncryptionKey {
   /** Short identifier written into every ciphertext, so old keys keep decrypting after rotation. */
@@ -16,13 +17,6 @@ const KEY_ID = /^[A-Za-z0-9_-]{1,32}$/
 const PLAIN = 'p1.'
 const SEALED = 'e1.'
 
-export class KeyRingError extends Error {
-  constructor (message: string) {
-    super(message)
-    this.name = 'KeyRingError'
-  }
-}
-
 /**
  * Encryption at rest for upstream tokens: AES-256-GCM, a random 96-bit IV per message, and the
  * record's id as additional authenticated data, so a ciphertext moved to another record fails.
@@ -35,10 +29,10 @@ export class KeyRing {
 
   constructor (keys: readonly EncryptionKey[] = []) {
     for (const k of keys) {
-      if (!KEY_ID.test(k.id)) throw new KeyRingError(`key id "${k.id}" must be 1-32 characters of [A-Za-z0-9_-]`)
-      if (this.#keys.has(k.id)) throw new KeyRingError(`key id "${k.id}" appears twice`)
+      if (!KEY_ID.test(k.id)) throw new errors.ENCRYPTION_KEY(`id "${k.id}" must be 1-32 characters of [A-Za-z0-9_-]`)
+      if (this.#keys.has(k.id)) throw new errors.ENCRYPTION_KEY(`id "${k.id}" appears twice`)
       const key = Buffer.from(k.key, k.key.includes('+') || k.key.includes('/') ? 'base64' : 'base64url')
-      if (key.length !== 32) throw new KeyRingError(`key "${k.id}" must be 32 bytes (it is ${key.length}); use generateKey()`)
+      if (key.length !== 32) throw new errors.ENCRYPTION_KEY(`"${k.id}" must be 32 bytes (it is ${key.length}); use generateKey()`)
       this.#keys.set(k.id, key)
     }
     const last = keys.at(-1)
@@ -63,20 +57,20 @@ export class KeyRing {
       // Also read after encryption is turned on: values written before stay readable.
       return Buffer.from(sealed.slice(PLAIN.length), 'base64url').toString('utf8')
     }
-    if (!sealed.startsWith(SEALED)) throw new KeyRingError('unknown ciphertext format')
+    if (!sealed.startsWith(SEALED)) throw new errors.SEALED_VALUE('unknown ciphertext format')
     const [id, iv, body, tag, extra] = sealed.slice(SEALED.length).split('.')
     if (id === undefined || iv === undefined || body === undefined || tag === undefined || extra !== undefined) {
-      throw new KeyRingError('malformed ciphertext')
+      throw new errors.SEALED_VALUE('malformed ciphertext')
     }
     const key = this.#keys.get(id)
-    if (key === undefined) throw new KeyRingError(`no key "${id}" in the ring`)
+    if (key === undefined) throw new errors.SEALED_VALUE(`no key "${id}" in the ring`)
     try {
       const decipher = createDecipheriv('aes-256-gcm', key, Buffer.from(iv, 'base64url'))
       decipher.setAAD(Buffer.from(context, 'utf8'))
       decipher.setAuthTag(Buffer.from(tag, 'base64url'))
       return Buffer.concat([decipher.update(Buffer.from(body, 'base64url')), decipher.final()]).toString('utf8')
     } catch {
-      throw new KeyRingError('ciphertext failed authentication (tampered, or wrong key or record)')
+      throw new errors.SEALED_VALUE('ciphertext failed authentication (tampered, or wrong key or record)')
     }
   }
 }

@@ -8,21 +8,7 @@
  * racing on the same key must observe exactly one winner.
  */
 
-/**
- * Thrown by a store whose backend is unreachable, slow or failing. Endpoints answer it with
- * 503 temporarily_unavailable (never invalid_grant: a client would throw its tokens away).
- */
-export class StoreUnavailableError extends Error {
-  override name = 'StoreUnavailableError'
-}
-
-/**
- * Thrown by saveGrant / saveGrantWithTokens for a grant id revoked before it was written: the code
- * that carries it was replayed while its first exchange was still running (see consumeCode).
- */
-export class GrantRevokedError extends Error {
-  override name = 'GrantRevokedError'
-}
+export { StoreUnavailableError, GrantRevokedError } from '../errors.js'
 
 export type ClientAuthMethod = 'none' | 'client_secret_basic' | 'client_secret_post'
 

@@ -4,6 +4,7 @@ import type { Store } from '../storage/contract.js'
 import { STORE_METHODS } from '../storage/contract.js'
 import type { Provider } from '../providers/types.js'
 import { UpstreamError } from '../providers/types.js'
+import { errors } from '../errors.js'
 
 /** The storage contract's methods: the only ones measured (and the only operation label values). */
 export const STORE_OPERATIONS = STORE_METHODS
@@ -195,7 +196,7 @@ export function instrumentProvider (provider: Provider, tracer: Tracer | undefin
     live,
     op => `provider.${op}`,
     op => ({ 'mcp_oauth.provider.name': name, 'mcp_oauth.provider.operation': op }),
-    record === undefined ? undefined : (op, ms, err, failed) => record(name, op, ms, failed ? (err ?? new Error('failed')) : undefined),
+    record === undefined ? undefined : (op, ms, err, failed) => record(name, op, ms, failed ? (err ?? new errors.OPERATION_FAILED()) : undefined),
     err => ({ 'error.type': errorType(err), 'mcp_oauth.provider.error_kind': errorKind(err) })
   )
   return measured(provider, operations, runners)

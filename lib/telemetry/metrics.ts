@@ -3,6 +3,7 @@ import { performance } from 'node:perf_hooks'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { AuditEventName, AuditEvents } from '../security/audit.js'
+import { errors } from '../errors.js'
 import type { Store, StoreStats } from '../storage/contract.js'
 import { errorKind, PROVIDER_OPERATIONS } from './instrument.js'
 import { FastHistogram, PendingCounts, type HistogramSeries, type PendingSeries } from './series.js'
@@ -147,7 +148,7 @@ export class Metrics {
     const withClient = this.#options.clientIdLabel === 'none' ? [] : ['client_id']
     const existing = Object.values(METRIC_NAMES).find(name => this.registry.getSingleMetric(name) !== undefined)
     if (existing !== undefined) {
-      throw new Error(`fastify-mcp-oauth: metric ${existing} is already in metrics.registry (two plugin instances on one registry?)`)
+      throw new errors.METRIC_EXISTS(existing)
     }
     const counter = (key: keyof typeof METRIC_NAMES, help: string, labelNames: string[] = [], pending?: PendingCounts) => {
       const metric = new prom.Counter({
@@ -249,7 +250,7 @@ export class Metrics {
       const value = await Promise.race([
         (store.stats as () => Promise<StoreStats>).call(store),
         new Promise<never>((_resolve, reject) => {
-          timer = setTimeout(() => reject(new Error('store.stats() timed out')), this.#options.statsTimeoutMs)
+          timer = setTimeout(() => reject(new errors.STORE_STATS_TIMEOUT()), this.#options.statsTimeoutMs)
           timer.unref()
         })
       ])

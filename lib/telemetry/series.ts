@@ -11,6 +11,8 @@
  *   `reset()`), with buckets, `_sum` and `_count` in the text format Prometheus expects.
  */
 
+import { errors } from '../errors.js'
+
 type Labels = Record<string, string>
 
 /** One series of a counter whose increments wait for the next scrape. */
@@ -95,7 +97,7 @@ export class FastHistogram {
     let series = this.#series.get(key)
     if (series === undefined) {
       for (const name of Object.keys(labels)) {
-        if (!this.labelNames.includes(name)) throw new Error(`${this.name}: unknown label ${name}`)
+        if (!this.labelNames.includes(name)) throw new errors.UNKNOWN_LABEL(this.name, name)
       }
       series = new HistogramSeries(labels, this.#bounds)
       this.#series.set(key, series)

@@ -3,7 +3,8 @@ import { renewedTokens, UpstreamError } from '../providers/types.js'
 import type { Auditor } from '../security/audit.js'
 import type { KeyRing } from '../security/keyring.js'
 import type { GrantRecord, Store } from '../storage/contract.js'
-import { OAuthError } from '../errors.js'
+import { OAuthError, UpstreamTokenError } from '../errors.js'
+export { UpstreamTokenError }
 
 export interface UpstreamAccess {
   accessToken: string
@@ -11,19 +12,6 @@ export interface UpstreamAccess {
   /** Epoch ms, when the provider said. */
   expiresAt?: number
   scope?: string
-}
-
-/** Why getUpstreamToken() could not deliver: `retryable` false means the user must log in again. */
-export class UpstreamTokenError extends Error {
-  readonly retryable: boolean
-  /** When retryable: seconds before a retry can succeed, where known. */
-  readonly retryAfter?: number
-  constructor (message: string, retryable: boolean, options?: { cause?: unknown, retryAfter?: number }) {
-    super(message, options)
-    this.name = 'UpstreamTokenError'
-    this.retryable = retryable
-    if (options?.retryAfter !== undefined) this.retryAfter = options.retryAfter
-  }
 }
 
 export interface UpstreamDeps {
