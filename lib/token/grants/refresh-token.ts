@@ -2,8 +2,8 @@ import { createHmac } from 'node:crypto'
 import { OAuthError } from '../../errors.js'
 import type { ResolvedConfig } from '../../options/index.js'
 import type { Auditor } from '../../security/audit.js'
-import type { AccessTokenRecord, ClientRecord, RefreshTokenRecord, RotateResult, Store } from '../../storage/contract.js'
-import { secondsUntil, type TokenResponse } from '../issue.js'
+import type { ClientRecord, RefreshTokenRecord, Store } from '../../storage/contract.js'
+import { buildTokens, secondsUntil, type TokenResponse } from '../issue.js'
 import { matchResource } from '../../oauth/resource.js'
 import { narrowScopes, withinClient } from '../../oauth/scopes.js'
 import { generateId, hashToken, looksLike, TOKEN_PREFIX } from '../../oauth/tokens.js'
@@ -107,53 +107,23 @@ export class RefreshService {
 
     const salt = generateId()
     const scope = scopes.scopes.join(' ')
-    const { accessToken, refreshToken } = deriveSuccessor(this.#d.successorKey, token, salt, scope)
-    const accessHash = hashToken(accessToken)
-    // Never past the grant (as at the first issue).
-    const accessExpiresAt = Math.min(now + config.ttl.accessToken * 1000, grant.expiresAt)
-    const pair: TokenResponse = {
-      access_token: accessToken,
-      token_type: 'Bearer',
-      expires_in: secondsUntil(accessExpiresAt, now),
-      refresh_token: refreshToken,
-      scope
-    }
-    const access: AccessTokenRecord = {
-      grantId: grant.grantId,
-      clientId: grant.clientId,
-      userId: grant.userId,
+    const { access, refresh, response } = buildTokens(config.ttl, {
+      grant,
       scopes: scopes.scopes,
-      resource: grant.resource,
-      issuedAt: now,
-      expiresAt: accessExpiresAt
-    }
-    const email = checked === undefined ? grant.email : checked.email
-    if (email !== undefined) access.email = email
-    const next: RefreshTokenRecord = {
-      grantId: grant.grantId,
-      clientId: grant.clientId,
-      scopes: record.scopes,
-      issuedAt: now,
-      expiresAt: Math.min(now + config.ttl.refreshToken * 1000, grant.expiresAt)
-    }
-    const successor = { hash: hashToken(refreshToken), token: next }
+      // The successor keeps the scopes of the token it replaces: a narrowed refresh narrows only its access token.
+      refreshScopes: record.scopes,
+      email: checked === undefined ? grant.email : checked.email,
+      values: deriveSuccessor(this.#d.successorKey, token, salt, scope),
+      now
+    })
     // The salt is kept for the grace window only (inclusive, as the replay checks it), and not at all without one.
     const info = graceMs > 0 ? successorInfo(salt, scope) : undefined
     const keepUntil = graceMs > 0 ? now + graceMs + 1 : undefined
-    let result: RotateResult
-    if (store.rotateRefreshTokenWithAccess !== undefined) {
-      // One atomic step: the access token exists exactly when the rotation happened.
-      result = await store.rotateRefreshTokenWithAccess(hash, successor, { hash: accessHash, token: access }, now, info, keepUntil)
-    } else {
-      // The access token is stored before the swap so that a concurrent loser, which hands out this
-      // same pair from the grace window, never hands out a token the guard does not know yet.
-      await store.saveAccessToken(accessHash, access)
-      result = await store.rotateRefreshToken(hash, successor, now, info, keepUntil)
-      if (result.status !== 'rotated') await store.deleteAccessToken(accessHash)
-    }
+    // One atomic step: the access token exists exactly when the rotation happened.
+    const result = await store.rotateRefreshTokenWithAccess!(hash, refresh, access, now, info, keepUntil)
     if (result.status === 'rotated') {
       auditor.emit('token_refreshed', { clientId: client.clientId, userId: grant.userId, grantId: grant.grantId })
-      return pair
+      return response
     }
     if (result.status === 'already_rotated') return this.#replayed(token, hash, result.previous, now, graceMs)
     throw invalid()
@@ -167,10 +137,7 @@ export class RefreshService {
     const { store, config } = this.#d
     const rotatedAt = record.rotatedAt as number
     if (graceMs > 0 && now - rotatedAt <= graceMs) {
-      // A store without the counter gives the window uncounted (a start-up warning says so).
-      const kept = store.replayRefreshToken !== undefined
-        ? await store.replayRefreshToken(hash, now)
-        : record.successor === undefined ? null : { successor: record.successor, replays: 1 }
+      const kept = await store.replayRefreshToken!(hash, now)
       if (kept === null) {
         // Rotated within the window, but no successor data is kept: the rotation was made by a
         // replica of the previous version (its salt sat elsewhere) during a rolling upgrade. A retry
