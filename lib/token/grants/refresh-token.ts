@@ -8,7 +8,7 @@ import { matchResource } from '../../oauth/resource.js'
 import { narrowScopes, withinClient } from '../../oauth/scopes.js'
 import { generateId, hashToken, looksLike, TOKEN_PREFIX } from '../../oauth/tokens.js'
 
-export interface RefreshDeps {
+export interface RefreshTokenDeps {
   config: ResolvedConfig
   store: Store
   auditor: Auditor
@@ -22,6 +22,13 @@ export interface RefreshDeps {
   recheck?: (grant: NonNullable<Awaited<ReturnType<Store['getGrant']>>>) => Promise<{ email?: string }>
   /** The deployment's 'refresh-successor' key (DeploymentKeys): the same on every replica, never in the store. */
   successorKey: Buffer
+}
+
+/** The parameters of grant_type=refresh_token (RFC 6749 §6, RFC 8707). */
+export interface RefreshRequest {
+  refreshToken?: string
+  scope?: string
+  resource?: string
 }
 
 /** What the derivation is for (a new label for a new derivation: v2 was unkeyed). */
@@ -72,17 +79,17 @@ function rebuildSuccessor (key: Buffer, refreshToken: string, info: string): Tok
  * grant_type=refresh_token: rotation on every use, reuse detection by family, and a grace window
  * in which the same client repeating the same refresh receives the same successor pair.
  */
-export class RefreshService {
-  readonly #d: RefreshDeps
+export class RefreshTokenGrant {
+  readonly #d: RefreshTokenDeps
 
-  constructor (deps: RefreshDeps) {
+  constructor (deps: RefreshTokenDeps) {
     this.#d = deps
   }
 
-  async refresh (client: ClientRecord, body: Record<string, unknown>): Promise<TokenResponse> {
+  /** Throws OAuthError. */
+  async refresh (client: ClientRecord, { refreshToken: token, scope: requested, resource }: RefreshRequest): Promise<TokenResponse> {
     const { store, config, auditor } = this.#d
-    const token = body.refresh_token
-    if (typeof token !== 'string' || token === '') throw new OAuthError('invalid_request', 'refresh_token is required')
+    if (token === undefined || token === '') throw new OAuthError('invalid_request', 'refresh_token is required')
     const invalid = () => new OAuthError('invalid_grant', 'The refresh token is invalid, expired or revoked')
     if (!looksLike('refreshToken', token)) throw invalid()
     const hash = hashToken(token)
@@ -97,12 +104,10 @@ export class RefreshService {
     const grant = await store.getGrant(record.grantId, now)
     if (grant === null) throw invalid()
     const checked = await this.#d.recheck?.(grant)
-    const requested = typeof body.scope === 'string' ? body.scope : undefined
     const scopes = narrowScopes(requested, withinClient(record.scopes, client))
     if (!scopes.ok) throw new OAuthError('invalid_scope', scopes.description)
-    if (body.resource !== undefined) {
-      const match = typeof body.resource === 'string' ? matchResource(body.resource, config.resources) : null
-      if (match === null || match.resource !== grant.resource) throw new OAuthError('invalid_target', 'The refresh token is bound to another resource')
+    if (resource !== undefined && matchResource(resource, config.resources)?.resource !== grant.resource) {
+      throw new OAuthError('invalid_target', 'The refresh token is bound to another resource')
     }
 
     const salt = generateId()
