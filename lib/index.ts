@@ -8,7 +8,9 @@ import { GrantService } from './token/issue.js'
 import { MemoryStore } from './storage/memory/index.js'
 import type { ClientRecord, Store } from './storage/contract.js'
 import { AuthorizationFlow } from './flow/authorize.js'
-import { RefreshService } from './token/grants/refresh-token.js'
+import { RefreshTokenGrant } from './token/grants/refresh-token.js'
+import { AuthorizationCodeGrant } from './token/grants/authorization-code.js'
+import { TokenEndpoint } from './token/endpoint.js'
 import { RegistrationService } from './clients/registration.js'
 import { RevocationService } from './token/revocation.js'
 import { UpstreamTokenService, UpstreamTokenError, type UpstreamAccess } from './token/upstream.js'
@@ -157,17 +159,21 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
     // A re-check may make two upstream calls (refresh, then UserInfo or the user's organisations).
     lockWaitMs: 2 * config.upstreamTimeoutMs + 2000
   })
-  const flow = new AuthorizationFlow({ config, store, provider, grants, keyRing, auditor, now, findClient, revokeGrant })
-  const refresh = new RefreshService({
-    config,
-    store,
-    auditor,
-    now,
-    revokeGrant,
-    recheck: grant => upstream.recheck(grant),
-    successorKey: deploymentKeys.key('refresh-successor')
-  })
+  const flow = new AuthorizationFlow({ config, store, provider, keyRing, auditor, now, findClient })
   const registration = new RegistrationService({ config, store, auditor, now, revokeClient: clientId => revocation.revokeClient(clientId) })
+  const tokenEndpoint = new TokenEndpoint({
+    authorizationCode: new AuthorizationCodeGrant({ config, store, grants, auditor, now, revokeGrant }),
+    refreshToken: new RefreshTokenGrant({
+      config,
+      store,
+      auditor,
+      now,
+      revokeGrant,
+      recheck: grant => upstream.recheck(grant),
+      successorKey: deploymentKeys.key('refresh-successor')
+    }),
+    keepAlive: client => registration.keepAlive(client)
+  })
 
   fastify.decorate('mcpOAuth', {
     authenticate: createAuthenticate(config, validator, limiter),
@@ -198,7 +204,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   await fastify.register(oauthRoutes, {
     config,
     flow,
-    refresh,
+    tokenEndpoint,
     signer,
     style: pageStyle(config),
     now,

@@ -2,8 +2,6 @@ import t from 'tap'
 import { buildApp, RESOURCE } from './helpers/app.js'
 import type { TestApp } from './helpers/app.js'
 import { hashToken, looksLike } from '../lib/oauth/tokens.js'
-import { MemoryStore } from '../lib/storage/memory/index.js'
-import type { Store } from '../lib/storage/contract.js'
 
 const PUBLIC = { client_id: 'public-app', redirect_uris: ['http://127.0.0.1/cb'] }
 const SECRET = 'confidential-secret-0123456789abcdef'
@@ -159,30 +157,6 @@ t.test('20 concurrent refreshes with one token: one family, no 5xx, every answer
       t.equal((await refresh(ctx, ok[0]?.body.refresh_token as string)).status, 200)
     } else {
       t.ok(ok.length <= 1)
-    }
-  }
-})
-
-t.test('a store without the combined calls (saveGrantWithTokens, rotateRefreshTokenWithAccess): the same results', async t => {
-  for (const grace of [5, 0]) {
-    // A custom store implementing only the required contract.
-    const store: Store = new MemoryStore({ sweepIntervalMs: 0 })
-    Object.assign(store, { saveGrantWithTokens: undefined, rotateRefreshTokenWithAccess: undefined })
-    const ctx = await setup(t, { refreshGraceSeconds: grace, store })
-    const { grant, tokens } = await ctx.app.mcpOAuth.grants.createGrantWithTokens({
-      userId: 'u-1', email: 'u@example.com', clientId: PUBLIC.client_id, scopes: ['mcp:tools'], resource: RESOURCE
-    })
-    t.equal(await call(ctx, tokens.access_token), 200, 'grant and pair saved by three calls')
-    const results = await Promise.all(Array.from({ length: 20 }, () => refresh(ctx, tokens.refresh_token)))
-    t.notOk(results.some(r => r.status >= 500))
-    const ok = results.filter(r => r.status === 200)
-    t.ok(new Set(ok.map(r => r.body.refresh_token)).size <= 1, `grace ${grace}: never two diverging successors`)
-    // Grace: the first pair and the winner's; the losers' own were deleted. No grace: the replays revoked the family.
-    t.equal((await store.stats?.())?.accessTokens, grace > 0 ? 2 : 0, 'no access token of a lost race is left')
-    if (grace > 0) {
-      t.equal(ok.length, 20)
-      t.equal(await call(ctx, ok[0]?.body.access_token as string), 200)
-      t.same(await store.listGrants({ userId: 'u-1' }, ctx.clock.t), [grant.grantId])
     }
   }
 })

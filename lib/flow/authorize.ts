@@ -4,13 +4,10 @@ import type { Provider } from '../providers/types.js'
 import type { Auditor } from '../security/audit.js'
 import type { KeyRing } from '../security/keyring.js'
 import type { ClientRecord, Store } from '../storage/contract.js'
-import { GrantRevokedError } from '../storage/contract.js'
-import type { GrantService, NewGrant, TokenResponse } from '../token/issue.js'
-import { isValidChallenge, verifyPkce, type PkceMethod } from '../oauth/pkce.js'
+import { isValidChallenge, type PkceMethod } from '../oauth/pkce.js'
 import { isLoopbackRedirect, matchRedirectUri } from '../oauth/redirect.js'
 import { matchResource } from '../oauth/resource.js'
-import { assertClientHolds, decideClientScopes } from '../oauth/scopes.js'
-import { hashToken, looksLike } from '../oauth/tokens.js'
+import { decideClientScopes } from '../oauth/scopes.js'
 import { Consent } from './consent.js'
 import { redirectableError, type ResponseTarget, type ValidatedAuthorization } from './request.js'
 import { UpstreamLogin } from './upstream.js'
@@ -19,12 +16,9 @@ export interface FlowDeps {
   config: ResolvedConfig
   store: Store
   provider: Provider | undefined
-  grants: GrantService
   keyRing: KeyRing
   auditor: Auditor
   now: () => number
-  /** Family revocation, including the upstream grant. */
-  revokeGrant: (grantId: string) => Promise<boolean>
   /** Resolves a client id (store, then client ID metadata documents when enabled). */
   findClient: (clientId: string) => Promise<ClientRecord | null>
 }
@@ -161,66 +155,5 @@ export class AuthorizationFlow {
     if (target.state !== undefined) request.state = target.state
     this.#d.auditor.emit('authorization_started', { clientId: client.clientId })
     return request
-  }
-
-  /** grant_type=authorization_code for an authenticated client. Throws OAuthError. */
-  async exchangeCode (client: ClientRecord, body: Record<string, unknown>): Promise<TokenResponse> {
-    const { config, store } = this.#d
-    const code = body.code
-    const verifier = body.code_verifier
-    if (typeof code !== 'string' || code === '') throw new OAuthError('invalid_request', 'code is required')
-    if (!looksLike('authorizationCode', code)) throw new OAuthError('invalid_grant', 'The authorization code is invalid')
-    const now = this.#d.now()
-    // Remember a used code long enough to catch a replay of a stolen one after the exchange.
-    const result = await store.consumeCode(hashToken(code), now, now + Math.max(config.ttl.code * 1000, 10 * 60_000))
-    if (result.status === 'unknown') throw new OAuthError('invalid_grant', 'The authorization code is invalid, expired or already used')
-    const record = result.code
-    if (result.status === 'reused') {
-      await this.#d.revokeGrant(record.grantId)
-      this.#d.auditor.emit('code_reuse', { clientId: record.clientId, grantId: record.grantId })
-      throw new OAuthError('invalid_grant', 'The authorization code is invalid, expired or already used')
-    }
-    if (record.clientId !== client.clientId) throw new OAuthError('invalid_grant', 'The authorization code was issued to another client')
-    const redirectUri = body.redirect_uri
-    if (redirectUri !== undefined && redirectUri !== record.redirectUri) {
-      throw new OAuthError('invalid_grant', 'redirect_uri does not match the authorization request')
-    }
-    if (typeof verifier !== 'string' || verifier === '') {
-      this.#d.auditor.emit('pkce_failure', { clientId: client.clientId })
-      throw new OAuthError('invalid_request', 'code_verifier is required (PKCE)')
-    }
-    if (!verifyPkce(verifier, record.codeChallenge, record.codeChallengeMethod)) {
-      this.#d.auditor.emit('pkce_failure', { clientId: client.clientId })
-      throw new OAuthError('invalid_grant', 'The code_verifier does not match the code_challenge')
-    }
-    const resource = body.resource
-    if (resource !== undefined) {
-      const match = typeof resource === 'string' ? matchResource(resource, config.resources) : null
-      if (match === null || match.resource !== record.resource) {
-        throw new OAuthError('invalid_target', 'The resource does not match the authorization request')
-      }
-    }
-    assertClientHolds(record.scopes, client)
-    const input: NewGrant = {
-      grantId: record.grantId,
-      userId: record.userId,
-      clientId: record.clientId,
-      scopes: record.scopes,
-      resource: record.resource
-    }
-    if (record.email !== undefined) input.email = record.email
-    if (record.upstream !== undefined) input.upstream = record.upstream
-    if (record.provider !== undefined) input.provider = record.provider
-    let issued: Awaited<ReturnType<GrantService['createGrantWithTokens']>>
-    try {
-      issued = await this.#d.grants.createGrantWithTokens(input)
-    } catch (err) {
-      // The code was replayed while this exchange was under way: the replay revoked the grant first.
-      if (err instanceof GrantRevokedError) throw new OAuthError('invalid_grant', 'The authorization code was used more than once; the grant has been revoked')
-      throw err
-    }
-    const { grant, tokens } = issued
-    this.#d.auditor.emit('token_issued', { clientId: client.clientId, userId: grant.userId, grantId: grant.grantId, grantType: 'authorization_code' })
-    return tokens
   }
 }

@@ -1,21 +1,17 @@
 import Type from 'typebox'
 import type { FastifyPluginAsync } from 'fastify'
-import type { AuthorizationFlow } from '../flow/authorize.js'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { authenticateClient } from '../clients/authenticate.js'
-import { OAuthError } from '../errors.js'
 import type { ResolvedConfig } from '../options/index.js'
 import type { ClientRecord } from '../storage/contract.js'
-import type { RefreshService } from '../token/grants/refresh-token.js'
-import type { RegistrationService } from '../clients/registration.js'
+import type { TokenEndpoint } from '../token/endpoint.js'
 import { routeLimit } from './oauth.js'
 
 export interface TokenRouteDeps {
   config: ResolvedConfig
-  flow: AuthorizationFlow
-  refresh: RefreshService
+  tokenEndpoint: Pick<TokenEndpoint, 'grant'>
   now: () => number
   findClient: (clientId: string) => Promise<ClientRecord | null>
-  registration: Pick<RegistrationService, 'keepAlive'>
 }
 
 const Param = Type.String({ maxLength: 4096 })
@@ -41,26 +37,15 @@ const TokenResponse = Type.Object({
   scope: Type.String()
 })
 
-export const tokenRoutes: FastifyPluginAsync<TokenRouteDeps> = async (fastify, { config, flow, refresh, now, findClient, registration }) => {
-  fastify.post(`${config.basePath}/oauth/token`, {
+/** RFC 6749 POST /oauth/token: client authentication, then the token endpoint decides. */
+export const tokenRoutes: FastifyPluginAsync<TokenRouteDeps> = async (fastify, { config, tokenEndpoint, now, findClient }) => {
+  fastify.withTypeProvider<TypeBoxTypeProvider>().post(`${config.basePath}/oauth/token`, {
     schema: { body: TokenBody, response: { 200: TokenResponse } },
     config: routeLimit(config, 'token')
   }, async (request, reply) => {
-    const body = request.body as Record<string, unknown>
+    const { body } = request
     const client = await authenticateClient({ authorization: request.headers.authorization, body }, findClient, now())
-    const grantType = body.grant_type
-    if (grantType !== 'authorization_code' && grantType !== 'refresh_token') {
-      throw new OAuthError('unsupported_grant_type', 'grant_type must be authorization_code or refresh_token')
-    }
-    if (!client.grantTypes.includes(grantType)) {
-      throw new OAuthError('unauthorized_client', `This client is not registered for ${grantType}`)
-    }
-    const tokens = grantType === 'authorization_code'
-      ? await flow.exchangeCode(client, body)
-      : await refresh.refresh(client, body)
-    // Tokens issued to an authenticated client are its use (finding 7): it renews a dynamic client's
-    // expiry. Merely naming a client (an authorization request anyone can send) does not.
-    await registration.keepAlive(client)
+    const tokens = await tokenEndpoint.grant(client, body)
     reply.header('cache-control', 'no-store').header('pragma', 'no-cache')
     return tokens
   })

@@ -1,7 +1,6 @@
 import { generateId, generateToken, hashToken } from '../oauth/tokens.js'
 import type { ResolvedConfig } from '../options/index.js'
 import type { AccessTokenRecord, GrantRecord, RefreshTokenRecord, TokenStore } from '../storage/contract.js'
-import { GrantRevokedError } from '../storage/contract.js'
 
 export interface TokenResponse {
   access_token: string
@@ -23,9 +22,71 @@ export interface NewGrant {
   provider?: string
 }
 
+/** New tokens of a grant: what the store keeps (hashes and records) and what the client gets. */
+export interface IssuedTokens {
+  access: { hash: string, token: AccessTokenRecord }
+  refresh: { hash: string, token: RefreshTokenRecord }
+  response: TokenResponse
+}
+
+export interface IssueInput {
+  grant: GrantRecord
+  /** The access token's scopes (a refresh may narrow them). */
+  scopes: string[]
+  /** The refresh token's scopes when they differ: a narrowed refresh keeps the wider ones for the next. */
+  refreshScopes?: string[]
+  /** The e-mail the access token carries (a refresh's re-check may say another than the grant's). */
+  email: string | undefined
+  /** The plaintext tokens when they are derived (a rotation's successor pair); drawn at random when absent. */
+  values?: { accessToken: string, refreshToken: string }
+  now: number
+}
+
 /**
- * Creating grants and minting the tokens of their family. Plaintext tokens exist only in the
- * value returned to the caller; the store receives hashes.
+ * The one place that builds token records and the token response, for every grant type. Plaintext
+ * tokens exist only in the response; the records are stored under their hashes. Both tokens end no
+ * later than the grant: a token of an ended grant is dead in every store, and caches can trust expiresAt.
+ */
+export function buildTokens (ttl: Pick<ResolvedConfig['ttl'], 'accessToken' | 'refreshToken'>, input: IssueInput): IssuedTokens {
+  const { grant, scopes, now } = input
+  const accessToken = input.values?.accessToken ?? generateToken('accessToken')
+  const refreshToken = input.values?.refreshToken ?? generateToken('refreshToken')
+  const accessExpiresAt = Math.min(now + ttl.accessToken * 1000, grant.expiresAt)
+  const access: AccessTokenRecord = {
+    grantId: grant.grantId,
+    clientId: grant.clientId,
+    userId: grant.userId,
+    scopes,
+    resource: grant.resource,
+    issuedAt: now,
+    expiresAt: accessExpiresAt
+  }
+  if (input.email !== undefined) access.email = input.email
+  return {
+    access: { hash: hashToken(accessToken), token: access },
+    refresh: {
+      hash: hashToken(refreshToken),
+      token: {
+        grantId: grant.grantId,
+        clientId: grant.clientId,
+        scopes: input.refreshScopes ?? scopes,
+        issuedAt: now,
+        expiresAt: Math.min(now + ttl.refreshToken * 1000, grant.expiresAt)
+      }
+    },
+    response: {
+      access_token: accessToken,
+      token_type: 'Bearer',
+      expires_in: secondsUntil(accessExpiresAt, now),
+      refresh_token: refreshToken,
+      scope: scopes.join(' ')
+    }
+  }
+}
+
+/**
+ * Creating grants and minting the tokens of their family (the code exchange, and service
+ * integrations through `fastify.mcpOAuth.grants`).
  */
 export class GrantService {
   readonly #store: TokenStore
@@ -44,36 +105,23 @@ export class GrantService {
     return grant
   }
 
-  /** A fresh access token and refresh token for a grant (first issue after a code exchange). */
+  /** A fresh access token and refresh token for an existing grant. */
   async issueTokens (grant: GrantRecord, scopes: string[] = grant.scopes): Promise<TokenResponse> {
-    const pair = this.#pair(grant, scopes, this.#now())
-    await this.#store.saveAccessToken(pair.access.hash, pair.access.token)
-    await this.#store.saveRefreshToken(pair.refresh.hash, pair.refresh.token)
-    return pair.response
+    const { access, refresh, response } = buildTokens(this.#config.ttl, { grant, scopes, email: grant.email, now: this.#now() })
+    await this.#store.saveAccessToken(access.hash, access.token)
+    await this.#store.saveRefreshToken(refresh.hash, refresh.token)
+    return response
   }
 
   /**
-   * A grant and its first token pair (what a code exchange creates), in one store call when the
-   * store offers one (`saveGrantWithTokens`), else as createGrant + issueTokens would.
+   * A grant and its first token pair (what a code exchange creates), in one store call. Throws
+   * GrantRevokedError when the grant id was revoked in advance (its code was replayed).
    */
   async createGrantWithTokens (input: NewGrant): Promise<{ grant: GrantRecord, tokens: TokenResponse }> {
     const now = this.#now()
     const grant = this.#grant(input, now)
-    const { access, refresh, response } = this.#pair(grant, grant.scopes, now)
-    const store = this.#store
-    if (store.saveGrantWithTokens !== undefined) {
-      await store.saveGrantWithTokens(grant, access, refresh)
-    } else {
-      await store.saveGrant(grant)
-      try {
-        await store.saveAccessToken(access.hash, access.token)
-        await store.saveRefreshToken(refresh.hash, refresh.token)
-      } catch (err) {
-        // Between the saves the grant was revoked (a replayed code): say so, not "server error".
-        if (await store.getGrant(grant.grantId, now) === null) throw new GrantRevokedError('the grant was revoked while its tokens were being saved')
-        throw err
-      }
-    }
+    const { access, refresh, response } = buildTokens(this.#config.ttl, { grant, scopes: grant.scopes, email: grant.email, now })
+    await this.#store.saveGrantWithTokens(grant, access, refresh)
     return { grant, tokens: response }
   }
 
@@ -91,48 +139,6 @@ export class GrantService {
     if (input.upstream !== undefined) grant.upstream = input.upstream
     if (input.provider !== undefined) grant.provider = input.provider
     return grant
-  }
-
-  /** New tokens for a grant: what the store keeps (hashes and records) and what the client gets. */
-  #pair (grant: GrantRecord, scopes: string[], now: number): {
-    access: { hash: string, token: AccessTokenRecord }
-    refresh: { hash: string, token: RefreshTokenRecord }
-    response: TokenResponse
-  } {
-    const accessToken = generateToken('accessToken')
-    const refreshToken = generateToken('refreshToken')
-    // Never past the grant: a token of an ended grant is dead in every store, and caches can trust expiresAt.
-    const accessExpiresAt = Math.min(now + this.#config.ttl.accessToken * 1000, grant.expiresAt)
-    const access: AccessTokenRecord = {
-      grantId: grant.grantId,
-      clientId: grant.clientId,
-      userId: grant.userId,
-      scopes,
-      resource: grant.resource,
-      issuedAt: now,
-      expiresAt: accessExpiresAt
-    }
-    if (grant.email !== undefined) access.email = grant.email
-    return {
-      access: { hash: hashToken(accessToken), token: access },
-      refresh: {
-        hash: hashToken(refreshToken),
-        token: {
-          grantId: grant.grantId,
-          clientId: grant.clientId,
-          scopes,
-          issuedAt: now,
-          expiresAt: Math.min(now + this.#config.ttl.refreshToken * 1000, grant.expiresAt)
-        }
-      },
-      response: {
-        access_token: accessToken,
-        token_type: 'Bearer',
-        expires_in: secondsUntil(accessExpiresAt, now),
-        refresh_token: refreshToken,
-        scope: scopes.join(' ')
-      }
-    }
   }
 }
 

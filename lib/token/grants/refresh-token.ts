@@ -2,13 +2,13 @@ import { createHmac } from 'node:crypto'
 import { OAuthError } from '../../errors.js'
 import type { ResolvedConfig } from '../../options/index.js'
 import type { Auditor } from '../../security/audit.js'
-import type { AccessTokenRecord, ClientRecord, RefreshTokenRecord, RotateResult, Store } from '../../storage/contract.js'
-import { secondsUntil, type TokenResponse } from '../issue.js'
+import type { ClientRecord, RefreshTokenRecord, Store } from '../../storage/contract.js'
+import { buildTokens, secondsUntil, type TokenResponse } from '../issue.js'
 import { matchResource } from '../../oauth/resource.js'
 import { narrowScopes, withinClient } from '../../oauth/scopes.js'
 import { generateId, hashToken, looksLike, TOKEN_PREFIX } from '../../oauth/tokens.js'
 
-export interface RefreshDeps {
+export interface RefreshTokenDeps {
   config: ResolvedConfig
   store: Store
   auditor: Auditor
@@ -22,6 +22,13 @@ export interface RefreshDeps {
   recheck?: (grant: NonNullable<Awaited<ReturnType<Store['getGrant']>>>) => Promise<{ email?: string }>
   /** The deployment's 'refresh-successor' key (DeploymentKeys): the same on every replica, never in the store. */
   successorKey: Buffer
+}
+
+/** The parameters of grant_type=refresh_token (RFC 6749 §6, RFC 8707). */
+export interface RefreshRequest {
+  refreshToken?: string
+  scope?: string
+  resource?: string
 }
 
 /** What the derivation is for (a new label for a new derivation: v2 was unkeyed). */
@@ -72,17 +79,17 @@ function rebuildSuccessor (key: Buffer, refreshToken: string, info: string): Tok
  * grant_type=refresh_token: rotation on every use, reuse detection by family, and a grace window
  * in which the same client repeating the same refresh receives the same successor pair.
  */
-export class RefreshService {
-  readonly #d: RefreshDeps
+export class RefreshTokenGrant {
+  readonly #d: RefreshTokenDeps
 
-  constructor (deps: RefreshDeps) {
+  constructor (deps: RefreshTokenDeps) {
     this.#d = deps
   }
 
-  async refresh (client: ClientRecord, body: Record<string, unknown>): Promise<TokenResponse> {
+  /** Throws OAuthError. */
+  async refresh (client: ClientRecord, { refreshToken: token, scope: requested, resource }: RefreshRequest): Promise<TokenResponse> {
     const { store, config, auditor } = this.#d
-    const token = body.refresh_token
-    if (typeof token !== 'string' || token === '') throw new OAuthError('invalid_request', 'refresh_token is required')
+    if (token === undefined || token === '') throw new OAuthError('invalid_request', 'refresh_token is required')
     const invalid = () => new OAuthError('invalid_grant', 'The refresh token is invalid, expired or revoked')
     if (!looksLike('refreshToken', token)) throw invalid()
     const hash = hashToken(token)
@@ -97,63 +104,31 @@ export class RefreshService {
     const grant = await store.getGrant(record.grantId, now)
     if (grant === null) throw invalid()
     const checked = await this.#d.recheck?.(grant)
-    const requested = typeof body.scope === 'string' ? body.scope : undefined
     const scopes = narrowScopes(requested, withinClient(record.scopes, client))
     if (!scopes.ok) throw new OAuthError('invalid_scope', scopes.description)
-    if (body.resource !== undefined) {
-      const match = typeof body.resource === 'string' ? matchResource(body.resource, config.resources) : null
-      if (match === null || match.resource !== grant.resource) throw new OAuthError('invalid_target', 'The refresh token is bound to another resource')
+    if (resource !== undefined && matchResource(resource, config.resources)?.resource !== grant.resource) {
+      throw new OAuthError('invalid_target', 'The refresh token is bound to another resource')
     }
 
     const salt = generateId()
     const scope = scopes.scopes.join(' ')
-    const { accessToken, refreshToken } = deriveSuccessor(this.#d.successorKey, token, salt, scope)
-    const accessHash = hashToken(accessToken)
-    // Never past the grant (as at the first issue).
-    const accessExpiresAt = Math.min(now + config.ttl.accessToken * 1000, grant.expiresAt)
-    const pair: TokenResponse = {
-      access_token: accessToken,
-      token_type: 'Bearer',
-      expires_in: secondsUntil(accessExpiresAt, now),
-      refresh_token: refreshToken,
-      scope
-    }
-    const access: AccessTokenRecord = {
-      grantId: grant.grantId,
-      clientId: grant.clientId,
-      userId: grant.userId,
+    const { access, refresh, response } = buildTokens(config.ttl, {
+      grant,
       scopes: scopes.scopes,
-      resource: grant.resource,
-      issuedAt: now,
-      expiresAt: accessExpiresAt
-    }
-    const email = checked === undefined ? grant.email : checked.email
-    if (email !== undefined) access.email = email
-    const next: RefreshTokenRecord = {
-      grantId: grant.grantId,
-      clientId: grant.clientId,
-      scopes: record.scopes,
-      issuedAt: now,
-      expiresAt: Math.min(now + config.ttl.refreshToken * 1000, grant.expiresAt)
-    }
-    const successor = { hash: hashToken(refreshToken), token: next }
+      // The successor keeps the scopes of the token it replaces: a narrowed refresh narrows only its access token.
+      refreshScopes: record.scopes,
+      email: checked === undefined ? grant.email : checked.email,
+      values: deriveSuccessor(this.#d.successorKey, token, salt, scope),
+      now
+    })
     // The salt is kept for the grace window only (inclusive, as the replay checks it), and not at all without one.
     const info = graceMs > 0 ? successorInfo(salt, scope) : undefined
     const keepUntil = graceMs > 0 ? now + graceMs + 1 : undefined
-    let result: RotateResult
-    if (store.rotateRefreshTokenWithAccess !== undefined) {
-      // One atomic step: the access token exists exactly when the rotation happened.
-      result = await store.rotateRefreshTokenWithAccess(hash, successor, { hash: accessHash, token: access }, now, info, keepUntil)
-    } else {
-      // The access token is stored before the swap so that a concurrent loser, which hands out this
-      // same pair from the grace window, never hands out a token the guard does not know yet.
-      await store.saveAccessToken(accessHash, access)
-      result = await store.rotateRefreshToken(hash, successor, now, info, keepUntil)
-      if (result.status !== 'rotated') await store.deleteAccessToken(accessHash)
-    }
+    // One atomic step: the access token exists exactly when the rotation happened.
+    const result = await store.rotateRefreshTokenWithAccess(hash, refresh, access, now, info, keepUntil)
     if (result.status === 'rotated') {
       auditor.emit('token_refreshed', { clientId: client.clientId, userId: grant.userId, grantId: grant.grantId })
-      return pair
+      return response
     }
     if (result.status === 'already_rotated') return this.#replayed(token, hash, result.previous, now, graceMs)
     throw invalid()
@@ -167,10 +142,7 @@ export class RefreshService {
     const { store, config } = this.#d
     const rotatedAt = record.rotatedAt as number
     if (graceMs > 0 && now - rotatedAt <= graceMs) {
-      // A store without the counter gives the window uncounted (a start-up warning says so).
-      const kept = store.replayRefreshToken !== undefined
-        ? await store.replayRefreshToken(hash, now)
-        : record.successor === undefined ? null : { successor: record.successor, replays: 1 }
+      const kept = await store.replayRefreshToken(hash, now)
       if (kept === null) {
         // Rotated within the window, but no successor data is kept: the rotation was made by a
         // replica of the previous version (its salt sat elsewhere) during a rolling upgrade. A retry
