@@ -10,9 +10,10 @@ import type { Signer } from '../security/signing.js'
 import type { ClientRecord } from '../storage/contract.js'
 import { clientErrorPage, consentPage, destinationOf, errorPage, sendPage, type ClientView, type PageStyle } from './html.js'
 import { cookieNames, readConsent, writeConsent, type ConsentCookie } from './cookies.js'
-import { routeLimit } from './oauth.js'
+import type { RouteLimits } from './limits.js'
 
 export interface AuthorizeRouteDeps {
+  limits: RouteLimits
   config: ResolvedConfig
   flow: AuthorizationFlow
   signer: Signer
@@ -86,7 +87,7 @@ const ConsentBody = Type.Object({
  * browser approved before, goes straight upstream). POST /oauth/consent takes the decision.
  */
 export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fastify, deps) => {
-  const { config, flow, signer, style, now } = deps
+  const { config, flow, signer, style, now, limits } = deps
   const names = cookieNames(config)
   const consentAction = `${config.basePath}/oauth/consent`
 
@@ -105,7 +106,7 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
 
   fastify.get(`${config.basePath}/oauth/authorize`, {
     schema: { querystring: Type.Record(Type.String(), Type.Union([Type.String(), Type.Array(Type.String())])) },
-    config: routeLimit(config, 'authorize')
+    config: limits.route('authorize')
   }, async (request, reply) => {
     const decision = await flow.validate(request.query as Record<string, unknown>)
     if (decision.kind === 'page') return page(reply, decision.status, decision.title, decision.description)
@@ -148,7 +149,7 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (fa
 
   fastify.post(consentAction, {
     schema: { body: ConsentBody },
-    config: routeLimit(config, 'authorize'),
+    config: limits.route('authorize'),
     // The page is ours: a submission from anywhere else is refused whatever it carries.
     attachValidation: true
   }, async (request, reply) => {

@@ -5,9 +5,10 @@ import type { ResolvedConfig } from '../options/index.js'
 import type { Signer } from '../security/signing.js'
 import { errorPage, sendPage, type PageStyle } from './html.js'
 import { cookieNames, readConsent } from './cookies.js'
-import { routeLimit } from './oauth.js'
+import type { RouteLimits } from './limits.js'
 
 export interface CallbackRouteDeps {
+  limits: RouteLimits
   config: ResolvedConfig
   flow: AuthorizationFlow
   signer: Signer
@@ -16,11 +17,11 @@ export interface CallbackRouteDeps {
 }
 
 /** GET /oauth/callback: where the identity provider sends the browser back. */
-export const callbackRoutes: FastifyPluginAsync<CallbackRouteDeps> = async (fastify, { config, flow, signer, style, now }) => {
+export const callbackRoutes: FastifyPluginAsync<CallbackRouteDeps> = async (fastify, { config, flow, signer, style, now, limits }) => {
   const names = cookieNames(config)
   fastify.get(`${config.basePath}/oauth/callback`, {
     schema: { querystring: Type.Record(Type.String(), Type.Union([Type.String(), Type.Array(Type.String())])) },
-    config: routeLimit(config, 'authorize')
+    config: limits.route('authorize')
   }, async (request, reply) => {
     const consent = readConsent(request, signer, names, now())
     const url = new URL(request.url, config.origin)

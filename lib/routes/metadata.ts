@@ -2,7 +2,7 @@ import Type from 'typebox'
 import type { FastifyPluginAsync } from 'fastify'
 import { authorizationServerMetadata, protectedResourceMetadata } from './documents.js'
 import type { ResolvedConfig } from '../options/index.js'
-import { routeLimit } from './oauth.js'
+import type { RouteLimits } from './limits.js'
 
 const StringArray = Type.Array(Type.String())
 
@@ -39,12 +39,12 @@ const ProtectedResourceMetadata = Type.Object({
 const CACHE = 'public, max-age=300'
 
 /** RFC 8414 and RFC 9728 documents, served at the paths derived from the issuer and resources. */
-export const metadataRoutes: FastifyPluginAsync<{ config: ResolvedConfig }> = async (fastify, { config }) => {
+export const metadataRoutes: FastifyPluginAsync<{ config: ResolvedConfig, limits: RouteLimits }> = async (fastify, { config, limits }) => {
   const asBody = authorizationServerMetadata(config)
   for (const url of config.asMetadataPaths) {
     fastify.get(url, {
       schema: { response: { 200: AuthorizationServerMetadata } },
-      config: routeLimit(config, 'metadata')
+      config: limits.route('metadata')
     }, async (_request, reply) => {
       reply.header('cache-control', CACHE)
       return asBody
@@ -56,7 +56,7 @@ export const metadataRoutes: FastifyPluginAsync<{ config: ResolvedConfig }> = as
     served.add(url)
     fastify.get(url, {
       schema: { response: { 200: ProtectedResourceMetadata } },
-      config: routeLimit(config, 'metadata')
+      config: limits.route('metadata')
     }, async (_request, reply) => {
       reply.header('cache-control', CACHE)
       return body

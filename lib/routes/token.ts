@@ -7,9 +7,10 @@ import type { ResolvedConfig } from '../options/index.js'
 import type { ClientRecord } from '../storage/contract.js'
 import type { RefreshService } from '../token/grants/refresh-token.js'
 import type { RegistrationService } from '../clients/registration.js'
-import { routeLimit } from './oauth.js'
+import type { RouteLimits } from './limits.js'
 
 export interface TokenRouteDeps {
+  limits: RouteLimits
   config: ResolvedConfig
   flow: AuthorizationFlow
   refresh: RefreshService
@@ -41,10 +42,10 @@ const TokenResponse = Type.Object({
   scope: Type.String()
 })
 
-export const tokenRoutes: FastifyPluginAsync<TokenRouteDeps> = async (fastify, { config, flow, refresh, now, findClient, registration }) => {
+export const tokenRoutes: FastifyPluginAsync<TokenRouteDeps> = async (fastify, { config, flow, refresh, now, findClient, registration, limits }) => {
   fastify.post(`${config.basePath}/oauth/token`, {
     schema: { body: TokenBody, response: { 200: TokenResponse } },
-    config: routeLimit(config, 'token')
+    config: limits.route('token')
   }, async (request, reply) => {
     const body = request.body as Record<string, unknown>
     const client = await authenticateClient({ authorization: request.headers.authorization, body }, findClient, now())
