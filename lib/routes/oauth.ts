@@ -12,6 +12,7 @@ import { revokeRoutes, type RevokeRouteDeps } from './revoke.js'
 import { introspectRoutes } from './introspect.js'
 import { metadataRoutes } from './metadata.js'
 import type { RouteLimits } from './limits.js'
+import { OAuthErrorResponse } from './schemas.js'
 import type { RouteTelemetry } from '../telemetry/index.js'
 
 export type OAuthRouteDeps = AuthorizeRouteDeps & TokenRouteDeps & RegisterRouteDeps & RevokeRouteDeps & {
@@ -58,6 +59,10 @@ export const oauthRoutes: FastifyPluginAsync<OAuthRouteDeps> = async (fastify, d
     // Query strings here carry codes and states (the callback's upstream code, above all): the
     // request log gets the path only.
     route.logSerializers = { ...route.logSerializers, req: pathOnly }
+    // One error shape for every JSON error of the scope; a route's own 4xx/5xx schemas come first.
+    // The browser routes' pages are text/html strings, which Fastify sends without serialising.
+    const response = route.schema?.response as Record<string, unknown> | undefined
+    route.schema = { ...route.schema, response: { '4xx': OAuthErrorResponse, '5xx': OAuthErrorResponse, ...response } }
   })
   // Telemetry: learn each route's rate-limit budget, wrap flow-step handlers in spans.
   const telemetry = deps.telemetry
