@@ -58,10 +58,7 @@ export class RouteLimits {
   /** The budget of a route whose config came from `route()` (telemetry labels its rate-limit hits with it). */
   budgetOf (route: RouteOptions): RateLimitName | undefined {
     if (!this.#options.rateLimits.enabled) return undefined
-    for (const [name, config] of this.#routes) {
-      if (config === route.config) return name
-    }
-    return undefined
+    return [...this.#routes].find(([, config]) => config === route.config)?.[0]
   }
 
   /**
