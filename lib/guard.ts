@@ -3,7 +3,6 @@ import { errors } from './errors.js'
 import { TOKEN_PREFIX } from './oauth/tokens.js'
 import type { TokenValidator, ValidationResult } from './token/validator.js'
 import type { ResolvedConfig, ResolvedResource } from './options/index.js'
-import type { LimiterHolder } from './routes/oauth.js'
 
 export interface AuthenticateOptions {
   /** Every one of these scopes must be granted to the token. */
@@ -22,12 +21,16 @@ function quote (value: string): string {
   return '"' + value.replace(/["\\]/g, '\\$&') + '"'
 }
 
+/** The per-user rate limiter of guarded routes: rejects with a 429 error once the caller's budget is spent. */
+export type GuardLimiter = (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>
+
 /**
  * Build `authenticate(opts)`: an onRequest hook that lets a request through only with a valid
  * access token for this resource that carries the required scopes, and answers otherwise with the
- * RFC 6750 / RFC 9728 challenge MCP clients use to discover the authorization server.
+ * RFC 6750 / RFC 9728 challenge MCP clients use to discover the authorization server. Without a
+ * limiter (rate limiting off) no request is counted.
  */
-export function createAuthenticate (config: ResolvedConfig, validator: TokenValidator, limiter: LimiterHolder = {}) {
+export function createAuthenticate (config: ResolvedConfig, validator: TokenValidator, perUser?: GuardLimiter) {
   return function authenticate (opts: AuthenticateOptions = {}): onRequestHookHandler {
     const resource = pickResource(config, opts.resource)
     const required = opts.scopes ?? []
@@ -52,7 +55,6 @@ export function createAuthenticate (config: ResolvedConfig, validator: TokenVali
 
     /** Run the rate limiter (callers check that there is one: no promise when there is not); true when it answered 429. */
     const limited = async (request: FastifyRequest, reply: FastifyReply): Promise<boolean> => {
-      const perUser = limiter.perUser
       if (perUser === undefined) return false
       try {
         await perUser(request, reply)
@@ -103,7 +105,7 @@ export function createAuthenticate (config: ResolvedConfig, validator: TokenVali
         }
       }
       // Guessing tokens costs the guesser: failed tokens count against the address's budget.
-      const limits = limiter.perUser !== undefined
+      const limits = perUser !== undefined
       if (limits && !result.valid && await limited(request, reply)) return false
       if (!admit(request, reply, result)) return false
       // Per-user budget, after the guard: keyed by who the token says, not by IP.
@@ -141,7 +143,7 @@ export function createAuthenticate (config: ResolvedConfig, validator: TokenVali
         unavailable(request, reply, err)
         return
       }
-      if (result !== undefined && limiter.perUser === undefined) {
+      if (result !== undefined && perUser === undefined) {
         if (admit(request, reply, result)) done()
         return
       }

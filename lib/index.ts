@@ -19,7 +19,8 @@ import { Auditor } from './security/audit.js'
 import { KeyRing } from './security/keyring.js'
 import { Signer } from './security/signing.js'
 import { DeploymentKeys } from './security/secret.js'
-import { oauthRoutes, type LimiterHolder } from './routes/oauth.js'
+import { oauthRoutes } from './routes/oauth.js'
+import { RouteLimits } from './routes/limits.js'
 import { corsOptions } from './routes/cors.js'
 import cors from '@fastify/cors'
 import { CimdResolver } from './clients/cimd.js'
@@ -85,9 +86,14 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   })
   const store: Store = telemetry.store
   const validator = new TokenValidator(store, now, config.clockSkewSeconds * 1000)
-  const limiter: LimiterHolder = {}
   // A store that can share its Redis connection lets rate limits hold across replicas.
-  const rateLimitRedis = (store as { rateLimitRedis?: unknown }).rateLimitRedis
+  const limits = new RouteLimits({
+    rateLimits: config.rateLimits,
+    stepSpans: telemetry.routes?.stepSpans === true,
+    // A store that shares its Redis connection makes the limits hold across replicas.
+    redis: store.rateLimitRedis,
+    auditor
+  })
   const grants = new GrantService(store, config, now)
   const keyRing = new KeyRing(config.encryptionKeys)
   const signer = new Signer(config.secret)
@@ -175,22 +181,6 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
     keepAlive: client => registration.keepAlive(client)
   })
 
-  fastify.decorate('mcpOAuth', {
-    authenticate: createAuthenticate(config, validator, limiter),
-    validator,
-    storage: ownStore,
-    config,
-    grants,
-    auditor,
-    getUpstreamToken: async (request: FastifyRequest) => {
-      const auth = request.mcpAuth
-      if (auth === null) throw new UpstreamTokenError('The request was not authenticated by the guard', false)
-      return upstream.get(auth.grantId)
-    },
-    revokeUser: (userId: string) => revocation.revokeUser(userId),
-    revokeClient: (clientId: string) => revocation.revokeClient(clientId),
-    revokeGrant
-  } satisfies McpOAuthDecorator)
   fastify.decorateRequest('mcpAuth', null)
 
   fastify.addHook('onClose', async () => {
@@ -211,11 +201,26 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
     findClient,
     registration,
     revocation,
-    auditor,
-    limiter,
-    ...(telemetry.routes !== undefined ? { telemetry: telemetry.routes } : {}),
-    ...(rateLimitRedis !== undefined ? { rateLimitRedis } : {})
+    limits,
+    ...(telemetry.routes !== undefined ? { telemetry: telemetry.routes } : {})
   })
+  // The guard comes after the routes: the OAuth scope is where the per-user limiter is built.
+  fastify.decorate('mcpOAuth', {
+    authenticate: createAuthenticate(config, validator, limits.perUser),
+    validator,
+    storage: ownStore,
+    config,
+    grants,
+    auditor,
+    getUpstreamToken: async (request: FastifyRequest) => {
+      const auth = request.mcpAuth
+      if (auth === null) throw new UpstreamTokenError('The request was not authenticated by the guard', false)
+      return upstream.get(auth.grantId)
+    },
+    revokeUser: (userId: string) => revocation.revokeUser(userId),
+    revokeClient: (clientId: string) => revocation.revokeClient(clientId),
+    revokeGrant
+  } satisfies McpOAuthDecorator)
 }
 
 export const mcpOAuth = fp(plugin, { name: 'fastify-mcp-oauth', fastify: '5.x' })

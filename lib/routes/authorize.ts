@@ -12,9 +12,10 @@ import type { Signer } from '../security/signing.js'
 import type { ClientRecord } from '../storage/contract.js'
 import { clientErrorPage, consentPage, destinationOf, errorPage, sendPage, type ClientView, type PageStyle } from './html.js'
 import { cookieNames, readConsent, writeConsent } from './cookies.js'
-import { routeLimit } from './oauth.js'
+import type { RouteLimits } from './limits.js'
 
 export interface AuthorizeRouteDeps {
+  limits: RouteLimits
   config: ResolvedConfig
   flow: AuthorizationFlow
   signer: Signer
@@ -98,7 +99,7 @@ const consentTitles: Partial<Record<OAuthErrorCode, string>> = {
  */
 export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (plugin, deps) => {
   const fastify = plugin.withTypeProvider<TypeBoxTypeProvider>()
-  const { config, flow, signer, style, now } = deps
+  const { config, flow, signer, style, now, limits } = deps
   const names = cookieNames(config)
   const consentAction = `${config.basePath}/oauth/consent`
 
@@ -129,7 +130,7 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (pl
 
   fastify.get(`${config.basePath}/oauth/authorize`, {
     schema: { querystring: AuthorizeQuery },
-    config: routeLimit(config, 'authorize')
+    config: limits.route('authorize')
   }, async (request, reply) => {
     const input = authorizationInput(request.query)
     let target: AuthorizationTarget
@@ -181,7 +182,7 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (pl
 
   fastify.post(consentAction, {
     schema: { body: ConsentBody },
-    config: routeLimit(config, 'authorize'),
+    config: limits.route('authorize'),
     // The page is ours: a submission from anywhere else is refused whatever it carries.
     attachValidation: true
   }, async (request, reply) => {

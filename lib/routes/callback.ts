@@ -7,9 +7,10 @@ import type { ResolvedConfig } from '../options/index.js'
 import type { Signer } from '../security/signing.js'
 import { errorPage, sendPage, type PageStyle } from './html.js'
 import { cookieNames, readConsent } from './cookies.js'
-import { routeLimit } from './oauth.js'
+import type { RouteLimits } from './limits.js'
 
 export interface CallbackRouteDeps {
+  limits: RouteLimits
   config: ResolvedConfig
   flow: AuthorizationFlow
   signer: Signer
@@ -30,12 +31,12 @@ const titles: Partial<Record<OAuthErrorCode, string>> = {
 }
 
 /** GET /oauth/callback: where the identity provider sends the browser back. */
-export const callbackRoutes: FastifyPluginAsync<CallbackRouteDeps> = async (plugin, { config, flow, signer, style, now }) => {
+export const callbackRoutes: FastifyPluginAsync<CallbackRouteDeps> = async (plugin, { config, flow, signer, style, now, limits }) => {
   const fastify = plugin.withTypeProvider<TypeBoxTypeProvider>()
   const names = cookieNames(config)
   fastify.get(`${config.basePath}/oauth/callback`, {
     schema: { querystring: CallbackQuery },
-    config: routeLimit(config, 'authorize')
+    config: limits.route('authorize')
   }, async (request, reply) => {
     const consent = readConsent(request, signer, names, now())
     let location: string

@@ -1,8 +1,42 @@
+import Type, { type Static } from 'typebox'
 import type { ResolvedConfig, ResolvedResource } from '../options/index.js'
 
+const StringArray = Type.Array(Type.String())
+
+/** RFC 8414 authorization server metadata. */
+export const AuthorizationServerMetadata = Type.Object({
+  issuer: Type.String(),
+  authorization_endpoint: Type.String(),
+  token_endpoint: Type.String(),
+  registration_endpoint: Type.Optional(Type.String()),
+  revocation_endpoint: Type.Optional(Type.String()),
+  introspection_endpoint: Type.Optional(Type.String()),
+  scopes_supported: StringArray,
+  response_types_supported: StringArray,
+  response_modes_supported: StringArray,
+  grant_types_supported: StringArray,
+  token_endpoint_auth_methods_supported: StringArray,
+  revocation_endpoint_auth_methods_supported: Type.Optional(StringArray),
+  introspection_endpoint_auth_methods_supported: Type.Optional(StringArray),
+  code_challenge_methods_supported: StringArray,
+  authorization_response_iss_parameter_supported: Type.Boolean(),
+  client_id_metadata_document_supported: Type.Optional(Type.Boolean()),
+  service_documentation: Type.Optional(Type.String())
+})
+
+/** RFC 9728 protected resource metadata. */
+export const ProtectedResourceMetadata = Type.Object({
+  resource: Type.String(),
+  authorization_servers: StringArray,
+  scopes_supported: StringArray,
+  bearer_methods_supported: StringArray,
+  resource_name: Type.Optional(Type.String()),
+  resource_documentation: Type.Optional(Type.String())
+})
+
 /** RFC 8414 authorization server metadata: only what this server actually serves. */
-export function authorizationServerMetadata (config: ResolvedConfig): Record<string, unknown> {
-  const metadata: Record<string, unknown> = {
+export function authorizationServerMetadata (config: ResolvedConfig): Static<typeof AuthorizationServerMetadata> {
+  const metadata: Static<typeof AuthorizationServerMetadata> = {
     issuer: config.issuer,
     authorization_endpoint: config.endpoints.authorization,
     token_endpoint: config.endpoints.token,
@@ -25,8 +59,8 @@ export function authorizationServerMetadata (config: ResolvedConfig): Record<str
 }
 
 /** RFC 9728 protected resource metadata for one resource. */
-export function protectedResourceMetadata (config: ResolvedConfig, resource: ResolvedResource): Record<string, unknown> {
-  const metadata: Record<string, unknown> = {
+export function protectedResourceMetadata (config: ResolvedConfig, resource: ResolvedResource): Static<typeof ProtectedResourceMetadata> {
+  const metadata: Static<typeof ProtectedResourceMetadata> = {
     resource: resource.resource,
     authorization_servers: [config.issuer],
     scopes_supported: resource.scopes,

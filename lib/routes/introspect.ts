@@ -6,9 +6,10 @@ import { hashToken, safeEqual } from '../oauth/tokens.js'
 import { OAuthError } from '../errors.js'
 import type { ResolvedConfig } from '../options/index.js'
 import type { ClientRecord } from '../storage/contract.js'
-import { routeLimit } from './oauth.js'
+import type { RouteLimits } from './limits.js'
 
 export interface IntrospectRouteDeps {
+  limits: RouteLimits
   config: ResolvedConfig
   revocation: RevocationService
   now: () => number
@@ -35,12 +36,12 @@ const IntrospectResponse = Type.Object({
 })
 
 /** RFC 7662 POST /oauth/introspect, for resource servers and confidential clients. */
-export const introspectRoutes: FastifyPluginAsync<IntrospectRouteDeps> = async (fastify, { config, revocation, now, findClient }) => {
+export const introspectRoutes: FastifyPluginAsync<IntrospectRouteDeps> = async (fastify, { config, revocation, now, findClient, limits }) => {
   const servers = config.introspection.resourceServers.map(s => ({ id: s.id, secretHash: hashToken(s.secret) }))
 
   fastify.post(`${config.basePath}/oauth/introspect`, {
     schema: { body: IntrospectBody, response: { 200: IntrospectResponse } },
-    config: routeLimit(config, 'revocation')
+    config: limits.route('revocation')
   }, async (request, reply) => {
     const body = request.body as Record<string, unknown>
     const header = request.headers.authorization

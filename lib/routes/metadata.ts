@@ -1,50 +1,31 @@
-import Type from 'typebox'
+import type { Static } from 'typebox'
 import type { FastifyPluginAsync } from 'fastify'
-import { authorizationServerMetadata, protectedResourceMetadata } from './documents.js'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import {
+  AuthorizationServerMetadata,
+  authorizationServerMetadata,
+  ProtectedResourceMetadata,
+  protectedResourceMetadata
+} from './documents.js'
 import type { ResolvedConfig } from '../options/index.js'
-import { routeLimit } from './oauth.js'
+import type { RouteLimits } from './limits.js'
 
-const StringArray = Type.Array(Type.String())
-
-const AuthorizationServerMetadata = Type.Object({
-  issuer: Type.String(),
-  authorization_endpoint: Type.String(),
-  token_endpoint: Type.String(),
-  registration_endpoint: Type.Optional(Type.String()),
-  revocation_endpoint: Type.Optional(Type.String()),
-  introspection_endpoint: Type.Optional(Type.String()),
-  scopes_supported: StringArray,
-  response_types_supported: StringArray,
-  response_modes_supported: StringArray,
-  grant_types_supported: StringArray,
-  token_endpoint_auth_methods_supported: StringArray,
-  revocation_endpoint_auth_methods_supported: Type.Optional(StringArray),
-  introspection_endpoint_auth_methods_supported: Type.Optional(StringArray),
-  code_challenge_methods_supported: StringArray,
-  authorization_response_iss_parameter_supported: Type.Boolean(),
-  client_id_metadata_document_supported: Type.Optional(Type.Boolean()),
-  service_documentation: Type.Optional(Type.String())
-})
-
-const ProtectedResourceMetadata = Type.Object({
-  resource: Type.String(),
-  authorization_servers: StringArray,
-  scopes_supported: StringArray,
-  bearer_methods_supported: StringArray,
-  resource_name: Type.Optional(Type.String()),
-  resource_documentation: Type.Optional(Type.String())
-})
+export interface MetadataRouteDeps {
+  config: ResolvedConfig
+  limits: RouteLimits
+}
 
 /** Metadata may be cached briefly; it changes only with configuration. */
 const CACHE = 'public, max-age=300'
 
 /** RFC 8414 and RFC 9728 documents, served at the paths derived from the issuer and resources. */
-export const metadataRoutes: FastifyPluginAsync<{ config: ResolvedConfig }> = async (fastify, { config }) => {
+export const metadataRoutes: FastifyPluginAsync<MetadataRouteDeps> = async (instance, { config, limits }) => {
+  const fastify = instance.withTypeProvider<TypeBoxTypeProvider>()
   const asBody = authorizationServerMetadata(config)
   for (const url of config.asMetadataPaths) {
     fastify.get(url, {
       schema: { response: { 200: AuthorizationServerMetadata } },
-      config: routeLimit(config, 'metadata')
+      config: limits.route('metadata')
     }, async (_request, reply) => {
       reply.header('cache-control', CACHE)
       return asBody
@@ -52,11 +33,11 @@ export const metadataRoutes: FastifyPluginAsync<{ config: ResolvedConfig }> = as
   }
 
   const served = new Set<string>()
-  const serve = (url: string, body: Record<string, unknown>) => {
+  const serve = (url: string, body: Static<typeof ProtectedResourceMetadata>) => {
     served.add(url)
     fastify.get(url, {
       schema: { response: { 200: ProtectedResourceMetadata } },
-      config: routeLimit(config, 'metadata')
+      config: limits.route('metadata')
     }, async (_request, reply) => {
       reply.header('cache-control', CACHE)
       return body

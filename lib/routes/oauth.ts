@@ -1,11 +1,9 @@
 import cookie from '@fastify/cookie'
 import formbody from '@fastify/formbody'
-import rateLimit from '@fastify/rate-limit'
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
-import { logOAuthError, OAuthError, oauthErrorHandler, toOAuthError } from '../errors.js'
+import { logOAuthError, oauthErrorHandler, toOAuthError } from '../errors.js'
 import { errorPage, sendPage } from './html.js'
-import type { Auditor } from '../security/audit.js'
-import { AUTHORIZATION_SERVER_WELL_KNOWN, PROTECTED_RESOURCE_WELL_KNOWN, type ResolvedConfig, type RateLimitName } from '../options/index.js'
+import { AUTHORIZATION_SERVER_WELL_KNOWN, PROTECTED_RESOURCE_WELL_KNOWN } from '../options/index.js'
 import { authorizeRoutes, type AuthorizeRouteDeps } from './authorize.js'
 import { callbackRoutes } from './callback.js'
 import { tokenRoutes, type TokenRouteDeps } from './token.js'
@@ -13,18 +11,13 @@ import { registerRoutes, type RegisterRouteDeps } from './register.js'
 import { revokeRoutes, type RevokeRouteDeps } from './revoke.js'
 import { introspectRoutes } from './introspect.js'
 import { metadataRoutes } from './metadata.js'
+import type { RouteLimits } from './limits.js'
+import { OAuthErrorResponse } from './schemas.js'
 import type { RouteTelemetry } from '../telemetry/index.js'
 
-/** The per-user limiter of guarded routes, handed back to the guard once the scope exists. */
-export interface LimiterHolder {
-  perUser?: (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>
-}
-
 export type OAuthRouteDeps = AuthorizeRouteDeps & TokenRouteDeps & RegisterRouteDeps & RevokeRouteDeps & {
-  auditor: Auditor
-  limiter: LimiterHolder
-  /** An ioredis client shared with the store, so limits hold across replicas. */
-  rateLimitRedis?: unknown
+  /** The rate limits of this registration: every route's budget, and the limiter itself. */
+  limits: RouteLimits
   /** Metrics and spans (lib/telemetry); absent when both are off. */
   telemetry?: RouteTelemetry
 }
@@ -32,8 +25,6 @@ export type OAuthRouteDeps = AuthorizeRouteDeps & TokenRouteDeps & RegisterRoute
 /** Body limit for OAuth endpoints: their requests are a few hundred bytes. */
 const BODY_LIMIT = 64 * 1024
 
-/** Which budget each route's rate-limit config came from (telemetry labels rate-limit hits with it). */
-const budgetNames = new WeakMap<object, RateLimitName>()
 /** Request log line without the query string. */
 function pathOnly (req: { method?: string, url?: string, ip?: string }): Record<string, unknown> {
   return { method: req.method, url: pathOf(req.url ?? ''), remoteAddress: req.ip }
@@ -54,30 +45,13 @@ function notFound (request: FastifyRequest, reply: FastifyReply): FastifyReply {
   return reply.code(404).send({ message: `Route ${request.method}:${pathOf(request.url)} not found`, error: 'Not Found', statusCode: 404 })
 }
 
-/** Configurations whose flow steps get spans of their own (see `routeLimit`). */
-const stepSpans = new WeakSet<ResolvedConfig>()
-
-/**
- * `config` for a route with the named budget (no rate limit when rate limiting is off). With tracing
- * on, flow-step routes (every budget but metadata) also tell @fastify/otel to skip its handler span:
- * the step's own span takes its place, so storage and provider spans nest under the step.
- */
-export function routeLimit (config: ResolvedConfig, name: RateLimitName): { rateLimit?: { max: number, timeWindow: number }, otel?: { instrumentHandler: false } } {
-  const otel = name !== 'metadata' && stepSpans.has(config) ? { otel: { instrumentHandler: false as const } } : {}
-  if (!config.rateLimits.enabled) return otel
-  const budget = config.rateLimits[name]
-  const rateLimit = { max: budget.max, timeWindow: budget.windowSeconds * 1000 }
-  budgetNames.set(rateLimit, name)
-  return { rateLimit, ...otel }
-}
-
 /**
  * The encapsulated scope of every endpoint the plugin serves: rate limits, security headers, body
  * limits, form bodies, cookies, and the error handler that turns anything thrown (validation and
  * rate limiting included) into the RFC 6749 error shape. A route added here gets all of it.
  */
 export const oauthRoutes: FastifyPluginAsync<OAuthRouteDeps> = async (fastify, deps) => {
-  const { config, auditor } = deps
+  const { config, limits } = deps
   fastify.setErrorHandler(oauthErrorHandler)
 
   fastify.addHook('onRoute', (route: RouteOptions) => {
@@ -85,15 +59,15 @@ export const oauthRoutes: FastifyPluginAsync<OAuthRouteDeps> = async (fastify, d
     // Query strings here carry codes and states (the callback's upstream code, above all): the
     // request log gets the path only.
     route.logSerializers = { ...route.logSerializers, req: pathOnly }
+    // One error shape for every JSON error of the scope; a route's own 4xx/5xx schemas come first.
+    // The browser routes' pages are text/html strings, which Fastify sends without serialising.
+    const response = route.schema?.response as Record<string, unknown> | undefined
+    route.schema = { ...route.schema, response: { '4xx': OAuthErrorResponse, '5xx': OAuthErrorResponse, ...response } }
   })
   // Telemetry: learn each route's rate-limit budget, wrap flow-step handlers in spans.
   const telemetry = deps.telemetry
   if (telemetry !== undefined) {
-    fastify.addHook('onRoute', (route: RouteOptions) => {
-      const limit = (route.config as { rateLimit?: unknown } | undefined)?.rateLimit
-      telemetry.onRoute(route, typeof limit === 'object' && limit !== null ? budgetNames.get(limit) : undefined)
-    })
-    if (telemetry.stepSpans) stepSpans.add(config)
+    fastify.addHook('onRoute', (route: RouteOptions) => { telemetry.onRoute(route, limits.budgetOf(route)) })
   }
   // Callback style: no promise per response for four header writes.
   fastify.addHook('onSend', (_request, reply, payload, done) => {
@@ -104,26 +78,7 @@ export const oauthRoutes: FastifyPluginAsync<OAuthRouteDeps> = async (fastify, d
     done(null, payload)
   })
 
-  await fastify.register(rateLimit, {
-    global: false,
-    enableDraftSpec: true,
-    // With a shared Redis down, limiting fails open: the endpoint's own store call answers 503.
-    skipOnError: true,
-    ...(deps.rateLimitRedis !== undefined ? { redis: deps.rateLimitRedis as never, nameSpace: 'mcp-oauth-rate:' } : {}),
-    errorResponseBuilder: (_request, ctx) =>
-      new OAuthError('temporarily_unavailable', `Too many requests; retry in ${ctx.after}`, { statusCode: 429 }),
-    onExceeded: (request) => {
-      auditor.emit('rate_limited', { route: request.routeOptions.url ?? request.url })
-    }
-  })
-  if (config.rateLimits.enabled) {
-    const budget = config.rateLimits.mcp
-    deps.limiter.perUser = fastify.rateLimit({
-      max: budget.max,
-      timeWindow: budget.windowSeconds * 1000,
-      keyGenerator: (request: FastifyRequest) => request.mcpAuth === null ? `ip:${request.ip}` : `user:${request.mcpAuth.userId}`
-    })
-  }
+  await limits.install(fastify)
 
   // A request in the plugin's namespaces that matches no route (a wrong method, a trailing slash, a
   // made-up endpoint) would reach Fastify's root not-found handler, whose logger and answer carry the
@@ -141,7 +96,7 @@ export const oauthRoutes: FastifyPluginAsync<OAuthRouteDeps> = async (fastify, d
   }
 
   await fastify.register(formbody, { bodyLimit: BODY_LIMIT })
-  await fastify.register(metadataRoutes, { config })
+  await fastify.register(metadataRoutes, { config, limits })
   // Cookies (the consent form's CSRF token, the remembered consent) only where a browser comes:
   // the token, revocation and registration endpoints do not run the cookie hooks.
   await fastify.register(async (browser) => {

@@ -3,9 +3,10 @@ import type { FastifyPluginAsync } from 'fastify'
 import type { RegistrationService } from '../clients/registration.js'
 import type { ResolvedConfig } from '../options/index.js'
 import { OAuthError } from '../errors.js'
-import { routeLimit } from './oauth.js'
+import type { RouteLimits } from './limits.js'
 
 export interface RegisterRouteDeps {
+  limits: RouteLimits
   config: ResolvedConfig
   registration: RegistrationService
 }
@@ -47,14 +48,14 @@ function requireJson (contentType: string | undefined): void {
 const BODY_LIMIT = 16 * 1024
 
 /** RFC 7591 POST /oauth/register and RFC 7592 GET/PUT/DELETE /oauth/register/:clientId. */
-export const registerRoutes: FastifyPluginAsync<RegisterRouteDeps> = async (fastify, { config, registration }) => {
+export const registerRoutes: FastifyPluginAsync<RegisterRouteDeps> = async (fastify, { config, registration, limits }) => {
   const path = `${config.basePath}/oauth/register`
   const noStore = { 'cache-control': 'no-store', pragma: 'no-cache' }
 
   fastify.post(path, {
     bodyLimit: BODY_LIMIT,
     schema: { response: { 201: ClientInformation } },
-    config: routeLimit(config, 'register')
+    config: limits.route('register')
   }, async (request, reply) => {
     requireJson(request.headers['content-type'])
     const withToken = registration.authorize(request.headers.authorization, request.body)
@@ -66,7 +67,7 @@ export const registerRoutes: FastifyPluginAsync<RegisterRouteDeps> = async (fast
     // A read rotates the registration access token: a HEAD would rotate it and drop the new one.
     exposeHeadRoute: false,
     schema: { params: Params, response: { 200: ClientInformation } },
-    config: routeLimit(config, 'register')
+    config: limits.route('register')
   }, async (request, reply) => {
     const { clientId } = request.params as { clientId: string }
     return reply.headers(noStore).send(await registration.read(clientId, request.headers.authorization))
@@ -75,7 +76,7 @@ export const registerRoutes: FastifyPluginAsync<RegisterRouteDeps> = async (fast
   fastify.put(`${path}/:clientId`, {
     bodyLimit: BODY_LIMIT,
     schema: { params: Params, response: { 200: ClientInformation } },
-    config: routeLimit(config, 'register')
+    config: limits.route('register')
   }, async (request, reply) => {
     const { clientId } = request.params as { clientId: string }
     requireJson(request.headers['content-type'])
@@ -84,7 +85,7 @@ export const registerRoutes: FastifyPluginAsync<RegisterRouteDeps> = async (fast
 
   fastify.delete(`${path}/:clientId`, {
     schema: { params: Params },
-    config: routeLimit(config, 'register')
+    config: limits.route('register')
   }, async (request, reply) => {
     const { clientId } = request.params as { clientId: string }
     await registration.delete(clientId, request.headers.authorization)

@@ -4,9 +4,10 @@ import { authenticateClient } from '../clients/authenticate.js'
 import type { RevocationService } from '../token/revocation.js'
 import type { ResolvedConfig } from '../options/index.js'
 import type { ClientRecord } from '../storage/contract.js'
-import { routeLimit } from './oauth.js'
+import type { RouteLimits } from './limits.js'
 
 export interface RevokeRouteDeps {
+  limits: RouteLimits
   config: ResolvedConfig
   revocation: RevocationService
   now: () => number
@@ -22,10 +23,10 @@ const RevokeBody = Type.Object({
 })
 
 /** RFC 7009 POST /oauth/revoke. */
-export const revokeRoutes: FastifyPluginAsync<RevokeRouteDeps> = async (fastify, { config, revocation, now, findClient }) => {
+export const revokeRoutes: FastifyPluginAsync<RevokeRouteDeps> = async (fastify, { config, revocation, now, findClient, limits }) => {
   fastify.post(`${config.basePath}/oauth/revoke`, {
     schema: { body: RevokeBody },
-    config: routeLimit(config, 'revocation')
+    config: limits.route('revocation')
   }, async (request, reply) => {
     const body = request.body as Record<string, unknown>
     const client = await authenticateClient({ authorization: request.headers.authorization, body }, findClient, now())

@@ -5,9 +5,10 @@ import { authenticateClient } from '../clients/authenticate.js'
 import type { ResolvedConfig } from '../options/index.js'
 import type { ClientRecord } from '../storage/contract.js'
 import type { TokenEndpoint } from '../token/endpoint.js'
-import { routeLimit } from './oauth.js'
+import type { RouteLimits } from './limits.js'
 
 export interface TokenRouteDeps {
+  limits: RouteLimits
   config: ResolvedConfig
   tokenEndpoint: Pick<TokenEndpoint, 'grant'>
   now: () => number
@@ -38,10 +39,10 @@ const TokenResponse = Type.Object({
 })
 
 /** RFC 6749 POST /oauth/token: client authentication, then the token endpoint decides. */
-export const tokenRoutes: FastifyPluginAsync<TokenRouteDeps> = async (fastify, { config, tokenEndpoint, now, findClient }) => {
+export const tokenRoutes: FastifyPluginAsync<TokenRouteDeps> = async (fastify, { config, tokenEndpoint, now, findClient, limits }) => {
   fastify.withTypeProvider<TypeBoxTypeProvider>().post(`${config.basePath}/oauth/token`, {
     schema: { body: TokenBody, response: { 200: TokenResponse } },
-    config: routeLimit(config, 'token')
+    config: limits.route('token')
   }, async (request, reply) => {
     const { body } = request
     const client = await authenticateClient({ authorization: request.headers.authorization, body }, findClient, now())
