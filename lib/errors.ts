@@ -10,7 +10,9 @@ export const errors = {
   INCONSISTENT_CONFIG: createError('FST_MCP_OAUTH_INCONSISTENT_CONFIG', 'Inconsistent fastify-mcp-oauth configuration: %s', 500),
   INVALID_GUARD: createError('FST_MCP_OAUTH_INVALID_GUARD', 'authenticate(): %s', 500, TypeError),
   STORE_CONTRACT: createError('FST_MCP_OAUTH_STORE_CONTRACT', 'Storage contract violated: %s', 500),
-  PROVIDER: createError('FST_MCP_OAUTH_PROVIDER', 'Identity provider misconfigured: %s', 500)
+  PROVIDER: createError('FST_MCP_OAUTH_PROVIDER', 'Identity provider misconfigured: %s', 500),
+  // clients: the SSRF-safe fetch refused or failed (the message is the reason; the caller says what was fetched)
+  FETCH_FAILED: createError('FST_MCP_OAUTH_FETCH_FAILED', '%s', 502)
 } as const
 
 /** The error codes of RFC 6749, RFC 6750, RFC 7591, RFC 8707 and RFC 7009 that this server answers with. */
