@@ -104,9 +104,9 @@ export class CimdResolver {
       maxBytes,
       mediaType: 'application/json',
       userAgent: 'fastify-mcp-oauth (client metadata fetcher)',
-      allowPrivateAddresses: opts.allowPrivateAddresses === true,
-      ...(opts.lookup === undefined ? {} : { lookup: opts.lookup }),
-      ...(opts.ca === undefined ? {} : { ca: opts.ca })
+      allowPrivateAddresses: opts.allowPrivateAddresses,
+      lookup: opts.lookup,
+      ca: opts.ca
     })
   }
 
