@@ -30,7 +30,9 @@ export const errors = {
   // storage: a store misused by its caller, or built with bad options
   STORE_NO_GRANT: createError('FST_MCP_OAUTH_STORE_NO_GRANT', '%s: the grant does not exist', 500),
   STORE_FOREIGN_SUCCESSOR: createError('FST_MCP_OAUTH_STORE_FOREIGN_SUCCESSOR', 'rotateRefreshToken: the successor must stay in the family', 500),
-  REDIS_STORE_OPTION: createError('FST_MCP_OAUTH_REDIS_STORE_OPTION', 'RedisStore: %s', 500, TypeError)
+  REDIS_STORE_OPTION: createError('FST_MCP_OAUTH_REDIS_STORE_OPTION', 'RedisStore: %s', 500, TypeError),
+  // clients: the SSRF-safe fetch refused or failed (the message is the reason; the caller says what was fetched)
+  FETCH_FAILED: createError('FST_MCP_OAUTH_FETCH_FAILED', '%s', 502)
 } as const
 
 /** The error codes of RFC 6749, RFC 6750, RFC 7591, RFC 8707 and RFC 7009 that this server answers with. */

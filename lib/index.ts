@@ -6,7 +6,7 @@ import { resolveOptions, type McpOAuthOptions, type ResolvedConfig } from './opt
 import { TokenValidator, type McpAuthInfo } from './token/validator.js'
 import { GrantService } from './token/issue.js'
 import { MemoryStore } from './storage/memory/index.js'
-import type { ClientRecord, Store } from './storage/contract.js'
+import type { Store } from './storage/contract.js'
 import { AuthorizationFlow } from './flow/authorize.js'
 import { RefreshTokenGrant } from './token/grants/refresh-token.js'
 import { AuthorizationCodeGrant } from './token/grants/authorization-code.js'
@@ -14,7 +14,6 @@ import { TokenEndpoint } from './token/endpoint.js'
 import { RegistrationService } from './clients/registration.js'
 import { RevocationService } from './token/revocation.js'
 import { UpstreamTokenService, UpstreamTokenError, type UpstreamAccess } from './token/upstream.js'
-import { hashToken } from './oauth/tokens.js'
 import { Auditor } from './security/audit.js'
 import { KeyRing } from './security/keyring.js'
 import { Signer } from './security/signing.js'
@@ -23,7 +22,7 @@ import { oauthRoutes } from './routes/oauth.js'
 import { RouteLimits } from './routes/limits.js'
 import { corsOptions } from './routes/cors.js'
 import cors from '@fastify/cors'
-import { CimdResolver } from './clients/cimd.js'
+import { ClientDirectory } from './clients/directory.js'
 import { pageStyle } from './routes/html.js'
 import { setupTelemetry } from './telemetry/index.js'
 
@@ -86,7 +85,6 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   })
   const store: Store = telemetry.store
   const validator = new TokenValidator(store, now, config.clockSkewSeconds * 1000)
-  // A store that can share its Redis connection lets rate limits hold across replicas.
   const limits = new RouteLimits({
     rateLimits: config.rateLimits,
     stepSpans: telemetry.routes?.stepSpans === true,
@@ -100,48 +98,9 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
 
   for (const warning of config.warnings) auditor.emit('config_weakened', { setting: warning })
 
-  // Clients from the options are (re)written at every start, so a changed secret takes effect.
-  const issuedAt = Math.floor(now() / 1000)
-  for (const c of config.clients) {
-    const method = c.token_endpoint_auth_method ?? (c.client_secret === undefined ? 'none' : 'client_secret_basic')
-    const record: ClientRecord = {
-      clientId: c.client_id,
-      redirectUris: c.redirect_uris,
-      tokenEndpointAuthMethod: method,
-      grantTypes: ['authorization_code', 'refresh_token'],
-      responseTypes: ['code'],
-      applicationType: c.redirect_uris.every(u => u.startsWith('https:')) ? 'web' : 'native',
-      metadata: {},
-      clientIdIssuedAt: issuedAt,
-      source: 'static'
-    }
-    if (c.client_secret !== undefined) record.clientSecretHash = hashToken(c.client_secret)
-    if (c.client_name !== undefined) record.clientName = c.client_name
-    if (c.scope !== undefined) record.scope = c.scope
-    if (c.refresh_grace_seconds !== undefined) record.refreshGraceSeconds = c.refresh_grace_seconds
-    await store.saveClient(record)
-    auditor.emit('client_registered', { clientId: record.clientId, source: 'static' })
-  }
-  const cimd = config.cimd.enabled
-    ? new CimdResolver({
-      redirectPolicy: config.redirects,
-      scopes: config.scopes,
-      timeoutMs: config.cimd.timeoutMs,
-      minCacheSeconds: config.cimd.minCacheSeconds,
-      maxCacheSeconds: config.cimd.maxCacheSeconds,
-      maxConcurrentFetches: config.cimd.maxConcurrentFetches,
-      failureCacheSeconds: config.cimd.failureCacheSeconds,
-      allowPrivateAddresses: config.cimd.allowPrivateAddresses,
-      now,
-      // A client known by its metadata document "registers" each time the document is (re)fetched.
-      onFetched: clientId => { auditor.emit('client_registered', { clientId, source: 'cimd' }) },
-      ...(opts.cimdTestHooks ?? {})
-    })
-    : undefined
-  const findClient = async (clientId: string): Promise<ClientRecord | null> => {
-    if (cimd !== undefined && CimdResolver.isCimdClientId(clientId)) return cimd.resolve(clientId)
-    return store.getClient(clientId, now())
-  }
+  const clients = new ClientDirectory({ config, store, auditor, now, fetchHooks: opts.cimdTestHooks })
+  await clients.saveStaticClients()
+  const findClient = (clientId: string) => clients.find(clientId)
 
   // Background work (upstream revocation retries) runs on unref'd timers released on close.
   const timers = new Set<NodeJS.Timeout>()
@@ -184,7 +143,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   fastify.decorateRequest('mcpAuth', null)
 
   fastify.addHook('onClose', async () => {
-    cimd?.close()
+    clients.close()
     for (const timer of timers) clearTimeout(timer)
     timers.clear()
     await store.close?.()

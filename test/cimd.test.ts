@@ -7,7 +7,9 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { DEFAULT_CUSTOM_SCHEMES, type RedirectPolicy } from '../lib/oauth/redirect.js'
 import { OAuthError } from '../lib/errors.js'
 import { selfSignedCert } from './helpers/tls.js'
-import { CimdResolver, isForbiddenAddress, type CimdResolverOptions, type ResolvedAddress } from '../lib/clients/cimd.js'
+import { CimdResolver, type CimdResolverOptions } from '../lib/clients/cimd.js'
+import { isForbiddenAddress } from '../lib/oauth/address.js'
+import type { ResolvedAddress } from '../lib/security/fetch.js'
 
 const policy: RedirectPolicy = { allowHttp: false, allowPrivateHosts: false, customSchemes: DEFAULT_CUSTOM_SCHEMES }
 const JSON_TYPE = { 'content-type': 'application/json' }

@@ -252,21 +252,6 @@ t.test('finding 7: renewal writes at most once an hour per client, never on guar
   t.same(writes, ['renewClient'], 'one renewal once the hour has passed, for five refreshes')
 })
 
-t.test('finding 7: a store written for an earlier version (no renewClient) starts, and use still renews', async t => {
-  const clock = new TestClock()
-  const store = new MemoryStore({ now: clock.now, sweepIntervalMs: 0 })
-  Object.assign(store, { renewClient: undefined })
-  const { app } = await buildApp(t, { registration: { mode: 'public' }, store, now: clock.now })
-  const client = (await register(app, { redirect_uris: ['http://127.0.0.1/cb'], token_endpoint_auth_method: 'none' })).json()
-  const grant = await app.mcpOAuth.grants.createGrant({ userId: 'u', clientId: client.client_id, scopes: ['mcp:tools'], resource: RESOURCE })
-  const tokens = await app.mcpOAuth.grants.issueTokens(grant)
-  clock.advance(20 * DAY)
-  const res = await app.inject({ method: 'POST', url: '/oauth/token', payload: { grant_type: 'refresh_token', refresh_token: tokens.refresh_token, client_id: client.client_id } })
-  t.equal(res.statusCode, 200)
-  const expiresAt = (await store.getClient(client.client_id, clock.t))?.expiresAt as number
-  t.ok(expiresAt >= clock.t + 30 * DAY && expiresAt <= clock.t + 30 * DAY + HOUR, 'renewed by a read and a write')
-})
-
 t.test('finding 7: the unused-client expiry can be turned off, with a start-up warning', async t => {
   const warnings: unknown[] = []
   const { app, clock } = await buildApp(t, {

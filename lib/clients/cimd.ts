@@ -1,22 +1,17 @@
-import { lookup as dnsLookup } from 'node:dns/promises'
 import type { IncomingHttpHeaders } from 'node:http'
-import { request as httpsRequest } from 'node:https'
-import { isIP, type LookupFunction } from 'node:net'
-import { OAuthError } from '../errors.js'
-import { checkRedirectUri, isForbiddenAddress, isPrivateHost, type RedirectPolicy } from '../oauth/redirect.js'
-import { registeredScope } from '../oauth/scopes.js'
-export { isForbiddenAddress } from '../oauth/redirect.js'
+import { errors, OAuthError } from '../errors.js'
+import type { RedirectPolicy } from '../oauth/redirect.js'
+import { fetchFailure, SafeFetcher, type SafeFetchOptions } from '../security/fetch.js'
 import type { ClientRecord } from '../storage/contract.js'
-import { hasUnsafeDisplayChars } from '../oauth/display.js'
+import { documentError as fail, validateClientMetadata } from './metadata.js'
 
 /**
  * Client ID Metadata Documents (MCP authorization 2025-11-25, draft-ietf-oauth-client-id-metadata-document):
  * a `client_id` that is an https URL names a JSON document of client metadata served at that URL.
  *
- * Fetching a URL that a stranger chose is a server-side request forgery hazard, so the fetch is
- * deliberately narrow: https only, DNS resolved once by this module with every address checked, the
- * connection pinned to a checked address (no second resolution, so no DNS rebinding), no redirects,
- * one total deadline, a byte cap enforced while streaming, and strict validation of the document.
+ * Fetching a URL that a stranger chose is a server-side request forgery hazard: the fetch is the
+ * narrow one of lib/security/fetch.ts (https only, every address checked, the connection pinned,
+ * no redirects, one deadline, a byte cap), and the document passes the metadata rules as a document.
  *
  * Decisions:
  * - A query string is allowed (the draft says MAY); it is part of the identifier and of the request.
@@ -36,12 +31,7 @@ import { hasUnsafeDisplayChars } from '../oauth/display.js'
  *   waits behind them. Not invalid_client: the client is not at fault and should come back.
  */
 
-export interface ResolvedAddress {
-  address: string
-  family: 4 | 6
-}
-
-export interface CimdResolverOptions {
+export interface CimdResolverOptions extends Pick<SafeFetchOptions, 'allowPrivateAddresses' | 'lookup' | 'ca'> {
   /** Total deadline for DNS, connect, TLS, headers and body. Default 5000 ms. */
   timeoutMs?: number
   /** Largest accepted document. Default 5120 bytes. */
@@ -56,24 +46,12 @@ export interface CimdResolverOptions {
   failureCacheSeconds?: number
   /** Most fetches in flight at once; one more is refused at once (503). Default 16. */
   maxConcurrentFetches?: number
-  /**
-   * TEST ONLY: allow hosts that are (or resolve to) loopback, private, link-local or other
-   * special-use addresses. Never enable this in production: it turns the fetcher into an SSRF tool.
-   */
-  allowPrivateAddresses?: boolean
   /** The policy every redirect URI in a document must pass. */
   redirectPolicy: RedirectPolicy
   /** The scopes this server grants: a document's `scope` keeps only these (as a registration's). */
   scopes?: readonly string[]
   /** Clock in epoch milliseconds. */
   now?: () => number
-  /** Name resolution, called once per fetch. Default: `dns.promises.lookup` with `all: true`. */
-  lookup?: (hostname: string) => Promise<ResolvedAddress[]>
-  /**
-   * TEST ONLY: trusted CA certificate(s) for the TLS connection, replacing the system roots (for a
-   * test server with a self-signed certificate).
-   */
-  ca?: string | Buffer | Array<string | Buffer>
   /** Called once per document fetched and accepted (not for answers from the cache). */
   onFetched?: (clientId: string) => void
 }
@@ -88,35 +66,19 @@ interface FailureEntry {
   until: number
 }
 
-interface Fetched {
-  body: Buffer
-  headers: IncomingHttpHeaders
-}
-
 const MAX_URL_LENGTH = 2000
-const SHARED_SECRET_METHODS = new Set(['client_secret_basic', 'client_secret_post', 'client_secret_jwt'])
-const ALLOWED_GRANT_TYPES = new Set(['authorization_code', 'refresh_token'])
-const URI_FIELDS = ['client_uri', 'logo_uri', 'tos_uri', 'policy_uri'] as const
-const STRING_FIELDS = ['software_id', 'software_version'] as const
-
-function fail (reason: string, cause?: unknown): OAuthError {
-  return new OAuthError('invalid_client', `Client ID metadata document: ${reason}`, cause === undefined ? {} : { cause })
-}
 
 export class CimdResolver {
   readonly #timeoutMs: number
-  readonly #maxBytes: number
   readonly #minCacheSeconds: number
   readonly #maxCacheSeconds: number
   readonly #maxCacheEntries: number
   readonly #failureCacheMs: number
   readonly #maxConcurrent: number
-  readonly #allowPrivate: boolean
   readonly #redirectPolicy: RedirectPolicy
   readonly #scopes: readonly string[] | undefined
   readonly #now: () => number
-  readonly #lookup: (hostname: string) => Promise<ResolvedAddress[]>
-  readonly #ca: CimdResolverOptions['ca']
+  readonly #fetcher: SafeFetcher
   readonly #onFetched: ((clientId: string) => void) | undefined
   readonly #cache = new Map<string, CacheEntry>()
   readonly #failures = new Map<string, FailureEntry>()
@@ -126,20 +88,26 @@ export class CimdResolver {
 
   constructor (opts: CimdResolverOptions) {
     this.#timeoutMs = positive(opts.timeoutMs, 5000, 'timeoutMs')
-    this.#maxBytes = positive(opts.maxBytes, 5120, 'maxBytes')
+    const maxBytes = positive(opts.maxBytes, 5120, 'maxBytes')
     this.#minCacheSeconds = nonNegative(opts.minCacheSeconds, 60, 'minCacheSeconds')
     this.#maxCacheSeconds = nonNegative(opts.maxCacheSeconds, 86400, 'maxCacheSeconds')
     if (this.#maxCacheSeconds < this.#minCacheSeconds) throw new RangeError('CimdResolver: maxCacheSeconds must not be below minCacheSeconds')
     this.#maxCacheEntries = positive(opts.maxCacheEntries, 1000, 'maxCacheEntries')
     this.#failureCacheMs = nonNegative(opts.failureCacheSeconds, 30, 'failureCacheSeconds') * 1000
     this.#maxConcurrent = positive(opts.maxConcurrentFetches, 16, 'maxConcurrentFetches')
-    this.#allowPrivate = opts.allowPrivateAddresses === true
     this.#redirectPolicy = opts.redirectPolicy
     this.#scopes = opts.scopes
     this.#now = opts.now ?? Date.now
-    this.#lookup = opts.lookup ?? defaultLookup
-    this.#ca = opts.ca
     this.#onFetched = opts.onFetched
+    this.#fetcher = new SafeFetcher({
+      timeoutMs: this.#timeoutMs,
+      maxBytes,
+      mediaType: 'application/json',
+      userAgent: 'fastify-mcp-oauth (client metadata fetcher)',
+      allowPrivateAddresses: opts.allowPrivateAddresses,
+      lookup: opts.lookup,
+      ca: opts.ca
+    })
   }
 
   /** Does this client id name a metadata document (an https URL with a path)? */
@@ -172,7 +140,8 @@ export class CimdResolver {
     }
     let pending = this.#inflight.get(clientId)
     if (pending === undefined) {
-      // One fetch per document in flight, so the map's size is the number of outbound fetches.
+      // One fetch per document in flight, so the map's size is the number of outbound fetches. The
+      // gate is here, not in the fetcher: a refusal for being busy is not the document's failure.
       if (this.#inflight.size >= this.#maxConcurrent) throw this.#busy()
       pending = this.#load(clientId, url).finally(() => this.#inflight.delete(clientId))
       this.#inflight.set(clientId, pending)
@@ -192,22 +161,20 @@ export class CimdResolver {
   async #load (clientId: string, url: URL): Promise<ClientRecord> {
     const controller = new AbortController()
     this.#controllers.add(controller)
-    const timer = setTimeout(() => controller.abort(fail(`no complete answer within ${this.#timeoutMs} ms`)), this.#timeoutMs)
     try {
-      const addresses = await this.#addresses(url, controller.signal)
-      const fetched = await this.#fetch(url, addresses, controller.signal)
+      const fetched = await this.#fetcher.get(url, controller.signal)
       if (this.#closed) throw fail('the resolver was closed')
       const now = this.#now()
-      const record = buildRecord(clientId, parseDocument(fetched.body), this.#redirectPolicy, now, this.#scopes)
+      const meta = validateClientMetadata(parseDocument(fetched.body), { redirects: this.#redirectPolicy, scopes: this.#scopes, document: clientId })
+      const record: ClientRecord = { clientId, ...meta, clientIdIssuedAt: Math.floor(now / 1000), source: 'cimd' }
       this.#remember(clientId, record, now + this.#ttlSeconds(fetched.headers) * 1000)
       this.#onFetched?.(clientId)
       return record
     } catch (err) {
-      const failure = err instanceof OAuthError ? err : netFailure('the document could not be fetched', err)
+      const failure = asDocumentError(err)
       if (!this.#closed) this.#rememberFailure(clientId, failure)
       throw failure
     } finally {
-      clearTimeout(timer)
       this.#controllers.delete(controller)
     }
   }
@@ -237,126 +204,6 @@ export class CimdResolver {
     return new OAuthError('temporarily_unavailable',
       `Client ID metadata document: it could not be fetched right now (too many documents are being fetched); retry in ${retryAfter} s`,
       { headers: { 'retry-after': String(retryAfter) } })
-  }
-
-  /** Resolve the host once and check every address; the fetch connects only to these. */
-  async #addresses (url: URL, signal: AbortSignal): Promise<ResolvedAddress[]> {
-    const host = bareHost(url.hostname)
-    const literal = isIP(host)
-    let addresses: ResolvedAddress[]
-    if (literal !== 0) {
-      addresses = [{ address: host, family: literal === 6 ? 6 : 4 }]
-    } else {
-      if (!this.#allowPrivate && isPrivateHost(host)) throw fail('the host name is local or special-use')
-      let found: ResolvedAddress[]
-      try {
-        found = await abortable(this.#lookup(host), signal)
-      } catch (err) {
-        if (signal.aborted) throw signal.reason
-        throw netFailure('the host name could not be resolved', err)
-      }
-      if (!Array.isArray(found) || found.length === 0) throw fail('the host name has no address')
-      addresses = found.map(a => {
-        const family = isIP(a?.address ?? '')
-        if (family === 0) throw fail('the host name resolved to something that is not an IP address')
-        return { address: a.address, family: family === 6 ? 6 : 4 }
-      })
-    }
-    if (!this.#allowPrivate && addresses.some(a => isForbiddenAddress(a.address))) {
-      throw fail('the host resolves to a private, loopback, link-local or special-use address')
-    }
-    return addresses
-  }
-
-  #fetch (url: URL, addresses: ResolvedAddress[], signal: AbortSignal): Promise<Fetched> {
-    const maxBytes = this.#maxBytes
-    const host = bareHost(url.hostname)
-    // The socket connects to the checked addresses only; TLS still verifies the certificate
-    // against the real host name (SNI and Host header stay the name from the URL).
-    const pinned: LookupFunction = (_hostname, options, callback) => {
-      if (options.all === true) {
-        callback(null, addresses.map(a => ({ address: a.address, family: a.family })))
-      } else {
-        const first = addresses[0] as ResolvedAddress
-        callback(null, first.address, first.family)
-      }
-    }
-    return new Promise<Fetched>((resolve, reject) => {
-      if (signal.aborted) {
-        reject(signal.reason)
-        return
-      }
-      let settled = false
-      const done = (err: OAuthError | null, value?: Fetched): void => {
-        if (settled) return
-        settled = true
-        signal.removeEventListener('abort', onAbort)
-        if (err === null) {
-          resolve(value as Fetched)
-        } else {
-          req.destroy()
-          reject(err)
-        }
-      }
-      const onAbort = (): void => done(signal.reason as OAuthError)
-      const req = httpsRequest({
-        protocol: 'https:',
-        hostname: host,
-        port: url.port === '' ? 443 : Number(url.port),
-        path: url.pathname + url.search,
-        method: 'GET',
-        headers: { accept: 'application/json', 'user-agent': 'fastify-mcp-oauth (client metadata fetcher)' },
-        agent: false,
-        lookup: pinned,
-        ...(isIP(host) === 0 ? { servername: host } : {}),
-        ...(this.#ca === undefined ? {} : { ca: this.#ca }),
-        minVersion: 'TLSv1.2',
-        rejectUnauthorized: true,
-        maxHeaderSize: 16384
-      })
-      signal.addEventListener('abort', onAbort, { once: true })
-      req.on('error', err => done(netFailure('the document could not be fetched', err)))
-      req.on('response', res => {
-        res.on('error', err => done(netFailure('the connection failed while reading the document', err)))
-        const status = res.statusCode ?? 0
-        if (status >= 300 && status < 400) {
-          done(fail(`the server answered with a redirect (HTTP ${status}); redirects are not followed`))
-          return
-        }
-        if (status !== 200) {
-          done(fail(`the server answered HTTP ${status}; 200 is required`))
-          return
-        }
-        const typeProblem = contentTypeProblem(res.headers['content-type'])
-        if (typeProblem !== null) {
-          done(fail(typeProblem))
-          return
-        }
-        const encoding = res.headers['content-encoding']
-        if (encoding !== undefined && encoding.trim().toLowerCase() !== 'identity') {
-          done(fail('the document must not be content-encoded'))
-          return
-        }
-        const declared = res.headers['content-length']
-        if (declared !== undefined && Number(declared) > maxBytes) {
-          done(fail(`the document is larger than ${maxBytes} bytes`))
-          return
-        }
-        const chunks: Buffer[] = []
-        let size = 0
-        res.on('data', (chunk: Buffer) => {
-          size += chunk.length
-          if (size > maxBytes) {
-            done(fail(`the document is larger than ${maxBytes} bytes`))
-            return
-          }
-          chunks.push(chunk)
-        })
-        res.on('end', () => done(null, { body: Buffer.concat(chunks), headers: res.headers }))
-        res.on('close', () => done(fail('the connection closed before the document was complete')))
-      })
-      req.end()
-    })
   }
 
   /** How long to reuse a document, from its caching headers, clamped to the configured range. */
@@ -392,48 +239,6 @@ function nonNegative (value: number | undefined, fallback: number, name: string)
   return value
 }
 
-async function defaultLookup (hostname: string): Promise<ResolvedAddress[]> {
-  const found = await dnsLookup(hostname, { all: true, verbatim: true })
-  return found.map(a => ({ address: a.address, family: a.family === 6 ? 6 : 4 }))
-}
-
-function abortable<T> (promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    if (signal.aborted) {
-      reject(signal.reason)
-      return
-    }
-    const onAbort = (): void => reject(signal.reason)
-    signal.addEventListener('abort', onAbort, { once: true })
-    promise.then(
-      value => {
-        signal.removeEventListener('abort', onAbort)
-        resolve(value)
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort)
-        reject(err)
-      }
-    )
-  })
-}
-
-function errorCode (err: unknown): string {
-  const code = (err as { code?: unknown })?.code
-  return typeof code === 'string' && /^[A-Z0-9_]{1,64}$/.test(code) ? code : 'network error'
-}
-
-/** A network error reduced to message and code: parser errors carry the raw bytes received. */
-function netFailure (reason: string, err: unknown): OAuthError {
-  const code = errorCode(err)
-  const message = err instanceof Error ? err.message : String(err)
-  return fail(`${reason} (${code})`, Object.assign(new Error(message), { code }))
-}
-
-function bareHost (hostname: string): string {
-  return hostname.startsWith('[') && hostname.endsWith(']') ? hostname.slice(1, -1) : hostname
-}
-
 /** The lexical rules for a client id URL; checked on the raw string, since parsing normalises. */
 function parseClientIdUrl (clientId: string): URL {
   if (typeof clientId !== 'string' || clientId.length === 0) throw fail('client_id must be a URL')
@@ -467,19 +272,6 @@ function parseClientIdUrl (clientId: string): URL {
   return url
 }
 
-function contentTypeProblem (header: string | undefined): string | null {
-  if (header === undefined) return 'the response has no Content-Type; application/json is required'
-  const [type, ...params] = header.split(';')
-  if ((type as string).trim().toLowerCase() !== 'application/json') return 'the Content-Type must be application/json'
-  for (const param of params) {
-    const eq = param.indexOf('=')
-    const name = (eq < 0 ? param : param.slice(0, eq)).trim().toLowerCase()
-    const value = eq < 0 ? '' : param.slice(eq + 1).trim().replace(/^"(.*)"$/, '$1').toLowerCase()
-    if (name === 'charset' && value !== 'utf-8' && value !== 'utf8') return 'the document must be encoded in UTF-8'
-  }
-  return null
-}
-
 function parseCacheControl (header: string | undefined): Map<string, string> {
   const directives = new Map<string, string>()
   if (header === undefined) return directives
@@ -510,89 +302,9 @@ function parseDocument (body: Buffer): Record<string, unknown> {
   return value as Record<string, unknown>
 }
 
-function stringArray (value: unknown, field: string): string[] {
-  if (!Array.isArray(value) || value.some(v => typeof v !== 'string')) throw fail(`${field} must be an array of strings`)
-  return value as string[]
-}
-
-/** Validate a parsed document against the URL it came from and turn it into a public client. */
-function buildRecord (clientId: string, doc: Record<string, unknown>, policy: RedirectPolicy, now: number, scopes?: readonly string[]): ClientRecord {
-  const has = (field: string): boolean => Object.hasOwn(doc, field) && doc[field] !== undefined
-  if (doc.client_id !== clientId) throw fail('client_id in the document does not equal the URL it was fetched from')
-  if (has('client_secret') || has('client_secret_expires_at')) {
-    throw fail('the document must not contain a client_secret: a public document cannot hold a secret')
-  }
-  const method = doc.token_endpoint_auth_method
-  if (method !== undefined && method !== 'none') {
-    if (typeof method === 'string' && SHARED_SECRET_METHODS.has(method)) {
-      throw fail(`token_endpoint_auth_method "${method}" needs a shared secret, which a public document cannot hold; use "none"`)
-    }
-    if (method === 'private_key_jwt') throw fail('token_endpoint_auth_method "private_key_jwt" is not supported by this server; use "none"')
-    throw fail('token_endpoint_auth_method must be "none"')
-  }
-
-  const clientName = typeof doc.client_name === 'string' ? doc.client_name.trim() : ''
-  if (clientName === '') throw fail('client_name is required')
-  if (clientName.length > 200 || hasUnsafeDisplayChars(clientName)) throw fail('client_name must be at most 200 characters, without control or text-direction characters')
-  if (!has('redirect_uris')) throw fail('redirect_uris is required')
-  const redirectUris = [...new Set(stringArray(doc.redirect_uris, 'redirect_uris'))]
-  if (redirectUris.length === 0) throw fail('redirect_uris must not be empty')
-  let native = true
-  redirectUris.forEach((uri, i) => {
-    const check = checkRedirectUri(uri, policy)
-    if (!check.ok) throw fail(`redirect_uris[${i}] ${check.reason}`)
-    if (check.kind !== 'loopback' && check.kind !== 'custom') native = false
-  })
-
-  if (has('grant_types')) {
-    const grants = stringArray(doc.grant_types, 'grant_types')
-    if (grants.some(g => !ALLOWED_GRANT_TYPES.has(g))) throw fail('grant_types may only contain authorization_code and refresh_token')
-    if (!grants.includes('authorization_code')) throw fail('grant_types must include authorization_code')
-  }
-  if (has('response_types')) {
-    const types = stringArray(doc.response_types, 'response_types')
-    if (types.length === 0 || types.some(r => r !== 'code')) throw fail('response_types may only contain code')
-  }
-  if (has('scope') && typeof doc.scope !== 'string') throw fail('scope must be a string')
-
-  const metadata: Record<string, unknown> = {}
-  for (const field of URI_FIELDS) {
-    if (!has(field)) continue
-    const value = doc[field]
-    if (typeof value !== 'string' || !isPlainHttpsUrl(value)) throw fail(`${field} must be an https URL`)
-    metadata[field] = value
-  }
-  for (const field of STRING_FIELDS) {
-    if (!has(field)) continue
-    if (typeof doc[field] !== 'string') throw fail(`${field} must be a string`)
-    metadata[field] = doc[field]
-  }
-  if (has('contacts')) metadata.contacts = stringArray(doc.contacts, 'contacts')
-
-  const record: ClientRecord = {
-    clientId,
-    redirectUris,
-    tokenEndpointAuthMethod: 'none',
-    grantTypes: ['authorization_code', 'refresh_token'],
-    responseTypes: ['code'],
-    applicationType: native ? 'native' : 'web',
-    clientName,
-    metadata,
-    clientIdIssuedAt: Math.floor(now / 1000),
-    source: 'cimd'
-  }
-  if (typeof doc.scope === 'string') {
-    const scope = scopes === undefined ? doc.scope : registeredScope(doc.scope, scopes)
-    if (scope !== undefined) record.scope = scope
-  }
-  return record
-}
-
-function isPlainHttpsUrl (value: string): boolean {
-  try {
-    const url = new URL(value)
-    return url.protocol === 'https:' && url.username === '' && url.password === '' && value.length <= MAX_URL_LENGTH
-  } catch {
-    return false
-  }
+/** Whatever went wrong, as the document's refusal (a failed fetch keeps its network cause). */
+function asDocumentError (err: unknown): OAuthError {
+  if (err instanceof OAuthError) return err
+  const failed = err instanceof errors.FETCH_FAILED ? err : fetchFailure('the document could not be fetched', err)
+  return fail(failed.message, failed.cause)
 }

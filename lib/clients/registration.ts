@@ -2,10 +2,8 @@ import { OAuthError } from '../errors.js'
 import type { ResolvedConfig } from '../options/index.js'
 import type { Auditor } from '../security/audit.js'
 import type { ClientAuthMethod, ClientRecord, Store } from '../storage/contract.js'
-import { checkRedirectUri, type RedirectKind } from '../oauth/redirect.js'
-import { registeredScope } from '../oauth/scopes.js'
-import { hasUnsafeDisplayChars } from '../oauth/display.js'
 import { generateId, generateToken, hashToken, looksLike, safeEqual } from '../oauth/tokens.js'
+import { validateClientMetadata, type MetadataRules } from './metadata.js'
 
 export interface RegistrationDeps {
   config: ResolvedConfig
@@ -34,11 +32,6 @@ export interface ClientInformation {
   [key: string]: unknown
 }
 
-/** Optional metadata echoed as registered: URLs are checked, strings bounded. */
-const URL_FIELDS = ['client_uri', 'logo_uri', 'tos_uri', 'policy_uri'] as const
-const STRING_FIELDS = ['software_id', 'software_version'] as const
-const MAX_STRING = 2000
-const MAX_REDIRECTS = 20
 /**
  * How much further than needed a use moves a client's expiry, so that a busy client is written at
  * most once an hour: an hour, or a tenth of a shorter period.
@@ -51,120 +44,6 @@ function bad (description: string): OAuthError {
   return new OAuthError('invalid_client_metadata', description)
 }
 
-/** The client record's metadata fields, as validated from a registration body. */
-export type ValidatedMetadata = Pick<ClientRecord,
-  'redirectUris' | 'tokenEndpointAuthMethod' | 'grantTypes' | 'responseTypes' | 'applicationType' | 'clientName' | 'scope' | 'metadata'>
-
-/** Validate RFC 7591 client metadata. Throws invalid_client_metadata / invalid_redirect_uri (400). */
-/** The fields of a client record that come from its validated metadata (registration and update alike). */
-function metadataFields (meta: ValidatedMetadata): Pick<ClientRecord, 'redirectUris' | 'tokenEndpointAuthMethod' | 'grantTypes' | 'responseTypes' | 'applicationType' | 'metadata' | 'clientName' | 'scope'> {
-  return {
-    redirectUris: meta.redirectUris,
-    tokenEndpointAuthMethod: meta.tokenEndpointAuthMethod,
-    grantTypes: meta.grantTypes,
-    responseTypes: meta.responseTypes,
-    applicationType: meta.applicationType,
-    metadata: meta.metadata,
-    ...(meta.clientName !== undefined ? { clientName: meta.clientName } : {}),
-    ...(meta.scope !== undefined ? { scope: meta.scope } : {})
-  }
-}
-
-export function validateClientMetadata (input: unknown, config: ResolvedConfig): ValidatedMetadata {
-  if (input === null || typeof input !== 'object' || Array.isArray(input)) throw bad('The body must be a JSON object of client metadata')
-  const body = input as Record<string, unknown>
-
-  const uris = body.redirect_uris
-  if (!Array.isArray(uris) || uris.length === 0) throw new OAuthError('invalid_redirect_uri', 'redirect_uris must be a non-empty array')
-  if (uris.length > MAX_REDIRECTS) throw new OAuthError('invalid_redirect_uri', `At most ${MAX_REDIRECTS} redirect_uris`)
-  const redirectKinds: RedirectKind[] = []
-  uris.forEach((u, i) => {
-    if (typeof u !== 'string') throw new OAuthError('invalid_redirect_uri', `redirect_uris[${i}] must be a string`)
-    const check = checkRedirectUri(u, config.redirects)
-    if (!check.ok) throw new OAuthError('invalid_redirect_uri', `redirect_uris[${i}] ${check.reason}`)
-    redirectKinds.push(check.kind)
-  })
-  const redirectUris = [...new Set(uris as string[])]
-
-  const method = body.token_endpoint_auth_method ?? 'client_secret_basic'
-  if (method !== 'none' && method !== 'client_secret_basic' && method !== 'client_secret_post') {
-    throw bad('token_endpoint_auth_method must be none, client_secret_basic or client_secret_post')
-  }
-  if (method === 'none' && !config.registration.allowPublicClients) throw bad('Public clients (token_endpoint_auth_method "none") are not accepted here')
-
-  const grantTypes = stringArray(body.grant_types, 'grant_types') ?? ['authorization_code']
-  const unknownGrant = grantTypes.find(g => g !== 'authorization_code' && g !== 'refresh_token')
-  if (unknownGrant !== undefined) throw bad(`Unsupported grant type: ${unknownGrant.slice(0, 50)}`)
-  if (!grantTypes.includes('authorization_code')) throw bad('grant_types must include authorization_code')
-  // Every code exchange returns a refresh token, so the client is registered for using it.
-  if (!grantTypes.includes('refresh_token')) grantTypes.push('refresh_token')
-  const responseTypes = stringArray(body.response_types, 'response_types') ?? ['code']
-  if (responseTypes.length !== 1 || responseTypes[0] !== 'code') throw bad('response_types must be ["code"]')
-
-  const native = redirectKinds.some(k => k === 'loopback' || k === 'custom')
-  const appType = body.application_type ?? (native ? 'native' : 'web')
-  if (appType !== 'web' && appType !== 'native') throw bad('application_type must be web or native')
-  if (appType === 'web' && native) {
-    throw new OAuthError('invalid_redirect_uri', 'A web application must use https redirect URIs (loopback and custom schemes are for native apps)')
-  }
-
-  const metadata: Record<string, unknown> = {}
-  for (const field of URL_FIELDS) {
-    const v = body[field]
-    if (v === undefined) continue
-    if (typeof v !== 'string' || v.length > MAX_STRING) throw bad(`${field} must be a URL`)
-    let url: URL
-    try {
-      url = new URL(v)
-    } catch {
-      throw bad(`${field} must be a URL`)
-    }
-    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw bad(`${field} must be an http(s) URL`)
-    metadata[field] = v
-  }
-  for (const field of STRING_FIELDS) {
-    const v = body[field]
-    if (v === undefined) continue
-    if (typeof v !== 'string' || v.length > 200) throw bad(`${field} must be a string of at most 200 characters`)
-    metadata[field] = v
-  }
-  const contacts = stringArray(body.contacts, 'contacts')
-  if (contacts !== undefined) {
-    if (contacts.length > 10 || contacts.some(c => c.length > 320)) throw bad('contacts: at most 10 addresses')
-    metadata.contacts = contacts
-  }
-  if (body.jwks !== undefined || body.jwks_uri !== undefined) throw bad('jwks and jwks_uri are not supported (no private_key_jwt)')
-
-  const name = body.client_name
-  if (name !== undefined && (typeof name !== 'string' || name.length > 200)) throw bad('client_name must be a string of at most 200 characters')
-  if (typeof name === 'string' && hasUnsafeDisplayChars(name)) throw bad('client_name must not contain control or text-direction characters')
-  let scope: string | undefined
-  if (body.scope !== undefined) {
-    if (typeof body.scope !== 'string' || body.scope.length > MAX_STRING) throw bad('scope must be a space-separated string')
-    scope = registeredScope(body.scope, config.scopes)
-  }
-
-  const result: ValidatedMetadata = {
-    redirectUris,
-    tokenEndpointAuthMethod: method,
-    grantTypes: [...new Set(grantTypes)],
-    responseTypes,
-    applicationType: appType,
-    metadata
-  }
-  if (typeof name === 'string' && name.trim() !== '') result.clientName = name.trim()
-  if (scope !== undefined) result.scope = scope
-  return result
-}
-
-function stringArray (v: unknown, field: string): string[] | undefined {
-  if (v === undefined) return undefined
-  if (!Array.isArray(v) || v.some(x => typeof x !== 'string' || x.length > MAX_STRING) || v.length > 50) {
-    throw bad(`${field} must be an array of strings`)
-  }
-  return [...v] as string[]
-}
-
 /**
  * RFC 7591 dynamic registration and RFC 7592 management. Secrets and registration access tokens are
  * shown once and stored as SHA-256 hashes; reads and updates rotate the registration access token
@@ -172,9 +51,12 @@ function stringArray (v: unknown, field: string): string[] | undefined {
  */
 export class RegistrationService {
   readonly #d: RegistrationDeps
+  readonly #rules: MetadataRules
 
   constructor (deps: RegistrationDeps) {
     this.#d = deps
+    const { redirects, scopes, registration } = deps.config
+    this.#rules = { redirects, scopes, allowPublicClients: registration.allowPublicClients }
   }
 
   /**
@@ -200,7 +82,7 @@ export class RegistrationService {
   }
 
   async register (body: unknown, registeredFrom: string, withToken = false): Promise<ClientInformation> {
-    const meta = validateClientMetadata(body, this.#d.config)
+    const meta = validateClientMetadata(body, this.#rules)
     const now = this.#d.now()
     const { maxClientsPerIp, unusedClientTtlSeconds } = this.#d.config.registration
     if (maxClientsPerIp > 0 && await this.#d.store.countClientsFrom(registeredFrom, now) >= maxClientsPerIp) {
@@ -210,7 +92,7 @@ export class RegistrationService {
     const secret = meta.tokenEndpointAuthMethod === 'none' ? undefined : generateToken('clientSecret')
     const record: ClientRecord = {
       clientId: `mcp_${generateId()}`,
-      ...metadataFields(meta),
+      ...meta,
       clientIdIssuedAt: Math.floor(now / 1000),
       source: 'dcr',
       registeredFrom,
@@ -249,7 +131,7 @@ export class RegistrationService {
         throw new OAuthError('invalid_request', 'client_secret does not match')
       }
     }
-    const meta = validateClientMetadata(body, this.#d.config)
+    const meta = validateClientMetadata(body, this.#rules)
     // An update passes the policy a registration passes: without the initial access token, only what
     // a registration without it could hold (clients registered in mode "public" count as without).
     if (this.#d.config.registration.mode === 'token' && client.registeredWithToken !== true && !this.#trusted(meta.redirectUris)) {
@@ -262,7 +144,7 @@ export class RegistrationService {
     const registrationToken = generateToken('registrationToken')
     const updated: ClientRecord = {
       clientId,
-      ...metadataFields(meta),
+      ...meta,
       clientIdIssuedAt: client.clientIdIssuedAt,
       source: client.source,
       registrationTokenHash: hashToken(registrationToken)
@@ -306,14 +188,7 @@ export class RegistrationService {
     const keep = Math.max(unused, ttl.refreshToken * 1000, ttl.accessToken * 1000)
     if (client.expiresAt !== undefined && client.expiresAt >= now + keep) return
     const expiresAt = now + keep + renewSlack(keep)
-    if (this.#d.store.renewClient !== undefined) {
-      await this.#d.store.renewClient(client.clientId, expiresAt, now)
-    } else {
-      // A store written for an earlier version: read and write back (a concurrent RFC 7592 update may
-      // win or lose against it, as before renewClient existed).
-      const current = await this.#d.store.getClient(client.clientId, now)
-      if (current !== null && (current.expiresAt === undefined || current.expiresAt < expiresAt)) await this.#d.store.saveClient({ ...current, expiresAt })
-    }
+    await this.#d.store.renewClient(client.clientId, expiresAt, now)
   }
 
   /** RFC 7592 §2: a wrong token and an unknown client look the same (401 invalid_token). */

@@ -1,9 +1,7 @@
 import Type from 'typebox'
-import type { FastifyPluginAsync } from 'fastify'
-import { authenticateClient } from '../clients/authenticate.js'
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { authenticateIntrospector, resourceServerCredentials } from '../clients/authenticate.js'
 import type { RevocationService } from '../token/revocation.js'
-import { hashToken, safeEqual } from '../oauth/tokens.js'
-import { OAuthError } from '../errors.js'
 import type { ResolvedConfig } from '../options/index.js'
 import type { ClientRecord } from '../storage/contract.js'
 import type { RouteLimits } from './limits.js'
@@ -36,46 +34,16 @@ const IntrospectResponse = Type.Object({
 })
 
 /** RFC 7662 POST /oauth/introspect, for resource servers and confidential clients. */
-export const introspectRoutes: FastifyPluginAsync<IntrospectRouteDeps> = async (fastify, { config, revocation, now, findClient, limits }) => {
-  const servers = config.introspection.resourceServers.map(s => ({ id: s.id, secretHash: hashToken(s.secret) }))
+export const introspectRoutes: FastifyPluginAsyncTypebox<IntrospectRouteDeps> = async (fastify, { config, revocation, now, findClient, limits }) => {
+  const servers = resourceServerCredentials(config.introspection.resourceServers)
 
   fastify.post(`${config.basePath}/oauth/introspect`, {
     schema: { body: IntrospectBody, response: { 200: IntrospectResponse } },
     config: limits.route('revocation')
   }, async (request, reply) => {
-    const body = request.body as Record<string, unknown>
-    const header = request.headers.authorization
-    let caller: { clientId: string, resourceServer: boolean } | undefined
-    const basic = header === undefined ? null : /^basic +([A-Za-z0-9+/]+={0,2}) *$/i.exec(header)
-    if (basic !== null) {
-      const decoded = Buffer.from(basic[1] as string, 'base64').toString('utf8')
-      const colon = decoded.indexOf(':')
-      const id = colon < 0 ? '' : safeDecode(decoded.slice(0, colon))
-      const secretHash = hashToken(colon < 0 ? '' : safeDecode(decoded.slice(colon + 1)))
-      const server = servers.find(s => s.id === id)
-      if (server !== undefined) {
-        if (!safeEqual(secretHash, server.secretHash)) {
-          throw new OAuthError('invalid_client', 'Client authentication failed', { headers: { 'www-authenticate': 'Basic realm="oauth"' } })
-        }
-        caller = { clientId: id, resourceServer: true }
-      }
-    }
-    if (caller === undefined) {
-      const client = await authenticateClient({ authorization: header, body }, findClient, now())
-      if (client.tokenEndpointAuthMethod === 'none') {
-        throw new OAuthError('invalid_client', 'Introspection requires an authenticated (confidential) client')
-      }
-      caller = { clientId: client.clientId, resourceServer: false }
-    }
+    const { body } = request
+    const caller = await authenticateIntrospector({ authorization: request.headers.authorization, body }, servers, findClient, now())
     reply.header('cache-control', 'no-store')
-    return revocation.introspect(caller, body)
+    return revocation.introspect(caller, { token: body.token, tokenTypeHint: body.token_type_hint })
   })
-}
-
-function safeDecode (value: string): string {
-  try {
-    return decodeURIComponent(value.replace(/\+/g, ' '))
-  } catch {
-    return value
-  }
 }

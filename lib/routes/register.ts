@@ -1,5 +1,5 @@
 import Type from 'typebox'
-import type { FastifyPluginAsync } from 'fastify'
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { RegistrationService } from '../clients/registration.js'
 import type { ResolvedConfig } from '../options/index.js'
 import { OAuthError } from '../errors.js'
@@ -47,8 +47,12 @@ function requireJson (contentType: string | undefined): void {
 /** Registration bodies are small JSON documents. */
 const BODY_LIMIT = 16 * 1024
 
-/** RFC 7591 POST /oauth/register and RFC 7592 GET/PUT/DELETE /oauth/register/:clientId. */
-export const registerRoutes: FastifyPluginAsync<RegisterRouteDeps> = async (fastify, { config, registration, limits }) => {
+/**
+ * RFC 7591 POST /oauth/register and RFC 7592 GET/PUT/DELETE /oauth/register/:clientId. The body has
+ * no schema on purpose: the metadata rules (lib/clients/metadata.ts) are the point, and answer with
+ * RFC 7591's own errors (invalid_client_metadata, invalid_redirect_uri), not invalid_request.
+ */
+export const registerRoutes: FastifyPluginAsyncTypebox<RegisterRouteDeps> = async (fastify, { config, registration, limits }) => {
   const path = `${config.basePath}/oauth/register`
   const noStore = { 'cache-control': 'no-store', pragma: 'no-cache' }
 
@@ -69,8 +73,7 @@ export const registerRoutes: FastifyPluginAsync<RegisterRouteDeps> = async (fast
     schema: { params: Params, response: { 200: ClientInformation } },
     config: limits.route('register')
   }, async (request, reply) => {
-    const { clientId } = request.params as { clientId: string }
-    return reply.headers(noStore).send(await registration.read(clientId, request.headers.authorization))
+    return reply.headers(noStore).send(await registration.read(request.params.clientId, request.headers.authorization))
   })
 
   fastify.put(`${path}/:clientId`, {
@@ -78,17 +81,15 @@ export const registerRoutes: FastifyPluginAsync<RegisterRouteDeps> = async (fast
     schema: { params: Params, response: { 200: ClientInformation } },
     config: limits.route('register')
   }, async (request, reply) => {
-    const { clientId } = request.params as { clientId: string }
     requireJson(request.headers['content-type'])
-    return reply.headers(noStore).send(await registration.update(clientId, request.headers.authorization, request.body))
+    return reply.headers(noStore).send(await registration.update(request.params.clientId, request.headers.authorization, request.body))
   })
 
   fastify.delete(`${path}/:clientId`, {
     schema: { params: Params },
     config: limits.route('register')
   }, async (request, reply) => {
-    const { clientId } = request.params as { clientId: string }
-    await registration.delete(clientId, request.headers.authorization)
+    await registration.delete(request.params.clientId, request.headers.authorization)
     return reply.code(204).headers(noStore).send()
   })
 }

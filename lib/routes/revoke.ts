@@ -1,5 +1,5 @@
 import Type from 'typebox'
-import type { FastifyPluginAsync } from 'fastify'
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { authenticateClient } from '../clients/authenticate.js'
 import type { RevocationService } from '../token/revocation.js'
 import type { ResolvedConfig } from '../options/index.js'
@@ -23,14 +23,14 @@ const RevokeBody = Type.Object({
 })
 
 /** RFC 7009 POST /oauth/revoke. */
-export const revokeRoutes: FastifyPluginAsync<RevokeRouteDeps> = async (fastify, { config, revocation, now, findClient, limits }) => {
+export const revokeRoutes: FastifyPluginAsyncTypebox<RevokeRouteDeps> = async (fastify, { config, revocation, now, findClient, limits }) => {
   fastify.post(`${config.basePath}/oauth/revoke`, {
     schema: { body: RevokeBody },
     config: limits.route('revocation')
   }, async (request, reply) => {
-    const body = request.body as Record<string, unknown>
+    const { body } = request
     const client = await authenticateClient({ authorization: request.headers.authorization, body }, findClient, now())
-    await revocation.revoke(client, body)
+    await revocation.revoke(client, { token: body.token, tokenTypeHint: body.token_type_hint })
     return reply.code(200).header('cache-control', 'no-store').send()
   })
 }

@@ -31,6 +31,13 @@ export type Introspection =
     token_type: string
   }
 
+/** A revocation or introspection request's token (RFC 7009 §2.1, RFC 7662 §2.1). */
+export interface TokenQuery {
+  token: string
+  /** A hint, not a filter: an unknown hint is refused at revocation, ignored at introspection. */
+  tokenTypeHint?: string
+}
+
 type Found =
   | { kind: 'access_token', hash: string, record: AccessTokenRecord }
   | { kind: 'refresh_token', hash: string, record: RefreshTokenRecord }
@@ -68,14 +75,12 @@ export class RevocationService {
   }
 
   /** RFC 7009. Unknown tokens succeed silently; another client's token is refused. */
-  async revoke (client: ClientRecord, body: Record<string, unknown>): Promise<void> {
-    const token = body.token
-    if (typeof token !== 'string' || token === '') throw new OAuthError('invalid_request', 'token is required')
-    const hint = body.token_type_hint
-    if (hint !== undefined && hint !== 'access_token' && hint !== 'refresh_token') {
+  async revoke (client: ClientRecord, { token, tokenTypeHint }: TokenQuery): Promise<void> {
+    if (token === '') throw new OAuthError('invalid_request', 'token is required')
+    if (tokenTypeHint !== undefined && tokenTypeHint !== 'access_token' && tokenTypeHint !== 'refresh_token') {
       throw new OAuthError('unsupported_token_type', 'token_type_hint must be access_token or refresh_token')
     }
-    const found = await this.#find(token, hint)
+    const found = await this.#find(token, tokenTypeHint)
     if (found === null) return
     if (found.record.clientId !== client.clientId) {
       throw new OAuthError('unauthorized_client', 'The token was issued to another client')
@@ -90,10 +95,9 @@ export class RevocationService {
   }
 
   /** RFC 7662. Confidential clients see their own tokens; configured resource servers see all. */
-  async introspect (caller: { clientId: string, resourceServer: boolean }, body: Record<string, unknown>): Promise<Introspection> {
-    const token = body.token
-    if (typeof token !== 'string' || token === '') throw new OAuthError('invalid_request', 'token is required')
-    const found = await this.#find(token, body.token_type_hint)
+  async introspect (caller: { clientId: string, resourceServer: boolean }, { token, tokenTypeHint }: TokenQuery): Promise<Introspection> {
+    if (token === '') throw new OAuthError('invalid_request', 'token is required')
+    const found = await this.#find(token, tokenTypeHint)
     if (found === null) return { active: false }
     if (!caller.resourceServer && found.record.clientId !== caller.clientId) return { active: false }
     if (found.kind === 'refresh_token' && found.record.rotatedAt !== undefined) return { active: false }
