@@ -138,6 +138,15 @@ export class StoreUnavailableError extends Error {
 }
 
 /**
+ * The RedisStore's failures: every operation that reached for Redis and failed, the store's own
+ * (timeouts, closed store) and the client's or the server's (a command timeout, a lost connection,
+ * an error reply), the latter as `cause`. A StoreUnavailableError, so endpoints answer 503, never 500.
+ */
+export class RedisStoreError extends StoreUnavailableError {
+  override name = 'RedisStoreError'
+}
+
+/**
  * Thrown by saveGrant / saveGrantWithTokens for a grant id revoked before it was written: the code
  * that carries it was replayed while its first exchange was still running (see consumeCode).
  */

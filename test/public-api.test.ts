@@ -12,7 +12,7 @@ const here = (path: string) => fileURLToPath(new URL(path, import.meta.url))
 
 test('the root entry exports the plugin, the error types, MemoryStore and generateKey; nothing internal', async (t) => {
   t.same(Object.keys(root).sort(), [
-    'MemoryStore', 'OAuthError', 'StoreUnavailableError', 'UpstreamError', 'UpstreamTokenError',
+    'GrantRevokedError', 'MemoryStore', 'OAuthError', 'StoreUnavailableError', 'UpstreamError', 'UpstreamTokenError',
     'default', 'errors', 'generateKey', 'mcpOAuth'
   ])
   t.equal(root.default, root.mcpOAuth)

@@ -1,9 +1,10 @@
-export { UpstreamError, keepRenewedTokens } from './types.js'
+export { UpstreamError } from '../errors.js'
+export type { UpstreamErrorKind } from '../errors.js'
+export { keepRenewedTokens } from './types.js'
 export type {
   AuthorizationUrlInput,
   ExchangeInput,
   Provider,
-  UpstreamErrorKind,
   UpstreamTokens,
   UpstreamUser
 } from './types.js'

@@ -66,9 +66,6 @@ export interface Provider {
   revoke? (tokens: UpstreamTokens): Promise<void>
 }
 
-export { UpstreamError } from '../errors.js'
-export type { UpstreamErrorKind } from '../errors.js'
-
 /** Tokens a re-check renewed before it failed, by error; a side table, so nothing logs them with the error. */
 const renewed = new WeakMap<object, UpstreamTokens>()
 

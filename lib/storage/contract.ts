@@ -8,8 +8,6 @@
  * racing on the same key must observe exactly one winner.
  */
 
-export { StoreUnavailableError, GrantRevokedError } from '../errors.js'
-
 export type ClientAuthMethod = 'none' | 'client_secret_basic' | 'client_secret_post'
 
 export interface ClientRecord {

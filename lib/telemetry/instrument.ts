@@ -3,7 +3,7 @@ import { context, trace, SpanKind, SpanStatusCode, type Attributes, type Span, t
 import type { Store } from '../storage/contract.js'
 import { STORE_METHODS } from '../storage/contract.js'
 import type { Provider } from '../providers/types.js'
-import { UpstreamError } from '../providers/types.js'
+import { UpstreamError } from '../errors.js'
 import { errors } from '../errors.js'
 
 /** The storage contract's methods: the only ones measured (and the only operation label values). */

@@ -1,10 +1,9 @@
 import type { Provider, UpstreamTokens, UpstreamUser } from '../providers/types.js'
-import { renewedTokens, UpstreamError } from '../providers/types.js'
+import { renewedTokens } from '../providers/types.js'
 import type { Auditor } from '../security/audit.js'
 import type { KeyRing } from '../security/keyring.js'
 import type { GrantRecord, Store } from '../storage/contract.js'
-import { OAuthError, UpstreamTokenError } from '../errors.js'
-export { UpstreamTokenError }
+import { OAuthError, UpstreamError, UpstreamTokenError } from '../errors.js'
 
 export interface UpstreamAccess {
   accessToken: string

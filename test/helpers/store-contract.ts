@@ -1,6 +1,7 @@
 import type { Test } from 'tap'
 import type { ClientRecord, CodeRecord, GrantRecord, Store } from '../../lib/storage/contract.js'
-import { GrantRevokedError, OPTIONAL_STORE_METHODS, STORE_METHODS } from '../../lib/storage/contract.js'
+import { OPTIONAL_STORE_METHODS, STORE_METHODS } from '../../lib/storage/contract.js'
+import { GrantRevokedError } from '../../lib/errors.js'
 import { generateId, generateToken, hashToken } from '../../lib/oauth/tokens.js'
 
 /**

@@ -3,7 +3,7 @@ import type {
   AccessTokenRecord, ClientRecord, CodeRecord, ConsumeCodeResult, FlowRecord, GrantRecord,
   RefreshTokenRecord, RotateResult, Store, StoreStats
 } from '../contract.js'
-import { GrantRevokedError } from '../contract.js'
+import { GrantRevokedError } from '../../errors.js'
 import { errors } from '../../errors.js'
 import {
   AccessEntry, GrantEntry, Interner, RefreshEntry, WholeEntry, added, forEachHash,

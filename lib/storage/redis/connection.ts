@@ -1,18 +1,8 @@
 import { performance } from 'node:perf_hooks'
 import { Redis } from 'ioredis'
 import type { RedisOptions, RedisStatus } from 'ioredis'
-import { StoreUnavailableError } from '../contract.js'
-import { errors } from '../../errors.js'
+import { errors, RedisStoreError } from '../../errors.js'
 import type { Script } from './scripts.js'
-
-/**
- * Every failure of an operation that reached for Redis: the store's own (timeouts, closed store) and
- * the client's or the server's (a command timeout, a lost connection, an error reply), the latter
- * as `cause`. A StoreUnavailableError, so endpoints answer 503, never 500.
- */
-export class RedisStoreError extends StoreUnavailableError {
-  override name = 'RedisStoreError'
-}
 
 /**
  * The RedisStore's connection, with a bound on every operation.

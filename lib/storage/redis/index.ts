@@ -4,7 +4,7 @@ import type {
   AccessTokenRecord, ClientRecord, CodeRecord, ConsumeCodeResult, FlowRecord, GrantRecord,
   RefreshTokenRecord, RotateResult, Store, StoreStats
 } from '../contract.js'
-import { GrantRevokedError } from '../contract.js'
+import { GrantRevokedError } from '../../errors.js'
 import { errors } from '../../errors.js'
 import { TokenCache, cacheSettings, type TokenCacheOptions } from './cache.js'
 import { Connection } from './connection.js'
@@ -13,7 +13,7 @@ import { CLIENT_SCRIPTS } from './client-scripts.js'
 import { refreshBase, refreshRecord, strings, ttlOf } from './records.js'
 import { countKeys } from './stats.js'
 
-export { RedisStoreError } from './connection.js'
+export { RedisStoreError } from '../../errors.js'
 
 export interface RedisStoreOptions {
   /**

@@ -1,5 +1,5 @@
 import type { RefreshTokenRecord } from '../contract.js'
-import { RedisStoreError } from './connection.js'
+import { RedisStoreError } from '../../errors.js'
 
 /**
  * Records as the RedisStore keeps them: JSON for what never changes, hash fields (and key TTLs)
