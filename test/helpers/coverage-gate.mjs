@@ -9,8 +9,8 @@ const THRESHOLDS = { statements: 94, branches: 86, functions: 94, lines: 94 }
  * the token endpoint's wing (every grant, every refusal).
  */
 const FOLDERS = {
-  'lib/oauth/': { statements: 99, branches: 95, functions: 100, lines: 99 },
-  'lib/token/': { statements: 96, branches: 87, functions: 100, lines: 96 }
+  'lib/oauth/': { statements: 99.5, branches: 96, functions: 100, lines: 99.5 },
+  'lib/token/': { statements: 96.5, branches: 89, functions: 100, lines: 96.5 }
 }
 const METRICS = Object.keys(THRESHOLDS)
 const root = fileURLToPath(new URL('../../', import.meta.url))
