@@ -1,24 +1,15 @@
 import { OAuthError, type OAuthErrorCode } from '../errors.js'
-import type { ResolvedConfig } from '../options/index.js'
-import type { Provider } from '../providers/types.js'
-import type { Auditor } from '../security/audit.js'
-import type { KeyRing } from '../security/keyring.js'
-import type { ClientRecord, Store } from '../storage/contract.js'
+import type { ClientRecord } from '../storage/contract.js'
 import { isValidChallenge, type PkceMethod } from '../oauth/pkce.js'
 import { isLoopbackRedirect, matchRedirectUri } from '../oauth/redirect.js'
 import { matchResource } from '../oauth/resource.js'
 import { decideClientScopes } from '../oauth/scopes.js'
 import { Consent } from './consent.js'
 import { redirectableError, type ResponseTarget, type ValidatedAuthorization } from './request.js'
-import { UpstreamLogin } from './upstream.js'
+import { UpstreamLogin, type UpstreamLoginDeps } from './upstream.js'
 
-export interface FlowDeps {
-  config: ResolvedConfig
-  store: Store
-  provider: Provider | undefined
-  keyRing: KeyRing
-  auditor: Auditor
-  now: () => number
+/** The upstream login's dependencies, and the client lookup. */
+export interface FlowDeps extends UpstreamLoginDeps {
   /** Resolves a client id (store, then client ID metadata documents when enabled). */
   findClient: (clientId: string) => Promise<ClientRecord | null>
 }
