@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto'
-import { OAuthError } from '../errors.js'
 import { isLoopbackRedirect, matchRedirectUri } from '../oauth/redirect.js'
 import { hashToken } from '../oauth/tokens.js'
 import type { ResolvedConfig } from '../options/index.js'
@@ -100,18 +99,15 @@ export class Consent {
     return id
   }
 
-  /**
-   * A submitted form: its client must still be registered with the redirect URI, and the form is
-   * taken (only the first submission gets through). Throws an OAuthError that is never redirected.
-   */
-  async take (request: ValidatedAuthorization, formId: string | undefined): Promise<void> {
+  /** Is a submitted form's client still registered with its redirect URI? (A failed lookup throws.) */
+  async stillRegistered (request: ValidatedAuthorization): Promise<boolean> {
     const client = await this.#d.findClient(request.clientId)
-    if (client === null || !matchRedirectUri(client.redirectUris, request.redirectUri)) {
-      throw new OAuthError('invalid_client', 'This application is no longer registered with this server.', { statusCode: 400 })
-    }
-    if (formId === undefined || await this.#d.store.takeFlow(consentFormKey(formId), this.#d.now()) === null) {
-      throw new OAuthError('invalid_request', 'This consent form was already used (or has expired). Start again from the application.')
-    }
+    return client !== null && matchRedirectUri(client.redirectUris, request.redirectUri)
+  }
+
+  /** True for the first submission of the form, false for every later one (and after expiry). */
+  async take (formId: string | undefined): Promise<boolean> {
+    return formId !== undefined && await this.#d.store.takeFlow(consentFormKey(formId), this.#d.now()) !== null
   }
 
   /** Deny at the consent page: back to the client with access_denied. */

@@ -88,10 +88,6 @@ const authorizeTitles: Partial<Record<OAuthErrorCode, string>> = {
   invalid_client: 'Unknown application',
   invalid_redirect_uri: 'Invalid redirect'
 }
-const consentTitles: Partial<Record<OAuthErrorCode, string>> = {
-  invalid_client: 'Unknown application',
-  invalid_request: 'Form already used'
-}
 
 /**
  * GET /oauth/authorize validates the request and shows the consent page (or, for a client this
@@ -202,10 +198,11 @@ export const authorizeRoutes: FastifyPluginAsync<AuthorizeRouteDeps> = async (pl
       return page(reply, 400, 'Form expired', 'This consent form has expired. Start again from the application.')
     }
     const req = signed.r
-    try {
-      await flow.consent.take(req, typeof signed.f === 'string' ? signed.f : undefined)
-    } catch (err) {
-      return shown(reply, err, consentTitles)
+    if (!await flow.consent.stillRegistered(req)) {
+      return page(reply, 400, 'Unknown application', 'This application is no longer registered with this server.')
+    }
+    if (!await flow.consent.take(typeof signed.f === 'string' ? signed.f : undefined)) {
+      return page(reply, 400, 'Form already used', 'This consent form was already used (or has expired). Start again from the application.')
     }
     if (body.decision === 'deny') return reply.header('cache-control', 'no-store').redirect(flow.consent.denied(req), 303)
     return goUpstream(request, reply, req)
