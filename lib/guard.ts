@@ -27,11 +27,14 @@ export type GuardLimiter = (request: FastifyRequest, reply: FastifyReply) => Pro
 /**
  * Build `authenticate(opts)`: an onRequest hook that lets a request through only with a valid
  * access token for this resource that carries the required scopes, and answers otherwise with the
- * RFC 6750 / RFC 9728 challenge MCP clients use to discover the authorization server. Without a
- * limiter (rate limiting off) no request is counted.
+ * RFC 6750 / RFC 9728 challenge MCP clients use to discover the authorization server. `limiter`
+ * gives the per-user limiter, which the OAuth scope builds once it is registered: it is asked when a
+ * hook is made (the application's routes, after the plugin). Without one (rate limiting off) no
+ * request is counted.
  */
-export function createAuthenticate (config: ResolvedConfig, validator: TokenValidator, perUser?: GuardLimiter) {
+export function createAuthenticate (config: ResolvedConfig, validator: TokenValidator, limiter: () => GuardLimiter | undefined = () => undefined) {
   return function authenticate (opts: AuthenticateOptions = {}): onRequestHookHandler {
+    const perUser = limiter()
     const resource = pickResource(config, opts.resource)
     const required = opts.scopes ?? []
     for (const scope of required) {

@@ -140,6 +140,22 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
     keepAlive: client => registration.keepAlive(client)
   })
 
+  fastify.decorate('mcpOAuth', {
+    authenticate: createAuthenticate(config, validator, () => limits.perUser),
+    validator,
+    storage: ownStore,
+    config,
+    grants,
+    auditor,
+    getUpstreamToken: async (request: FastifyRequest) => {
+      const auth = request.mcpAuth
+      if (auth === null) throw new UpstreamTokenError('The request was not authenticated by the guard', false)
+      return upstream.get(auth.grantId)
+    },
+    revokeUser: (userId: string) => revocation.revokeUser(userId),
+    revokeClient: (clientId: string) => revocation.revokeClient(clientId),
+    revokeGrant
+  } satisfies McpOAuthDecorator)
   fastify.decorateRequest('mcpAuth', null)
 
   fastify.addHook('onClose', async () => {
@@ -163,23 +179,6 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
     limits,
     ...(telemetry.routes !== undefined ? { telemetry: telemetry.routes } : {})
   })
-  // The guard comes after the routes: the OAuth scope is where the per-user limiter is built.
-  fastify.decorate('mcpOAuth', {
-    authenticate: createAuthenticate(config, validator, limits.perUser),
-    validator,
-    storage: ownStore,
-    config,
-    grants,
-    auditor,
-    getUpstreamToken: async (request: FastifyRequest) => {
-      const auth = request.mcpAuth
-      if (auth === null) throw new UpstreamTokenError('The request was not authenticated by the guard', false)
-      return upstream.get(auth.grantId)
-    },
-    revokeUser: (userId: string) => revocation.revokeUser(userId),
-    revokeClient: (clientId: string) => revocation.revokeClient(clientId),
-    revokeGrant
-  } satisfies McpOAuthDecorator)
 }
 
 export const mcpOAuth = fp(plugin, { name: 'fastify-mcp-oauth', fastify: '5.x' })

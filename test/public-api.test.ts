@@ -45,3 +45,17 @@ test('the public types compile as an application uses them, and refuse the misus
   t.equal(result.output, '', 'no type errors and no unused @ts-expect-error')
   t.equal(result.code, 0)
 })
+
+test("app.mcpOAuth exists while the plugin's own routes are added (an onRoute hook may read it)", async (t) => {
+  const { default: Fastify } = await import('fastify')
+  const app = Fastify()
+  t.teardown(() => app.close())
+  const seen: string[] = []
+  app.addHook('onRoute', (route) => {
+    if (route.url.startsWith('/oauth/')) seen.push(typeof (app as { mcpOAuth?: { authenticate?: unknown } }).mcpOAuth?.authenticate)
+  })
+  await app.register(root.mcpOAuth, { issuer: 'https://auth.example.com', resources: ['https://auth.example.com/mcp'] })
+  await app.ready()
+  t.ok(seen.length > 0)
+  t.same([...new Set(seen)], ['function'])
+})

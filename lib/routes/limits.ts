@@ -1,17 +1,15 @@
 import rateLimit from '@fastify/rate-limit'
-import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
+import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
 import { OAuthError } from '../errors.js'
 import type { RateLimitName, ResolvedConfig } from '../options/index.js'
 import type { Auditor } from '../security/audit.js'
+import type { GuardLimiter } from '../guard.js'
 
 /** What the limits put in a route's `config`: its budget (@fastify/rate-limit) and its handler span (@fastify/otel). */
 export interface RouteLimitConfig {
   rateLimit?: { max: number, timeWindow: number }
   otel?: { instrumentHandler: false }
 }
-
-/** Counts a request against the caller's budget; rejects with a 429 error once it is spent. */
-export type RequestLimiter = (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>
 
 export interface RouteLimitsOptions {
   rateLimits: ResolvedConfig['rateLimits']
@@ -30,7 +28,7 @@ export class RouteLimits {
   readonly #options: RouteLimitsOptions
   /** One config per budget: routes of a budget share it, and `budgetOf` recognises it. */
   readonly #routes = new Map<RateLimitName, RouteLimitConfig>()
-  #perUser: RequestLimiter | undefined
+  #perUser: GuardLimiter | undefined
 
   constructor (options: RouteLimitsOptions) {
     this.#options = options
@@ -90,7 +88,7 @@ export class RouteLimits {
   }
 
   /** The guard's per-user limiter: undefined when rate limiting is off, set once `install` has run. */
-  get perUser (): RequestLimiter | undefined {
+  get perUser (): GuardLimiter | undefined {
     return this.#perUser
   }
 }
