@@ -13,8 +13,6 @@ import { ClientTable } from './clients.js'
 import { CodeTable } from './codes.js'
 import { ExpiryIndex, Sweeper, expire } from './sweep.js'
 
-export { added, type Hashes } from './records.js'
-
 export interface MemoryStoreOptions {
   /** How often a sweep pass starts (ms). Default 30 s. */
   sweepIntervalMs?: number
