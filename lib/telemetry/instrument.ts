@@ -163,8 +163,11 @@ function always (): boolean {
   return true
 }
 
+/** A class of error, bounded: the code of a row of the errors table (all named FastifyError), else the class name. */
 function errorType (err: unknown): string {
-  return err instanceof Error ? err.name : typeof err
+  if (!(err instanceof Error)) return typeof err
+  const code = (err as { code?: unknown }).code
+  return typeof code === 'string' && code.startsWith('FST_MCP_OAUTH_') ? code : err.name
 }
 
 /** The store, with a span and a measurement around every contract operation. */
