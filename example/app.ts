@@ -17,7 +17,9 @@ import { serverDefaults } from './timeouts.js'
  * Environment: PORT (3000), HOST (127.0.0.1), MCP_OAUTH_ISSUER (http://HOST:PORT), LOG_LEVEL (info);
  * GOOGLE_CLIENT_ID/GOOGLE_CLIENT_SECRET (GOOGLE_HOSTED_DOMAIN), or OIDC_ISSUER/OIDC_CLIENT_ID/
  * OIDC_CLIENT_SECRET; MCP_OAUTH_REGISTRATION_TOKEN or MCP_OAUTH_PUBLIC_REGISTRATION=true;
- * MCP_OAUTH_SECRET (formerly MCP_OAUTH_COOKIE_SECRET); MCP_OAUTH_ENCRYPTION_KEY (from generateKey()); REDIS_URL.
+ * MCP_OAUTH_SECRET (formerly MCP_OAUTH_COOKIE_SECRET); MCP_OAUTH_ENCRYPTION_KEY (from generateKey()); REDIS_URL;
+ * lifetimes in seconds, to watch a refresh happen: MCP_OAUTH_ACCESS_TOKEN_TTL, MCP_OAUTH_REFRESH_TOKEN_TTL,
+ * MCP_OAUTH_GRANT_TTL, MCP_OAUTH_REFRESH_GRACE_SECONDS, MCP_OAUTH_UPSTREAM_RECHECK_SECONDS.
  * Fastify CLI itself listens on PORT; give it the address with `--address` or FASTIFY_ADDRESS.
  */
 
@@ -40,6 +42,33 @@ export function configFromEnv (env: ExampleEnv = process.env): ExampleConfig {
   // A wildcard bind address is not somewhere a browser can go: advertise the loopback address instead.
   const issuer = env.MCP_OAUTH_ISSUER ?? `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`
   return { port, host, issuer, resource: `${issuer}/mcp`, scopes: ['mcp:tools'] }
+}
+
+/** Plugin options from environment variables, each in whole seconds. */
+const LIFETIME_VARIABLES = {
+  MCP_OAUTH_ACCESS_TOKEN_TTL: (s: number) => ({ ttl: { accessToken: s } }),
+  MCP_OAUTH_REFRESH_TOKEN_TTL: (s: number) => ({ ttl: { refreshToken: s } }),
+  MCP_OAUTH_GRANT_TTL: (s: number) => ({ ttl: { grant: s } }),
+  MCP_OAUTH_REFRESH_GRACE_SECONDS: (s: number) => ({ refreshGraceSeconds: s }),
+  MCP_OAUTH_UPSTREAM_RECHECK_SECONDS: (s: number) => ({ upstreamRecheckSeconds: s })
+} satisfies Record<string, (seconds: number) => Partial<McpOAuthOptions>>
+
+/**
+ * Token lifetimes and the refresh grace from the environment, so an operator can watch a refresh
+ * with `npm start` (MCP_OAUTH_ACCESS_TOKEN_TTL=60, say). Unset or empty: the plugin's default. The
+ * plugin checks the ranges; this only refuses what is not a whole number of seconds.
+ */
+export function lifetimesFromEnv (env: ExampleEnv): Partial<McpOAuthOptions> {
+  const options: Partial<McpOAuthOptions> = {}
+  for (const [name, option] of Object.entries(LIFETIME_VARIABLES)) {
+    const raw = env[name]
+    if (raw === undefined || raw === '') continue
+    if (!/^\d{1,10}$/.test(raw)) throw new Error(`${name} must be a whole number of seconds, not "${raw.slice(0, 40)}"`)
+    const part = option(Number(raw))
+    if ('ttl' in part) options.ttl = { ...options.ttl, ...part.ttl }
+    else Object.assign(options, part)
+  }
+  return options
 }
 
 /** How users log in: the identity provider chosen from the environment. */
@@ -114,6 +143,8 @@ export interface ExampleAppOptions {
 const exampleApp: FastifyPluginAsync<ExampleAppOptions> = async (fastify, opts) => {
   const env = opts.env ?? process.env
   const config = configFromEnv(env)
+  // Read before anything starts: a bad value stops here, with nothing to close.
+  const lifetimes = lifetimesFromEnv(env)
   const upstream = await upstreamFromEnv(env, config.issuer)
   fastify.addHook('onClose', () => upstream.close())
   if (upstream.development) {
@@ -141,6 +172,7 @@ const exampleApp: FastifyPluginAsync<ExampleAppOptions> = async (fastify, opts) 
     ...(env.MCP_OAUTH_ENCRYPTION_KEY !== undefined && env.MCP_OAUTH_ENCRYPTION_KEY !== ''
       ? { encryption: { keys: [{ id: 'k1', key: env.MCP_OAUTH_ENCRYPTION_KEY }] } }
       : {}),
+    ...lifetimes,
     ...opts.oauth
   })
   await fastify.register(mcpRoutes, { scopes: config.scopes })
@@ -173,7 +205,13 @@ export const options: FastifyServerOptions = {
 /** The configured example, not listening: for tests and for embedding without Fastify CLI. */
 export async function buildExample (env: ExampleEnv = process.env, serverOptions: FastifyServerOptions = { ...serverDefaults, logger: false }): Promise<FastifyInstance> {
   const instance = Fastify(serverOptions)
-  await instance.register(app, { env })
-  await instance.ready()
+  try {
+    await instance.register(app, { env })
+    await instance.ready()
+  } catch (err) {
+    // What started before the failure (the development IdP) stops with the instance.
+    await instance.close().catch(() => {})
+    throw err
+  }
   return instance
 }

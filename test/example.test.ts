@@ -2,7 +2,7 @@ import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
-import { buildExample, configFromEnv } from '../example/app.js'
+import { buildExample, configFromEnv, lifetimesFromEnv } from '../example/app.js'
 
 interface Test { teardown (fn: () => unknown): void }
 
@@ -57,6 +57,29 @@ t.test('configuration from the environment', async t => {
   t.equal(configFromEnv({ HOST: 'localhost' }).issuer, 'http://localhost:3000')
   t.equal(configFromEnv({ MCP_OAUTH_ISSUER: 'https://mcp.example.com' }).resource, 'https://mcp.example.com/mcp')
   t.throws(() => configFromEnv({ PORT: 'http' }), /PORT/)
+})
+
+t.test('token lifetimes and the refresh grace from the environment', async t => {
+  t.same(lifetimesFromEnv({}), {}, 'unset: the plugin decides')
+  t.same(lifetimesFromEnv({ MCP_OAUTH_ACCESS_TOKEN_TTL: '', MCP_OAUTH_GRANT_TTL: '' }), {}, 'empty is unset')
+  t.same(lifetimesFromEnv({
+    MCP_OAUTH_ACCESS_TOKEN_TTL: '60',
+    MCP_OAUTH_REFRESH_TOKEN_TTL: '600',
+    MCP_OAUTH_GRANT_TTL: '3600',
+    MCP_OAUTH_REFRESH_GRACE_SECONDS: '0',
+    MCP_OAUTH_UPSTREAM_RECHECK_SECONDS: '120'
+  }), { ttl: { accessToken: 60, refreshToken: 600, grant: 3600 }, refreshGraceSeconds: 0, upstreamRecheckSeconds: 120 })
+  for (const bad of ['1h', '-5', '1.5', ' 60', '99999999999']) {
+    t.throws(() => lifetimesFromEnv({ MCP_OAUTH_ACCESS_TOKEN_TTL: bad }), { message: `MCP_OAUTH_ACCESS_TOKEN_TTL must be a whole number of seconds, not "${bad}"` }, bad)
+  }
+
+  const app = await buildExample({ MCP_OAUTH_ACCESS_TOKEN_TTL: '60', MCP_OAUTH_REFRESH_GRACE_SECONDS: '5' })
+  t.teardown(() => app.close())
+  t.equal(app.mcpOAuth.config.ttl.accessToken, 60)
+  t.equal(app.mcpOAuth.config.refreshGraceSeconds, 5)
+  const { tokens } = await mint(app)
+  t.equal(tokens.expires_in, 60, 'an access token lives as long as the environment said')
+  await t.rejects(buildExample({ MCP_OAUTH_ACCESS_TOKEN_TTL: '0' }), /ttl\.accessToken/, 'the plugin checks the range')
 })
 
 t.test('GET / describes the server', async t => {
