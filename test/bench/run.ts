@@ -257,14 +257,18 @@ function progress (line: string): void {
 
 // ---- the table -------------------------------------------------------------------------------
 
-interface Row {
-  scenario: string
-  m?: Measured
+/** A ratio as the tables show it: the median of the per-round ratios, their range, the rounds that counted. */
+interface RatioFigures {
   ratio?: number
   /** Lowest and highest per-round ratio. */
   spread?: [number, number]
   /** Rounds that counted, of all. */
   counted?: [number, number]
+}
+
+interface Row extends RatioFigures {
+  scenario: string
+  m?: Measured
   reference?: string
   /** Minimum ratio. */
   target?: number
@@ -358,13 +362,10 @@ type Started = BenchServer | { unsupported: string }
 /** The baseline's server of the same spec as each server of this checkout, or why it did not start. */
 const twins = new Map<BenchServer, Started>()
 
-interface AbRow {
+interface AbRow extends RatioFigures {
   scenario: string
   after: Measured
   before?: Measured
-  ratio?: number
-  spread?: [number, number]
-  counted?: [number, number]
   /** Why there is no baseline figure. */
   note?: string
 }
