@@ -1,7 +1,6 @@
-import type { IncomingHttpHeaders } from 'node:http'
 import { errors, OAuthError } from '../errors.js'
 import type { RedirectPolicy } from '../oauth/redirect.js'
-import { fetchFailure, SafeFetcher, type SafeFetchOptions } from '../security/fetch.js'
+import { cacheSeconds, fetchFailure, SafeFetcher, type SafeFetchOptions } from '../security/fetch.js'
 import type { ClientRecord } from '../storage/contract.js'
 import { documentError as fail, validateClientMetadata } from './metadata.js'
 
@@ -167,7 +166,7 @@ export class CimdResolver {
       const now = this.#now()
       const meta = validateClientMetadata(parseDocument(fetched.body), { redirects: this.#redirectPolicy, scopes: this.#scopes, document: clientId })
       const record: ClientRecord = { clientId, ...meta, clientIdIssuedAt: Math.floor(now / 1000), source: 'cimd' }
-      this.#remember(clientId, record, now + this.#ttlSeconds(fetched.headers) * 1000)
+      this.#remember(clientId, record, now + cacheSeconds(fetched.headers, this.#minCacheSeconds, this.#maxCacheSeconds) * 1000)
       this.#onFetched?.(clientId)
       return record
     } catch (err) {
@@ -204,26 +203,6 @@ export class CimdResolver {
     return new OAuthError('temporarily_unavailable',
       `Client ID metadata document: it could not be fetched right now (too many documents are being fetched); retry in ${retryAfter} s`,
       { headers: { 'retry-after': String(retryAfter) } })
-  }
-
-  /** How long to reuse a document, from its caching headers, clamped to the configured range. */
-  #ttlSeconds (headers: IncomingHttpHeaders): number {
-    const directives = parseCacheControl(headers['cache-control'])
-    let lifetime: number | undefined
-    if (directives.has('no-store') || directives.has('no-cache')) {
-      lifetime = this.#minCacheSeconds
-    } else if (directives.has('max-age')) {
-      const value = directives.get('max-age') ?? ''
-      lifetime = /^\d+$/.test(value) ? Number(value) : 0 // an invalid max-age means stale
-    } else if (headers.expires !== undefined) {
-      const expires = Date.parse(headers.expires)
-      const date = headers.date === undefined ? NaN : Date.parse(headers.date)
-      lifetime = Number.isNaN(expires) || Number.isNaN(date) ? 0 : (expires - date) / 1000
-    }
-    if (lifetime === undefined) lifetime = this.#minCacheSeconds
-    const age = Number(headers.age)
-    if (Number.isFinite(age) && age > 0) lifetime -= age
-    return Math.min(this.#maxCacheSeconds, Math.max(this.#minCacheSeconds, Math.floor(lifetime)))
   }
 }
 
@@ -270,18 +249,6 @@ function parseClientIdUrl (clientId: string): URL {
     throw fail('the client_id URL must be in canonical form (lower-case host, no default port, normalised percent-encoding)')
   }
   return url
-}
-
-function parseCacheControl (header: string | undefined): Map<string, string> {
-  const directives = new Map<string, string>()
-  if (header === undefined) return directives
-  for (const part of header.split(',')) {
-    const eq = part.indexOf('=')
-    const name = (eq < 0 ? part : part.slice(0, eq)).trim().toLowerCase()
-    if (name === '' || directives.has(name)) continue
-    directives.set(name, eq < 0 ? '' : part.slice(eq + 1).trim().replace(/^"(.*)"$/, '$1'))
-  }
-  return directives
 }
 
 function parseDocument (body: Buffer): Record<string, unknown> {

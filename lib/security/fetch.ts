@@ -1,5 +1,6 @@
 import { lookup as dnsLookup } from 'node:dns/promises'
 import type { IncomingHttpHeaders } from 'node:http'
+import { request as httpRequest } from 'node:http'
 import { request as httpsRequest } from 'node:https'
 import { isIP, type LookupFunction } from 'node:net'
 import { errors } from '../errors.js'
@@ -26,14 +27,22 @@ export interface SafeFetchOptions {
   timeoutMs: number
   /** Largest accepted body. */
   maxBytes: number
-  /** The one media type accepted (and asked for); a `charset` parameter, if any, must be UTF-8. */
-  mediaType: string
+  /**
+   * The media type accepted (and asked for), or several (the first is preferred); a `charset`
+   * parameter, if any, must be UTF-8.
+   */
+  mediaType: string | readonly string[]
   userAgent: string
   /**
    * TEST ONLY: allow hosts that are (or resolve to) loopback, private, link-local or other
    * special-use addresses. Never enable this in production: it turns the fetcher into an SSRF tool.
    */
   allowPrivateAddresses?: boolean
+  /**
+   * Also fetch `http:` URLs whose host is a loopback literal (127.0.0.1, ::1) or `localhost`, for
+   * URLs an operator configured (a development identity provider), never for a stranger's.
+   */
+  allowHttpLoopback?: boolean
   /** Name resolution, called once per fetch. Default: `dns.promises.lookup` with `all: true`. */
   lookup?: (hostname: string) => Promise<ResolvedAddress[]>
   /**
@@ -89,10 +98,12 @@ export class SafeFetcher {
 
   /** Resolve the host once and check every address; the request connects only to these. */
   async #addresses (url: URL, signal: AbortSignal): Promise<ResolvedAddress[]> {
-    if (url.protocol !== 'https:') throw fail('the URL must use https')
     const host = bareHost(url.hostname)
+    if (url.protocol !== 'https:' && !(url.protocol === 'http:' && this.#o.allowHttpLoopback === true && isLoopbackName(host))) {
+      throw fail('the URL must use https')
+    }
     const literal = isIP(host)
-    const allowPrivate = this.#o.allowPrivateAddresses === true
+    const allowPrivate = this.#o.allowPrivateAddresses === true || url.protocol === 'http:'
     let addresses: ResolvedAddress[]
     if (literal !== 0) {
       addresses = [{ address: host, family: literal === 6 ? 6 : 4 }]
@@ -149,21 +160,27 @@ export class SafeFetcher {
         }
       }
       const onAbort = (): void => done(signal.reason)
-      const req = httpsRequest({
-        protocol: 'https:',
+      const common = {
         hostname: host,
-        port: url.port === '' ? 443 : Number(url.port),
         path: url.pathname + url.search,
         method: 'GET',
-        headers: { accept: mediaType, 'user-agent': this.#o.userAgent },
+        headers: { accept: typeof mediaType === 'string' ? mediaType : mediaType.join(', '), 'user-agent': this.#o.userAgent },
         agent: false,
         lookup: pinned,
-        ...(isIP(host) === 0 ? { servername: host } : {}),
-        ...(ca === undefined ? {} : { ca }),
-        minVersion: 'TLSv1.2',
-        rejectUnauthorized: true,
         maxHeaderSize: 16384
-      })
+      } as const
+      // Plain http only reaches here for a loopback host the options allowed (see #addresses).
+      const req = url.protocol === 'http:'
+        ? httpRequest({ ...common, protocol: 'http:', port: url.port === '' ? 80 : Number(url.port) })
+        : httpsRequest({
+          ...common,
+          protocol: 'https:',
+          port: url.port === '' ? 443 : Number(url.port),
+          ...(isIP(host) === 0 ? { servername: host } : {}),
+          ...(ca === undefined ? {} : { ca }),
+          minVersion: 'TLSv1.2',
+          rejectUnauthorized: true
+        })
       signal.addEventListener('abort', onAbort, { once: true })
       req.on('error', err => done(fetchFailure('the document could not be fetched', err)))
       req.on('response', res => {
@@ -245,10 +262,11 @@ function bareHost (hostname: string): string {
   return hostname.startsWith('[') && hostname.endsWith(']') ? hostname.slice(1, -1) : hostname
 }
 
-function contentTypeProblem (header: string | undefined, mediaType: string): string | null {
-  if (header === undefined) return `the response has no Content-Type; ${mediaType} is required`
+function contentTypeProblem (header: string | undefined, mediaType: string | readonly string[]): string | null {
+  const accepted = typeof mediaType === 'string' ? [mediaType] : mediaType
+  if (header === undefined) return `the response has no Content-Type; ${accepted.join(' or ')} is required`
   const [type, ...params] = header.split(';')
-  if ((type as string).trim().toLowerCase() !== mediaType) return `the Content-Type must be ${mediaType}`
+  if (!accepted.includes((type as string).trim().toLowerCase())) return `the Content-Type must be ${accepted.join(' or ')}`
   for (const param of params) {
     const eq = param.indexOf('=')
     const name = (eq < 0 ? param : param.slice(0, eq)).trim().toLowerCase()
@@ -256,4 +274,44 @@ function contentTypeProblem (header: string | undefined, mediaType: string): str
     if (name === 'charset' && value !== 'utf-8' && value !== 'utf8') return 'the document must be encoded in UTF-8'
   }
   return null
+}
+
+function isLoopbackName (host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host)
+}
+
+/**
+ * How long a fetched document may be reused, in seconds, from its caching headers: `max-age` (minus
+ * `Age`), else `Expires` - `Date`, else `min`; `no-store` and `no-cache` mean `min`. Always clamped
+ * to [min, max]: the floor keeps requests from making this server fetch on every call.
+ */
+export function cacheSeconds (headers: IncomingHttpHeaders, min: number, max: number): number {
+  const directives = parseCacheControl(headers['cache-control'])
+  let lifetime: number | undefined
+  if (directives.has('no-store') || directives.has('no-cache')) {
+    lifetime = min
+  } else if (directives.has('max-age')) {
+    const value = directives.get('max-age') ?? ''
+    lifetime = /^\d+$/.test(value) ? Number(value) : 0 // an invalid max-age means stale
+  } else if (headers.expires !== undefined) {
+    const expires = Date.parse(headers.expires)
+    const date = headers.date === undefined ? NaN : Date.parse(headers.date)
+    lifetime = Number.isNaN(expires) || Number.isNaN(date) ? 0 : (expires - date) / 1000
+  }
+  if (lifetime === undefined) lifetime = min
+  const age = Number(headers.age)
+  if (Number.isFinite(age) && age > 0) lifetime -= age
+  return Math.min(max, Math.max(min, Math.floor(lifetime)))
+}
+
+function parseCacheControl (header: string | undefined): Map<string, string> {
+  const directives = new Map<string, string>()
+  if (header === undefined) return directives
+  for (const part of header.split(',')) {
+    const eq = part.indexOf('=')
+    const name = (eq < 0 ? part : part.slice(0, eq)).trim().toLowerCase()
+    if (name === '' || directives.has(name)) continue
+    directives.set(name, eq < 0 ? '' : part.slice(eq + 1).trim().replace(/^"(.*)"$/, '$1'))
+  }
+  return directives
 }

@@ -239,6 +239,14 @@ export interface FlowStore {
    * grant cannot issue tokens that outlive the replay.
    */
   consumeCode (hash: string, now: number, retainUntil: number): Promise<ConsumeCodeResult>
+
+  /**
+   * The one use of a signed assertion's id (a client assertion's or an ID-JAG's `jti`, RFC 7523
+   * §3): true when `key` was not used before, and it is then remembered until `expiresAt` (the
+   * assertion's own expiry, after which it is refused anyway); false for a replay. Atomic across
+   * every process that shares the store: of N concurrent callers, one gets true.
+   */
+  consumeAssertionId (key: string, expiresAt: number, now: number): Promise<boolean>
 }
 
 export interface StoreStats {
@@ -310,7 +318,8 @@ const required = {
   saveFlow: true,
   takeFlow: true,
   saveCode: true,
-  consumeCode: true
+  consumeCode: true,
+  consumeAssertionId: true
 } as const satisfies Record<StoreMethod<'required'>, true>
 
 /** The methods a store may leave out (the plugin then does without them), checked the same way. */

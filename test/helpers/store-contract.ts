@@ -439,4 +439,17 @@ export function storeContract (t: Test, make: () => Promise<Store>, { answersNow
     t.same(await store.consumeCode(h2, T0 + 60_000, T0 + HOUR), { status: 'unknown' }, 'an expired code cannot be consumed')
     t.same(await store.consumeCode(hashToken('x'), T0, T0), { status: 'unknown' })
   })
+
+  t.test('assertion ids: one use wins, also concurrently; remembered until the assertion expires', async t => {
+    const store = await fresh(t)
+    const key = hashToken('https://idp.example.com\u0000' + generateId())
+    const first = await Promise.all(Array.from({ length: 8 }, () => store.consumeAssertionId(key, T0 + 150, T0)))
+    t.equal(first.filter(Boolean).length, 1, 'exactly one of eight concurrent uses wins')
+    t.equal(await store.consumeAssertionId(key, T0 + 150, T0 + 100), false, 'a replay before the expiry is refused')
+    t.equal(await store.consumeAssertionId(hashToken('other'), T0 + 150, T0), true, 'another id is its own')
+    // A store with its own clock (Redis key expiry) forgets in real time; the memory store by `now`.
+    await new Promise(resolve => setTimeout(resolve, 300))
+    t.equal(await store.consumeAssertionId(key, T0 + 10_000, T0 + 400), true, 'forgotten once the assertion has expired')
+    t.equal(await store.consumeAssertionId(key, T0 + 10_000, T0 + 500), false)
+  })
 }

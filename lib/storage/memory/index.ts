@@ -37,6 +37,8 @@ export class MemoryStore implements Store {
   readonly #clients = new ClientTable()
   readonly #flows = new Map<string, FlowRecord>()
   readonly #codes = new CodeTable()
+  /** Used assertion ids (`consumeAssertionId`) -> until when they are remembered. */
+  readonly #assertionIds = new Map<string, number>()
   /** Refresh token hash -> its successor data, for the grace window only (then dropped, read or not). */
   readonly #successors = new Map<string, SuccessorEntry>()
   /** When each kind of record expires: what the sweep visits. */
@@ -45,7 +47,8 @@ export class MemoryStore implements Store {
     access: new ExpiryIndex(),
     refresh: new ExpiryIndex(),
     successors: new ExpiryIndex(),
-    flows: new ExpiryIndex()
+    flows: new ExpiryIndex(),
+    assertionIds: new ExpiryIndex()
   }
 
   readonly #now: () => number
@@ -323,6 +326,14 @@ export class MemoryStore implements Store {
     return this.#codes.consume(hash, now, retainUntil)
   }
 
+  async consumeAssertionId (key: string, expiresAt: number, now: number): Promise<boolean> {
+    const until = this.#assertionIds.get(key)
+    if (until !== undefined && until > now) return false
+    this.#assertionIds.set(key, expiresAt)
+    this.#expiring.assertionIds.add(key, expiresAt)
+    return true
+  }
+
   // ---- locks ----------------------------------------------------------------------------
 
   readonly #locks = new Map<string, { owner: string, until: number }>()
@@ -381,6 +392,7 @@ export class MemoryStore implements Store {
     }, hash => this.#refresh.delete(hash))
     yield * expire(e.successors, now, hash => this.#successors.get(hash)?.until, hash => this.#successors.delete(hash))
     yield * expire(e.flows, now, key => this.#flows.get(key)?.expiresAt, key => this.#flows.delete(key))
+    yield * expire(e.assertionIds, now, key => this.#assertionIds.get(key), key => this.#assertionIds.delete(key))
     yield * this.#codes.sweep(now)
     yield * this.#clients.sweep(now)
   }

@@ -386,6 +386,13 @@ export class RedisStore implements Store {
     return { status: 'unknown' }
   }
 
+  async consumeAssertionId (key: string, expiresAt: number, now: number): Promise<boolean> {
+    // SET NX: one writer wins across every replica; the key lives as long as the assertion could.
+    const ttl = Math.max(1, Math.ceil(expiresAt - now))
+    const set = await this.#conn.op('consumeAssertionId', () => this.#conn.client.set(this.#prefix + 'ai:' + key, '1', 'PX', ttl, 'NX'))
+    return set === 'OK'
+  }
+
   // ---- housekeeping ---------------------------------------------------------------------
 
   /** Approximate counts, for gauges (see countKeys). */
