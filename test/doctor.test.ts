@@ -226,6 +226,7 @@ t.test('the challenge itself: unprotected, forbidden, redirected', async (t) => 
     app.post('/forbidden', async (_request, reply) => reply.code(403).send({}))
     app.post('/elsewhere', async (_request, reply) => reply.redirect('https://mcp.example.net/mcp', 307))
     app.post('/moved', async (_request, reply) => reply.redirect('/mcp', 308))
+    app.post('/nowhere', async (_request, reply) => reply.code(307).header('location', 'http://[broken').send())
     app.post('/mcp', async (_request, reply) => reply.code(401).header('www-authenticate', 'Bearer').send({}))
   })
   const open = await runDoctor(['doctor', `${base}/open`, '--json'])
@@ -233,6 +234,7 @@ t.test('the challenge itself: unprotected, forbidden, redirected', async (t) => 
   t.match((await runDoctor(['doctor', `${base}/forbidden`, '--json'])).checks.get('challenge'), { status: 'fail', impact: /a 403 without a token/ })
   const elsewhere = await runDoctor(['doctor', `${base}/elsewhere`, '--json'])
   t.match(elsewhere.checks.get('challenge'), { status: 'fail', detail: /307 to "https:\/\/mcp\.example\.net\/mcp", not followed/ })
+  t.match((await runDoctor(['doctor', `${base}/nowhere`, '--json'])).checks.get('challenge'), { status: 'fail', detail: /307 to "http:\/\/\[broken", not followed/ })
   const moved = await runDoctor(['doctor', `${base}/moved`, '--json'])
   t.match(moved.checks.get('challenge'), { status: 'warn', detail: /^redirected to http:\/\/127\.0\.0\.1:\d+\/mcp; / })
   t.match(moved.checks.get('www-authenticate'), { status: 'warn', detail: 'Bearer' })
@@ -304,10 +306,12 @@ t.test('bad input: a clear line each, in bounded time, never a stack trace', asy
       const r = await runDoctor(['doctor', `${base}/mcp?doc=${doc}`, '--json'])
       t.equal(r.code, 1, doc)
       t.match(r.checks.get('prm-header'), { status: 'fail', detail: expected }, doc)
-      t.notMatch(r.out, /\u001b/, 'no terminal escape from the server reaches the output')
       t.ok(r.ms < 5000, `${doc}: ${r.ms} ms`)
       noStackTrace(t, r)
     }
+    const text = await runDoctor(['doctor', `${base}/mcp?doc=broken`])
+    t.notOk(text.out.includes('\u001b'), 'no terminal escape from the server reaches the terminal')
+    t.match(text.out, '\\u001b[31m', 'it is shown escaped')
   })
 
   t.test('a redirect loop, and too many redirects', async (t) => {
@@ -352,4 +356,67 @@ t.test('pure helpers: the Bearer challenge, resource fit, quoting', async (t) =>
   t.equal(resourceFits('not a url', mcp), 'other')
   t.equal(quote('a\u202eb\u009b'), '"a\\u202eb\\u009b"')
   t.equal(quote('x'.repeat(10), 4), '"xxxx..."')
+})
+
+t.test('an issuer with a path: RFC 8414 path insertion, then the OpenID locations in the MCP order', async (t) => {
+  const tenant = (origin: string) => ({
+    issuer: `${origin}/tenant`,
+    authorization_endpoint: `${origin}/tenant/authorize`,
+    token_endpoint: `${origin}/tenant/token`,
+    code_challenge_methods_supported: ['S256', 'plain'],
+    client_id_metadata_document_supported: true,
+    jwks_uri: 'not a url'
+  })
+  const { mcp } = await discoveryServer(t, (shape, origin) => {
+    for (const doc of [shape.prmPath]) (doc as Record<string, unknown>).authorization_servers = [`${origin}/tenant`, origin]
+    shape.prmRoot = null
+    shape.metadata = null
+  }, {
+    routes: app => app.get('/tenant/.well-known/openid-configuration', async (request) => tenant(`http://${request.headers.host}`))
+  })
+  const r = await runDoctor(['doctor', mcp, '--json'])
+  t.match(r.checks.get('as-oauth'), { status: 'pass', detail: /oauth-authorization-server\/tenant: 404 \(not found\): clients go on/ })
+  t.match(r.checks.get('as-oidc'), { status: 'pass', detail: /openid-configuration\/tenant: 404/ })
+  t.match(r.checks.get('as-oidc-append'), { status: 'pass', detail: /\/tenant\/\.well-known\/openid-configuration: 200, issuer ".*\/tenant" \(used \(the first of 2\)\)/ })
+  t.match(r.checks.get('as-root'), { status: 'warn', impact: /2025-03-26/ })
+  t.match(r.checks.get('prm-root'), { status: 'pass', detail: /404 \(not found\) \(not needed: clients find the challenge's URL first\)/ })
+  t.equal(r.checks.get('pkce')?.status, 'warn')
+  t.equal(r.checks.get('registration')?.status, 'pass')
+  t.match(r.checks.get('jwks'), { status: 'fail', detail: /jwks_uri "not a url" is not an absolute URL/ })
+
+  const { mcp: failing } = await discoveryServer(t, (shape, origin) => {
+    (shape.prmPath as Record<string, unknown>).authorization_servers = [`${origin}/tenant`]
+  }, { routes: app => app.get('/.well-known/oauth-authorization-server/tenant', async (_request, reply) => reply.code(500).send({})) })
+  const f = await runDoctor(['doctor', failing, '--json'])
+  t.match(f.checks.get('as-oauth'), { status: 'fail', detail: /: 500$/, impact: /clients stop at the first location/ })
+  t.notOk(f.checks.has('as-oidc'), 'no location after the one that stops clients')
+  t.match(f.checks.get('as-root'), { status: 'pass', detail: /: 200, issuer/ })
+  t.match(f.checks.get('as-metadata'), { status: 'fail', detail: /no authorization server metadata for ".*\/tenant"/ })
+})
+
+t.test('unusable URLs in the challenge and the metadata', async (t) => {
+  const { mcp } = await discoveryServer(t, shape => { shape.challenge = 'Bearer resource_metadata="/relative"' })
+  t.match((await runDoctor(['doctor', mcp, '--json'])).checks.get('www-authenticate'), { status: 'fail', detail: /resource_metadata "\/relative" is not an absolute URL/ })
+  const { mcp: badAs } = await discoveryServer(t, shape => {
+    shape.challenge = null
+    for (const doc of [shape.prmPath, shape.prmRoot]) (doc as Record<string, unknown>).authorization_servers = ['auth server']
+  })
+  t.match((await runDoctor(['doctor', badAs, '--json'])).checks.get('as-metadata'), { status: 'fail', detail: /authorization_servers\[0\] "auth server" is not an absolute URL/ })
+})
+
+t.test('CORS half done: a preflight nobody answers, a wildcard that hides the challenge, another origin allowed', async (t) => {
+  const { mcp } = await discoveryServer(t, undefined, {
+    routes: app => app.addHook('onSend', async (request, reply) => {
+      if (request.url === '/mcp') reply.header('access-control-allow-origin', '*')
+      else if (request.url.startsWith('/.well-known/oauth-protected-resource')) reply.header('access-control-allow-origin', 'https://other.example')
+      else if (request.url === '/token') reply.header('access-control-allow-origin', ORIGIN)
+    })
+  })
+  const r = await runDoctor(['doctor', mcp, '--origin', ORIGIN, '--json'])
+  t.match(r.checks.get('cors-mcp'), { status: 'fail', detail: /preflight for POST .*\/mcp: 404 \(a preflight needs a 2xx\)/ })
+  t.match(r.checks.get('cors-challenge'), { status: 'warn', detail: /does not expose WWW-Authenticate/ })
+  t.match(r.checks.get('cors-prm'), { status: 'fail', detail: /allows "https:\/\/other\.example", not https:\/\/app\.example\.com/ })
+  t.match(r.checks.get('cors-metadata'), { status: 'fail', detail: /has no Access-Control-Allow-Origin/ })
+  t.match(r.checks.get('cors-token'), { status: 'pass', detail: /POST .*\/token \(no code\): 404, allows https:\/\/app\.example\.com/ })
+  t.equal(r.checks.get('cors-register')?.status, 'fail')
 })

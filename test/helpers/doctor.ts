@@ -59,10 +59,10 @@ export interface Served {
 /**
  * A hand-built MCP server's discovery surface on loopback, correct by default, which `breakage`
  * edits into the misconfigurations seen in the field. `name` serves it under a made-up host
- * name (pair with loopbackNames) and `tls` over https.
+ * name (pair with loopbackNames), `tls` over https, and `routes` adds routes or hooks.
  */
 export async function discoveryServer (t: Test, breakage: (shape: Shape, origin: string) => void = () => {},
-  opts: { name?: string, tls?: { cert: Buffer, key: Buffer } } = {}): Promise<Served> {
+  opts: { name?: string, tls?: { cert: Buffer, key: Buffer }, routes?: (app: FastifyInstance) => void } = {}): Promise<Served> {
   const port = await freePort()
   const origin = `${opts.tls === undefined ? 'http' : 'https'}://${opts.name ?? '127.0.0.1'}:${port}`
   const shape: Shape = {
@@ -92,6 +92,7 @@ export async function discoveryServer (t: Test, breakage: (shape: Shape, origin:
   serve('/.well-known/oauth-protected-resource/mcp', () => shape.prmPath)
   serve('/.well-known/oauth-protected-resource', () => shape.prmRoot)
   serve('/.well-known/oauth-authorization-server', () => shape.metadata)
+  opts.routes?.(app)
   t.teardown(() => app.close())
   await app.listen({ port, host: '127.0.0.1' })
   return { app, origin, mcp: `${origin}/mcp` }
