@@ -1,5 +1,5 @@
 import Fastify, { type FastifyInstance } from 'fastify'
-import { lookup as dnsLookup, type LookupAddress, type LookupOneOptions } from 'node:dns'
+import { lookup as dnsLookup, type LookupAddress } from 'node:dns'
 import type { LookupFunction } from 'node:net'
 import { run, type Io } from '../../lib/cli/main.js'
 import type { Check } from '../../lib/cli/doctor.js'
@@ -35,8 +35,8 @@ export async function runDoctor (argv: string[], extra: Partial<Io> = {}): Promi
  * be reached under a name the https rule does not exempt) and everything else to the resolver.
  */
 export function loopbackNames (names: string[]): LookupFunction {
-  return ((hostname: string, options: LookupOneOptions & { all?: boolean }, callback: (err: Error | null, address: string | LookupAddress[], family?: number) => void) => {
-    if (!names.includes(hostname)) return dnsLookup(hostname, options, callback as never)
+  return ((hostname: string, options: { all?: boolean }, callback: (err: Error | null, address: string | LookupAddress[], family?: number) => void) => {
+    if (!names.includes(hostname)) return dnsLookup(hostname, options as never, callback as never)
     if (options.all === true) callback(null, [{ address: '127.0.0.1', family: 4 }])
     else callback(null, '127.0.0.1', 4)
   }) as LookupFunction
@@ -80,7 +80,8 @@ export async function discoveryServer (t: Test, breakage: (shape: Shape, origin:
     }
   }
   breakage(shape, origin)
-  const app = Fastify(opts.tls === undefined ? {} : { https: opts.tls })
+  // The https instance is typed apart; the routes below use nothing that differs.
+  const app = (opts.tls === undefined ? Fastify() : Fastify({ https: opts.tls })) as unknown as FastifyInstance
   app.post('/mcp', async (_request, reply) => {
     if (shape.challenge !== null) reply.header('www-authenticate', shape.challenge)
     return reply.code(401).send({ error: 'unauthorized' })
