@@ -237,6 +237,11 @@ t.test('the challenge itself: unprotected, forbidden, redirected', async (t) => 
   const moved = await runDoctor(['doctor', `${base}/moved`, '--json'])
   t.match(moved.checks.get('challenge'), { status: 'warn', detail: /^redirected to http:\/\/127\.0\.0\.1:\d+\/mcp; / })
   t.match(moved.checks.get('www-authenticate'), { status: 'warn', detail: 'Bearer' })
+  const { mcp } = await discoveryServer(t, (shape, origin) => { shape.challenge = `Bearer resource_metadata="${origin}/prm"` }, {
+    routes: app => app.get('/prm', async (_request, reply) => reply.redirect('https://metadata.example.net/prm', 301))
+  })
+  t.match((await runDoctor(['doctor', mcp, '--json'])).checks.get('prm-header'),
+    { status: 'fail', detail: /\/prm \(named by the challenge\): 301 to "https:\/\/metadata\.example\.net\/prm", not followed/ })
   t.equal(moved.checks.get('prm-root')?.status, 'fail', 'no metadata anywhere')
 })
 

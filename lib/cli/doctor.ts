@@ -1,5 +1,5 @@
 import { isLoopbackRedirect } from '../oauth/redirect.js'
-import { follow, jsonObject, quote, send, type Answer, type HttpOptions, type Probe } from './http.js'
+import { follow, jsonObject, quote, redirectTarget, send, type Answer, type HttpOptions, type Probe } from './http.js'
 
 /**
  * `doctor <mcp-url>`: the discovery an MCP client runs before it logs a user in (MCP 2025-11-25
@@ -191,7 +191,11 @@ class Diagnosis {
     const probe = await this.#get(url)
     if (!probe.ok) return { id, url, probe, problem: probe.problem }
     const { answer } = probe
-    if (answer.status !== 200) return { id, url, probe, problem: `${answer.status}${answer.status === 404 ? ' (not found)' : ''}` }
+    if (answer.status !== 200) {
+      const target = redirectTarget(answer)
+      const why = answer.status === 404 ? ' (not found)' : target !== null ? ` to ${quote(target.href)}, not followed (clients follow redirects within the origin only)` : ''
+      return { id, url, probe, problem: `${answer.status}${why}` }
+    }
     const json = jsonObject(answer)
     if (!json.ok) return { id, url, probe, problem: json.problem }
     const problem = problemOf(json.value)

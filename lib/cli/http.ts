@@ -61,6 +61,8 @@ export function send (req: ProbeRequest, opts: HttpOptions): Promise<Probe> {
     const outgoing = (secure ? httpsRequest : httpRequest)(req.url, {
       method: req.method,
       headers,
+      // A connection per request: nothing pooled outlives the run or carries state between checks.
+      agent: false,
       ...(opts.lookup !== undefined ? { lookup: opts.lookup } : {}),
       ...(secure && opts.ca !== undefined ? { ca: opts.ca } : {})
     })
