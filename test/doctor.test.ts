@@ -10,6 +10,7 @@ import { quote } from '../lib/cli/http.js'
 import { buildApp } from './helpers/app.js'
 import { discoveryServer, loopbackNames, rawServer, runDoctor, type DoctorRun } from './helpers/doctor.js'
 import { startExample } from './helpers/example.js'
+import { startDevIdp } from '../example/dev-idp.js'
 import { freePort } from './helpers/login.js'
 import { selfSignedCert } from './helpers/tls.js'
 
@@ -423,4 +424,18 @@ t.test('CORS half done: a preflight nobody answers, a wildcard that hides the ch
   t.match(r.checks.get('cors-metadata'), { status: 'fail', detail: /has no Access-Control-Allow-Origin/ })
   t.match(r.checks.get('cors-token'), { status: 'pass', detail: /POST .*\/token \(no code\): 404, allows https:\/\/app\.example\.com/ })
   t.equal(r.checks.get('cors-register')?.status, 'fail')
+})
+
+t.test('an OpenID provider as the authorization server (oidc-provider): its metadata and public JWKS pass', async (t) => {
+  const idp = await startDevIdp({ clients: [{ client_id: 'c', redirect_uris: ['http://127.0.0.1/cb'] }] })
+  t.teardown(() => idp.close())
+  const { mcp } = await discoveryServer(t, shape => {
+    for (const doc of [shape.prmPath, shape.prmRoot]) (doc as Record<string, unknown>).authorization_servers = [idp.issuer]
+  })
+  const r = await runDoctor(['doctor', mcp, '--json'])
+  t.match(r.checks.get('as-oauth'), { status: 'pass', detail: `GET ${idp.issuer}/.well-known/oauth-authorization-server: 200, issuer "${idp.issuer}" (used)` })
+  t.equal(r.checks.get('as-oidc')?.status, 'skip')
+  t.equal(r.checks.get('issuer')?.status, 'pass')
+  t.match(r.checks.get('jwks'), { status: 'pass', detail: /: \d+ public key\(s\)/ })
+  t.equal(r.checks.get('as-root')?.status, 'pass', 'the MCP server\'s own root document')
 })
