@@ -52,7 +52,7 @@ const initialize = {
 const mcpHeaders = { 'content-type': 'application/json', accept: 'application/json, text/event-stream' }
 
 t.test('configuration from the environment', async t => {
-  t.same(configFromEnv({}), { port: 3000, host: '127.0.0.1', issuer: ISSUER, resource: RESOURCE, scopes: ['mcp:tools'] })
+  t.same(configFromEnv({}), { port: 3000, host: '127.0.0.1', issuer: ISSUER, resource: RESOURCE, scopes: ['mcp:tools', 'mcp:upstream'] })
   t.equal(configFromEnv({ PORT: '8080', HOST: '0.0.0.0' }).issuer, 'http://127.0.0.1:8080', 'a wildcard bind is advertised as loopback')
   t.equal(configFromEnv({ HOST: 'localhost' }).issuer, 'http://localhost:3000')
   t.equal(configFromEnv({ MCP_OAUTH_ISSUER: 'https://mcp.example.com' }).resource, 'https://mcp.example.com/mcp')
@@ -131,7 +131,7 @@ t.test('the MCP SDK client lists and calls the tools with a token', async t => {
   const client = await connect(t, await listen(app), tokens.access_token)
 
   const { tools } = await client.listTools()
-  t.same(tools.map(tool => tool.name).sort(), ['echo', 'whoami'])
+  t.same(tools.map(tool => tool.name).sort(), ['echo', 'upstream_token', 'whoami'])
 
   const identity = {
     userId: 'user-42',
