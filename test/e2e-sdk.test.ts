@@ -44,116 +44,116 @@ async function whoami (client: Client): Promise<WhoAmI> {
 const EXAMPLES = [['the example on SDK v2', {}], ['the SDK 1.x endpoint', { mcp: mcpRoutesSdk1 }]] as const
 
 for (const [name, options] of EXAMPLES) {
-t.test(`the MCP SDK 1.x client and ${name}: discovery, dynamic registration, login through consent and the IdP, tools, refresh`, async t => {
-  const server = await startExample(t, options)
-  const { issuer, mcp } = server
-  const provider: ScriptedProvider = new ScriptedHost(await callbackUrl(), 'alice')
-  const log: Recorded[] = []
+  t.test(`the MCP SDK 1.x client and ${name}: discovery, dynamic registration, login through consent and the IdP, tools, refresh`, async t => {
+    const server = await startExample(t, options)
+    const { issuer, mcp } = server
+    const provider: ScriptedProvider = new ScriptedHost(await callbackUrl(), 'alice')
+    const log: Recorded[] = []
 
-  // 1. First connection: no tokens. The SDK gets 401, discovers, registers, sends the user to log in.
-  const first = connectClient(t, mcp, provider, log)
-  await rejectsUnauthorized(t, first.client.connect(first.transport), 'connect stops at the authorization redirect')
+    // 1. First connection: no tokens. The SDK gets 401, discovers, registers, sends the user to log in.
+    const first = connectClient(t, mcp, provider, log)
+    await rejectsUnauthorized(t, first.client.connect(first.transport), 'connect stops at the authorization redirect')
 
-  const unauthorized = log[0]
-  t.match(unauthorized, { method: 'POST', status: 401 }, 'the first request is the MCP initialize, refused')
-  t.equal(unauthorized?.url.href, mcp.href)
-  t.notOk(unauthorized?.bearer, 'no token yet')
+    const unauthorized = log[0]
+    t.match(unauthorized, { method: 'POST', status: 401 }, 'the first request is the MCP initialize, refused')
+    t.equal(unauthorized?.url.href, mcp.href)
+    t.notOk(unauthorized?.bearer, 'no token yet')
 
-  const paths = log.map(r => `${r.method} ${r.url.pathname} ${r.status}`)
-  const prm = paths.indexOf('GET /.well-known/oauth-protected-resource/mcp 200')
-  const asMeta = paths.indexOf('GET /.well-known/oauth-authorization-server 200')
-  const register = paths.indexOf('POST /oauth/register 201')
-  t.ok(prm > 0, `protected resource metadata fetched from the 401's resource_metadata (${paths.join(', ')})`)
-  t.ok(asMeta > prm, 'then the authorization server metadata')
-  t.ok(register > asMeta, 'then dynamic client registration')
-  t.ok(log.every(r => r.url.origin === issuer), 'every request stayed on the example server')
+    const paths = log.map(r => `${r.method} ${r.url.pathname} ${r.status}`)
+    const prm = paths.indexOf('GET /.well-known/oauth-protected-resource/mcp 200')
+    const asMeta = paths.indexOf('GET /.well-known/oauth-authorization-server 200')
+    const register = paths.indexOf('POST /oauth/register 201')
+    t.ok(prm > 0, `protected resource metadata fetched from the 401's resource_metadata (${paths.join(', ')})`)
+    t.ok(asMeta > prm, 'then the authorization server metadata')
+    t.ok(register > asMeta, 'then dynamic client registration')
+    t.ok(log.every(r => r.url.origin === issuer), 'every request stayed on the example server')
 
-  const registration = log[register]?.json as Record<string, unknown>
-  t.match(registration, { redirect_uris: [provider.redirect], token_endpoint_auth_method: 'none', client_name: 'MCP SDK end-to-end test' })
-  const clientId = provider.client?.client_id ?? ''
-  t.match(clientId, /^mcp_/, 'the SDK saved the client id the server assigned')
+    const registration = log[register]?.json as Record<string, unknown>
+    t.match(registration, { redirect_uris: [provider.redirect], token_endpoint_auth_method: 'none', client_name: 'MCP SDK end-to-end test' })
+    const clientId = provider.client?.client_id ?? ''
+    t.match(clientId, /^mcp_/, 'the SDK saved the client id the server assigned')
 
-  t.equal(provider.authorizationUrls.length, 1)
-  const authorizationUrl = provider.authorizationUrls[0] as URL
-  t.equal(authorizationUrl.origin + authorizationUrl.pathname, `${issuer}/oauth/authorize`)
-  t.match(Object.fromEntries(authorizationUrl.searchParams), {
-    response_type: 'code',
-    client_id: clientId,
-    redirect_uri: provider.redirect,
-    code_challenge_method: 'S256',
-    code_challenge: /^[\w-]{43}$/,
-    resource: mcp.href,
-    scope: 'mcp:tools',
-    state: provider.lastState
-  }, 'PKCE S256, RFC 8707 resource and the scope from the challenge')
-  t.equal(provider.formPages[0]?.origin, issuer, 'the first form is our consent page')
-  t.ok(provider.formPages.slice(1).some(u => u.origin !== issuer), 'then the identity provider\'s login')
-  t.equal(provider.stored, undefined, 'no tokens before the code exchange')
+    t.equal(provider.authorizationUrls.length, 1)
+    const authorizationUrl = provider.authorizationUrls[0] as URL
+    t.equal(authorizationUrl.origin + authorizationUrl.pathname, `${issuer}/oauth/authorize`)
+    t.match(Object.fromEntries(authorizationUrl.searchParams), {
+      response_type: 'code',
+      client_id: clientId,
+      redirect_uri: provider.redirect,
+      code_challenge_method: 'S256',
+      code_challenge: /^[\w-]{43}$/,
+      resource: mcp.href,
+      scope: 'mcp:tools',
+      state: provider.lastState
+    }, 'PKCE S256, RFC 8707 resource and the scope from the challenge')
+    t.equal(provider.formPages[0]?.origin, issuer, 'the first form is our consent page')
+    t.ok(provider.formPages.slice(1).some(u => u.origin !== issuer), 'then the identity provider\'s login')
+    t.equal(provider.stored, undefined, 'no tokens before the code exchange')
 
-  // 2. The host receives the callback and hands the code to the SDK.
-  const code = provider.code(issuer)
-  t.match(code, /^mcpac_/)
-  const before = log.length
-  await first.transport.finishAuth(code)
-  const exchange = log.slice(before).find(r => r.url.pathname === '/oauth/token')
-  t.equal(exchange?.status, 200)
-  t.match(Object.fromEntries(exchange?.form ?? []), {
-    grant_type: 'authorization_code',
-    code,
-    code_verifier: provider.verifier,
-    redirect_uri: provider.redirect,
-    client_id: clientId,
-    resource: mcp.href
-  }, 'the code exchange carries the verifier and the resource')
-  const firstTokens = provider.stored
-  t.ok(firstTokens, 'tokens saved')
-  t.match(firstTokens, { token_type: /^bearer$/i, access_token: /^mcpat_/, refresh_token: /^mcprt_/, scope: 'mcp:tools' })
-  t.equal(provider.client?.client_id, clientId, 'the registered client is reused, not registered again')
-  t.equal(log.filter(r => r.url.pathname === '/oauth/register').length, 1)
+    // 2. The host receives the callback and hands the code to the SDK.
+    const code = provider.code(issuer)
+    t.match(code, /^mcpac_/)
+    const before = log.length
+    await first.transport.finishAuth(code)
+    const exchange = log.slice(before).find(r => r.url.pathname === '/oauth/token')
+    t.equal(exchange?.status, 200)
+    t.match(Object.fromEntries(exchange?.form ?? []), {
+      grant_type: 'authorization_code',
+      code,
+      code_verifier: provider.verifier,
+      redirect_uri: provider.redirect,
+      client_id: clientId,
+      resource: mcp.href
+    }, 'the code exchange carries the verifier and the resource')
+    const firstTokens = provider.stored
+    t.ok(firstTokens, 'tokens saved')
+    t.match(firstTokens, { token_type: /^bearer$/i, access_token: /^mcpat_/, refresh_token: /^mcprt_/, scope: 'mcp:tools' })
+    t.equal(provider.client?.client_id, clientId, 'the registered client is reused, not registered again')
+    t.equal(log.filter(r => r.url.pathname === '/oauth/register').length, 1)
 
-  // 3. A new connection with the stored tokens: the tools answer for alice and this client.
-  const second = connectClient(t, mcp, provider, log)
-  await second.client.connect(second.transport)
-  const { tools } = await second.client.listTools()
-  t.ok(tools.some(tool => tool.name === 'whoami'), 'whoami is listed')
-  const me = await whoami(second.client)
-  t.match(me, { userId: 'alice', email: 'alice@dev.local', clientId, scopes: ['mcp:tools'], resource: mcp.href })
-  t.ok(me.expiresAt > Date.now() / 1000, 'an unexpired token')
-  const initWithToken = log.filter(r => r.url.href === mcp.href && r.method === 'POST').at(-1)
-  t.equal(initWithToken?.bearer, firstTokens?.access_token, 'the MCP requests carry the access token')
+    // 3. A new connection with the stored tokens: the tools answer for alice and this client.
+    const second = connectClient(t, mcp, provider, log)
+    await second.client.connect(second.transport)
+    const { tools } = await second.client.listTools()
+    t.ok(tools.some(tool => tool.name === 'whoami'), 'whoami is listed')
+    const me = await whoami(second.client)
+    t.match(me, { userId: 'alice', email: 'alice@dev.local', clientId, scopes: ['mcp:tools'], resource: mcp.href })
+    t.ok(me.expiresAt > Date.now() / 1000, 'an unexpired token')
+    const initWithToken = log.filter(r => r.url.href === mcp.href && r.method === 'POST').at(-1)
+    t.equal(initWithToken?.bearer, firstTokens?.access_token, 'the MCP requests carry the access token')
 
-  // 4. The access token is refused (as after expiry or revocation of that one token): on the 401
-  //    invalid_token the SDK refreshes with its refresh token and retries, without a new login.
-  const oldRefresh = firstTokens?.refresh_token as string
-  provider.stored = { ...(firstTokens as OAuthTokens), access_token: `mcpat_${randomBytes(32).toString('base64url')}` }
-  const mark = log.length
-  const third = connectClient(t, mcp, provider, log)
-  await third.client.connect(third.transport)
-  const after = log.slice(mark)
-  const refused = after[0]
-  t.match(refused, { method: 'POST', status: 401 }, 'the bad access token is refused')
-  const refresh = after.find(r => r.url.pathname === '/oauth/token')
-  t.equal(refresh?.status, 200, 'the SDK refreshed')
-  t.match(Object.fromEntries(refresh?.form ?? []), { grant_type: 'refresh_token', refresh_token: oldRefresh, client_id: clientId, resource: mcp.href })
-  t.equal(provider.authorizationUrls.length, 1, 'no second login')
-  t.notOk(after.some(r => r.url.pathname === '/oauth/register'), 'no second registration')
+    // 4. The access token is refused (as after expiry or revocation of that one token): on the 401
+    //    invalid_token the SDK refreshes with its refresh token and retries, without a new login.
+    const oldRefresh = firstTokens?.refresh_token as string
+    provider.stored = { ...(firstTokens as OAuthTokens), access_token: `mcpat_${randomBytes(32).toString('base64url')}` }
+    const mark = log.length
+    const third = connectClient(t, mcp, provider, log)
+    await third.client.connect(third.transport)
+    const after = log.slice(mark)
+    const refused = after[0]
+    t.match(refused, { method: 'POST', status: 401 }, 'the bad access token is refused')
+    const refresh = after.find(r => r.url.pathname === '/oauth/token')
+    t.equal(refresh?.status, 200, 'the SDK refreshed')
+    t.match(Object.fromEntries(refresh?.form ?? []), { grant_type: 'refresh_token', refresh_token: oldRefresh, client_id: clientId, resource: mcp.href })
+    t.equal(provider.authorizationUrls.length, 1, 'no second login')
+    t.notOk(after.some(r => r.url.pathname === '/oauth/register'), 'no second registration')
 
-  const refreshed = provider.stored as OAuthTokens | undefined
-  t.match(refreshed, { access_token: /^mcpat_/, refresh_token: /^mcprt_/ })
-  t.not(refreshed?.refresh_token, oldRefresh, 'the refresh token rotated')
-  t.not(refreshed?.access_token, firstTokens?.access_token, 'a new access token')
-  const meAgain = await whoami(third.client)
-  t.match(meAgain, { userId: 'alice', email: 'alice@dev.local', clientId })
-  t.equal(log.filter(r => r.url.href === mcp.href && r.method === 'POST').at(-1)?.bearer, refreshed?.access_token, 'the tool call used the refreshed token')
+    const refreshed = provider.stored as OAuthTokens | undefined
+    t.match(refreshed, { access_token: /^mcpat_/, refresh_token: /^mcprt_/ })
+    t.not(refreshed?.refresh_token, oldRefresh, 'the refresh token rotated')
+    t.not(refreshed?.access_token, firstTokens?.access_token, 'a new access token')
+    const meAgain = await whoami(third.client)
+    t.match(meAgain, { userId: 'alice', email: 'alice@dev.local', clientId })
+    t.equal(log.filter(r => r.url.href === mcp.href && r.method === 'POST').at(-1)?.bearer, refreshed?.access_token, 'the tool call used the refreshed token')
 
-  // The rotated-out refresh token is no longer a way in after the grace window: not asserted here
-  // (see refresh.test.ts); but the refreshed one still works with another rotation.
-  provider.stored = { ...(refreshed as OAuthTokens), access_token: 'garbage' }
-  const fourth = connectClient(t, mcp, provider, log)
-  await fourth.client.connect(fourth.transport)
-  t.not(provider.stored?.refresh_token, refreshed?.refresh_token, 'rotated again')
-  t.match(await whoami(fourth.client), { userId: 'alice', clientId })
-})
+    // The rotated-out refresh token is no longer a way in after the grace window: not asserted here
+    // (see refresh.test.ts); but the refreshed one still works with another rotation.
+    provider.stored = { ...(refreshed as OAuthTokens), access_token: 'garbage' }
+    const fourth = connectClient(t, mcp, provider, log)
+    await fourth.client.connect(fourth.transport)
+    t.not(provider.stored?.refresh_token, refreshed?.refresh_token, 'rotated again')
+    t.match(await whoami(fourth.client), { userId: 'alice', clientId })
+  })
 }
 
 t.test('the MCP SDK 1.x client with a client ID metadata document: no registration, the URL is the client id', async t => {
