@@ -90,6 +90,8 @@ for (const [name, options] of EXAMPLES) {
     t.equal(provider.stored, undefined, 'no tokens before the code exchange')
 
     // 2. The host receives the callback and hands the code to the SDK.
+    // RFC 9207: SDK 1.x leaves the `iss` check to the host, which code() does before using the code.
+    t.equal(provider.callbacks[0]?.searchParams.get('iss'), issuer, 'the callback names the issuer')
     const code = provider.code(issuer)
     t.match(code, /^mcpac_/)
     const before = log.length
