@@ -6,7 +6,7 @@ import type { Provider } from '../lib/providers/types.js'
 import { googleProvider, oidcProvider } from '../lib/providers/index.js'
 import { startDevIdp } from './dev-idp.js'
 import { RedisStore } from '../lib/storage/redis/index.js'
-import { mcpRoutes } from './mcp.js'
+import { mcpRoutes, TOOLS_SCOPE, UPSTREAM_SCOPE, type McpRoutesOptions } from './mcp.js'
 import { serverDefaults } from './timeouts.js'
 
 /**
@@ -31,6 +31,7 @@ export interface ExampleConfig {
   issuer: string
   /** The MCP endpoint, which is also the resource indicator of its tokens. */
   resource: string
+  /** Every scope the plugin offers: the one /mcp needs, and the one a client steps up to for `upstream_token`. */
   scopes: string[]
 }
 
@@ -41,7 +42,7 @@ export function configFromEnv (env: ExampleEnv = process.env): ExampleConfig {
   const host = env.HOST ?? '127.0.0.1'
   // A wildcard bind address is not somewhere a browser can go: advertise the loopback address instead.
   const issuer = env.MCP_OAUTH_ISSUER ?? `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`
-  return { port, host, issuer, resource: `${issuer}/mcp`, scopes: ['mcp:tools'] }
+  return { port, host, issuer, resource: `${issuer}/mcp`, scopes: [TOOLS_SCOPE, UPSTREAM_SCOPE] }
 }
 
 /** Plugin options from environment variables, each in whole seconds. */
@@ -137,6 +138,8 @@ export interface ExampleAppOptions {
   env?: ExampleEnv
   /** More plugin options, on top of what the environment says (the Prometheus variant adds `metrics`). */
   oauth?: Partial<McpOAuthOptions>
+  /** The MCP endpoint; default the MCP SDK v2 one of ./mcp.ts (./mcp-sdk1.ts has the same for SDK 1.x). */
+  mcp?: FastifyPluginAsync<McpRoutesOptions>
 }
 
 /** The application plugin: the OAuth plugin, the MCP endpoint and a help page at `/`. */
@@ -175,7 +178,7 @@ const exampleApp: FastifyPluginAsync<ExampleAppOptions> = async (fastify, opts) 
     ...lifetimes,
     ...opts.oauth
   })
-  await fastify.register(mcpRoutes, { scopes: config.scopes })
+  await fastify.register(opts.mcp ?? mcpRoutes, { scopes: [TOOLS_SCOPE], upstreamScope: UPSTREAM_SCOPE })
 
   const resolved = fastify.mcpOAuth.config
   const help = {
@@ -203,10 +206,14 @@ export const options: FastifyServerOptions = {
 }
 
 /** The configured example, not listening: for tests and for embedding without Fastify CLI. */
-export async function buildExample (env: ExampleEnv = process.env, serverOptions: FastifyServerOptions = { ...serverDefaults, logger: false }): Promise<FastifyInstance> {
+export async function buildExample (
+  env: ExampleEnv = process.env,
+  serverOptions: FastifyServerOptions = { ...serverDefaults, logger: false },
+  appOptions: Omit<ExampleAppOptions, 'env'> = {}
+): Promise<FastifyInstance> {
   const instance = Fastify(serverOptions)
   try {
-    await instance.register(app, { env })
+    await instance.register(app, { ...appOptions, env })
     await instance.ready()
   } catch (err) {
     // What started before the failure (the development IdP) stops with the instance.

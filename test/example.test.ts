@@ -2,6 +2,7 @@ import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
+import { Client as Client2, StreamableHTTPClientTransport as Transport2, InsufficientScopeError } from '@modelcontextprotocol/client'
 import { buildExample, configFromEnv, lifetimesFromEnv } from '../example/app.js'
 
 interface Test { teardown (fn: () => unknown): void }
@@ -52,7 +53,7 @@ const initialize = {
 const mcpHeaders = { 'content-type': 'application/json', accept: 'application/json, text/event-stream' }
 
 t.test('configuration from the environment', async t => {
-  t.same(configFromEnv({}), { port: 3000, host: '127.0.0.1', issuer: ISSUER, resource: RESOURCE, scopes: ['mcp:tools'] })
+  t.same(configFromEnv({}), { port: 3000, host: '127.0.0.1', issuer: ISSUER, resource: RESOURCE, scopes: ['mcp:tools', 'mcp:upstream'] })
   t.equal(configFromEnv({ PORT: '8080', HOST: '0.0.0.0' }).issuer, 'http://127.0.0.1:8080', 'a wildcard bind is advertised as loopback')
   t.equal(configFromEnv({ HOST: 'localhost' }).issuer, 'http://localhost:3000')
   t.equal(configFromEnv({ MCP_OAUTH_ISSUER: 'https://mcp.example.com' }).resource, 'https://mcp.example.com/mcp')
@@ -89,7 +90,7 @@ t.test('GET / describes the server', async t => {
   t.match(res.json(), {
     issuer: ISSUER,
     mcp: RESOURCE,
-    scopes: ['mcp:tools'],
+    scopes: ['mcp:tools', 'mcp:upstream'],
     metadata: {
       authorizationServer: `${ISSUER}/.well-known/oauth-authorization-server`,
       protectedResource: [PRM]
@@ -131,7 +132,7 @@ t.test('the MCP SDK client lists and calls the tools with a token', async t => {
   const client = await connect(t, await listen(app), tokens.access_token)
 
   const { tools } = await client.listTools()
-  t.same(tools.map(tool => tool.name).sort(), ['echo', 'whoami'])
+  t.same(tools.map(tool => tool.name).sort(), ['echo', 'upstream_token', 'whoami'])
 
   const identity = {
     userId: 'user-42',
@@ -188,4 +189,41 @@ t.test('the embedded development IdP is refused in production, and a half-config
   await t.rejects(buildExample({ NODE_ENV: 'production', PORT: '3000' }), /refused when NODE_ENV=production/)
   await t.rejects(buildExample({ GOOGLE_CLIENT_ID: 'x', PORT: '3000' }), /GOOGLE_CLIENT_SECRET is required/)
   await t.rejects(buildExample({ OIDC_ISSUER: 'https://id.example.com', PORT: '3000' }), /OIDC_CLIENT_ID is required/)
+})
+
+t.test('a loopback server takes only loopback Host and Origin headers (the SDK adapter\'s DNS rebinding checks)', async t => {
+  const app = await example(t)
+  const post = (headers: Record<string, string>) => app.inject({ method: 'POST', url: '/mcp', headers: { ...mcpHeaders, ...headers }, payload: initialize })
+  const rebound = await post({ host: 'attacker.example:3000' })
+  t.equal(rebound.statusCode, 403, 'a rebound name is refused')
+  t.match(rebound.json(), { jsonrpc: '2.0', error: { code: -32000, message: /host/i } })
+  t.notOk(rebound.headers['www-authenticate'], 'before the guard: nothing about the authorization server')
+  const page = await post({ host: '127.0.0.1:3000', origin: 'https://attacker.example' })
+  t.equal(page.statusCode, 403, 'a page of another origin is refused')
+  for (const host of ['127.0.0.1:3000', 'localhost:3000', '[::1]:3000']) {
+    t.equal((await post({ host, origin: 'http://localhost:6274' })).statusCode, 401, `${host}: on to the guard`)
+  }
+})
+
+t.test('upstream_token needs mcp:upstream (a scope challenge to step up to), then reports what the provider holds', async t => {
+  const app = await example(t)
+  const url = await listen(app)
+  const connect2 = async (token: string) => {
+    const transport = new Transport2(url, { requestInit: { headers: { authorization: `Bearer ${token}` } }, onInsufficientScope: 'throw' })
+    const client = new Client2({ name: 'example-test', version: '1.0.0' }, { versionNegotiation: { mode: { pin: '2026-07-28' } } })
+    t.teardown(() => client.close())
+    await client.connect(transport)
+    return client
+  }
+  const narrow = await connect2((await mint(app)).tokens.access_token)
+  const err = await narrow.callTool({ name: 'upstream_token', arguments: {} }).then(() => undefined, (e: unknown) => e)
+  t.ok(err instanceof InsufficientScopeError, `403 insufficient_scope (${String(err)})`)
+  t.match(err, { requiredScope: 'mcp:upstream', resourceMetadataUrl: new URL(PRM) })
+  t.match(await narrow.callTool({ name: 'whoami', arguments: {} }), { structuredContent: { userId: 'user-42' } }, 'the other tools still answer')
+
+  // A grant made by the application itself has no upstream tokens: a tool error saying so.
+  const wide = await connect2((await mint(app, ['mcp:tools', 'mcp:upstream'])).tokens.access_token)
+  const result = await wide.callTool({ name: 'upstream_token', arguments: {} })
+  t.ok(result.isError)
+  t.match(result.content, [{ type: 'text', text: /upstream/i }])
 })
