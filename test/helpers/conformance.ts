@@ -19,6 +19,10 @@
  *   exactly one state (matching) and one non-empty code, no error, and an `iss` equal to the
  *   metadata issuer when present. It then redeems the code (auth method `none` without a secret)
  *   and wants 200, `application/json`, `Cache-Control: no-store`, `access_token` and `token_type`.
+ *   Hence the public client: given `--client-secret` too, the suite still sends no secret whenever
+ *   the server's `token_endpoint_auth_methods_supported` lists `none` (ours does, for public
+ *   clients), and a confidential client that does not authenticate is refused (401
+ *   invalid_client, OAuth 2.1 §3.2.1), which the suite then reports as a failed grant.
  *
  * `--resource <uri>` adds that RFC 8707 `resource` parameter to both the authorization request
  * and the token request; without it neither carries one.
