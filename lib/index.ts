@@ -10,6 +10,7 @@ import type { Store } from './storage/contract.js'
 import { AuthorizationFlow } from './flow/authorize.js'
 import { RefreshTokenGrant } from './token/grants/refresh-token.js'
 import { AuthorizationCodeGrant } from './token/grants/authorization-code.js'
+import { ClientCredentialsGrant } from './token/grants/client-credentials.js'
 import { TokenEndpoint } from './token/endpoint.js'
 import { RegistrationService } from './clients/registration.js'
 import { RevocationService } from './token/revocation.js'
@@ -137,6 +138,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
       recheck: grant => upstream.recheck(grant),
       successorKey: deploymentKeys.key('refresh-successor')
     }),
+    clientCredentials: new ClientCredentialsGrant({ config, grants, auditor }),
     keepAlive: client => registration.keepAlive(client)
   })
 
