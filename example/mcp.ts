@@ -27,6 +27,7 @@ export type WhoAmI = Omit<McpAuthInfo, 'grantId' | 'emailVerified'>
 
 /** The output schema of `whoami`, one line per field of WhoAmI; shared with the SDK 1.x example. */
 export const WhoAmIShape = {
+  subjectType: z.enum(['user', 'client']),
   userId: z.string(),
   email: z.string().optional(),
   clientId: z.string(),

@@ -135,6 +135,7 @@ t.test('the MCP SDK client lists and calls the tools with a token', async t => {
   t.same(tools.map(tool => tool.name).sort(), ['echo', 'upstream_token', 'whoami'])
 
   const identity = {
+    subjectType: 'user',
     userId: 'user-42',
     email: 'ada@example.com',
     clientId: 'client-7',
