@@ -10,6 +10,7 @@ import type { Store } from './storage/contract.js'
 import { AuthorizationFlow } from './flow/authorize.js'
 import { RefreshTokenGrant } from './token/grants/refresh-token.js'
 import { AuthorizationCodeGrant } from './token/grants/authorization-code.js'
+import { ClientCredentialsGrant } from './token/grants/client-credentials.js'
 import { TokenEndpoint } from './token/endpoint.js'
 import { RegistrationService } from './clients/registration.js'
 import { RevocationService } from './token/revocation.js'
@@ -150,6 +151,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
       recheck: grant => upstream.recheck(grant),
       successorKey: deploymentKeys.key('refresh-successor')
     }),
+    clientCredentials: new ClientCredentialsGrant({ config, grants, auditor }),
     keepAlive: client => registration.keepAlive(client)
   })
 
@@ -209,7 +211,7 @@ export type * from './storage/contract.js'
 export type { McpOAuthOptions, ResolvedConfig, ResolvedResource } from './options/index.js'
 export type { AuthenticateOptions } from './guard.js'
 export type { McpAuthInfo, ValidationResult, TokenValidator } from './token/validator.js'
-export type { GrantService, TokenResponse, NewGrant } from './token/issue.js'
+export type { GrantService, TokenResponse, TokenPair, NewGrant } from './token/issue.js'
 export type { UpstreamAccess } from './token/upstream.js'
 export { generateKey } from './security/keyring.js'
 export type { EncryptionKey } from './security/keyring.js'

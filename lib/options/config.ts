@@ -17,6 +17,9 @@ export interface ResolvedResource {
   metadataUrl: string
 }
 
+/** A client of the `clients` option, with its grant types and redirect URIs spelled out. */
+export type ResolvedStaticClient = StaticClient & Required<Pick<StaticClient, 'grant_types' | 'redirect_uris'>>
+
 export interface ResolvedConfig {
   issuer: string
   /** Path part of the issuer ('' for an issuer without a path). Routes are registered under it. */
@@ -36,7 +39,7 @@ export interface ResolvedConfig {
   defaultScopes: string[]
   ttl: { accessToken: number, refreshToken: number, grant: number, code: number, flow: number }
   serviceDocumentation?: string
-  clients: StaticClient[]
+  clients: ResolvedStaticClient[]
   registration: {
     mode: 'off' | 'public' | 'token'
     token?: string

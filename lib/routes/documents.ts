@@ -47,7 +47,7 @@ export function authorizationServerMetadata (config: ResolvedConfig): Static<typ
     scopes_supported: config.scopes,
     response_types_supported: ['code'],
     response_modes_supported: ['query'],
-    grant_types_supported: ['authorization_code', 'refresh_token'],
+    grant_types_supported: ['authorization_code', 'refresh_token', 'client_credentials'],
     token_endpoint_auth_methods_supported: ['none', 'client_secret_basic', 'client_secret_post', 'private_key_jwt'],
     // RFC 8414 §2: the algorithms of a private_key_jwt client assertion.
     token_endpoint_auth_signing_alg_values_supported: [...ASSERTION_ALGORITHMS],

@@ -1,6 +1,7 @@
 import { OAuthError } from '../errors.js'
 import type { ClientRecord } from '../storage/contract.js'
 import type { AuthorizationCodeGrant } from './grants/authorization-code.js'
+import type { ClientCredentialsGrant } from './grants/client-credentials.js'
 import type { RefreshTokenGrant } from './grants/refresh-token.js'
 import type { TokenResponse } from './issue.js'
 
@@ -21,6 +22,7 @@ type GrantHandler = (client: ClientRecord, params: TokenParameters) => Promise<T
 export interface TokenEndpointDeps {
   authorizationCode: Pick<AuthorizationCodeGrant, 'exchangeCode'>
   refreshToken: Pick<RefreshTokenGrant, 'refresh'>
+  clientCredentials: Pick<ClientCredentialsGrant, 'issue'>
   /**
    * Called once tokens are issued to the authenticated client: tokens are its use (finding 7),
    * which renews a dynamic client's expiry. Merely naming a client (an authorization request
@@ -39,16 +41,17 @@ export class TokenEndpoint {
   readonly #unsupported: string
   readonly #keepAlive: TokenEndpointDeps['keepAlive']
 
-  constructor ({ authorizationCode, refreshToken, keepAlive }: TokenEndpointDeps) {
+  constructor ({ authorizationCode, refreshToken, clientCredentials, keepAlive }: TokenEndpointDeps) {
     this.#grants = new Map<string, GrantHandler>([
       ['authorization_code', (client, p) => authorizationCode.exchangeCode(client, {
         code: p.code, codeVerifier: p.code_verifier, redirectUri: p.redirect_uri, resource: p.resource
       })],
       ['refresh_token', (client, p) => refreshToken.refresh(client, {
         refreshToken: p.refresh_token, scope: p.scope, resource: p.resource
-      })]
+      })],
+      ['client_credentials', (client, p) => clientCredentials.issue(client, { scope: p.scope, resource: p.resource })]
     ])
-    this.#unsupported = `grant_type must be ${[...this.#grants.keys()].join(' or ')}`
+    this.#unsupported = `grant_type must be one of ${[...this.#grants.keys()].join(', ')}`
     this.#keepAlive = keepAlive
   }
 
