@@ -6,6 +6,7 @@ import type { FastifyInstance } from 'fastify'
 import { buildApp, ISSUER, RESOURCE, type TestApp } from './helpers/app.js'
 import { resolveOptions } from '../lib/options/index.js'
 import { RedisStore } from '../lib/storage/redis/index.js'
+import { MemoryStore } from '../lib/storage/memory/index.js'
 import { selfSignedCert } from './helpers/tls.js'
 import { withRedisServer } from './helpers/redis-tests.js'
 
@@ -276,6 +277,24 @@ t.test('a metadata-document client declaring private_key_jwt with a jwks_uri aut
   t.match(await introspect(ctx, await assertion(ctx, CIMD_ID, {}, stranger), token), { status: 401, body: { error: 'invalid_client' } })
   const none = await post(ctx.app, '/oauth/introspect', { token: token as string, client_id: CIMD_ID })
   t.match(none, { status: 401, body: { error_description: /must authenticate with private_key_jwt/ } }, 'no longer a public client')
+})
+
+t.test('a private_key_jwt record without keys (a custom store wrote it) is refused, not a 500', async t => {
+  const store = new MemoryStore()
+  await store.saveClient({
+    clientId: 'keyless',
+    redirectUris: [],
+    tokenEndpointAuthMethod: 'private_key_jwt',
+    grantTypes: ['client_credentials'],
+    responseTypes: [],
+    applicationType: 'web',
+    metadata: {},
+    clientIdIssuedAt: 0,
+    source: 'dcr'
+  })
+  const ctx = await pkApp(t, { store })
+  const res = await post(ctx.app, '/oauth/token', withAssertion(await assertion(ctx, 'keyless'), { grant_type: 'client_credentials' }))
+  t.match(res, { status: 401, body: { error: 'invalid_client', error_description: 'The client assertion was refused: this client has no registered keys' } })
 })
 
 t.test('static private_key_jwt clients are checked at start-up', async t => {
