@@ -24,6 +24,8 @@ import { RouteLimits } from './routes/limits.js'
 import { corsOptions } from './routes/cors.js'
 import cors from '@fastify/cors'
 import { ClientDirectory } from './clients/directory.js'
+import { ClientAuthentication } from './clients/authenticate.js'
+import { AssertionVerifier } from './security/assertion.js'
 import { pageStyle } from './routes/html.js'
 import { setupTelemetry } from './telemetry/index.js'
 
@@ -102,6 +104,17 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   const clients = new ClientDirectory({ config, store, auditor, now, fetchHooks: opts.cimdTestHooks })
   await clients.saveStaticClients()
   const findClient = (clientId: string) => clients.find(clientId)
+  // One assertion verifier per registration: its replay cache is the store, shared by every replica.
+  const assertions = new AssertionVerifier({ store, now })
+  const clientAuth = new ClientAuthentication({
+    findClient,
+    verifier: assertions,
+    keySets: clients.keySets(),
+    issuer: config.issuer,
+    tokenEndpoint: config.endpoints.token,
+    resourceServers: config.introspection.resourceServers,
+    now
+  })
 
   // Background work (upstream revocation retries) runs on unref'd timers released on close.
   const timers = new Set<NodeJS.Timeout>()
@@ -175,7 +188,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
     signer,
     style: pageStyle(config),
     now,
-    findClient,
+    clientAuth,
     registration,
     revocation,
     limits,

@@ -1,4 +1,7 @@
+import { createLocalJWKSet, type JWTVerifyGetKey } from 'jose'
 import { OAuthError } from '../errors.js'
+import type { AssertionVerifier } from '../security/assertion.js'
+import type { RemoteKeySets } from '../security/jwks.js'
 import type { ClientAuthMethod, ClientRecord } from '../storage/contract.js'
 import { hashToken, safeEqual } from '../oauth/tokens.js'
 
@@ -6,15 +9,19 @@ import { hashToken, safeEqual } from '../oauth/tokens.js'
  * Client authentication (RFC 6749 §2.3) at the token, revocation and introspection endpoints:
  * exactly one method per request, the one the client registered. A method is two steps: what the
  * request presents (`present`), then whether that proves the client (`verifiers`); a new method
- * (private_key_jwt, RFC 7523) is one more of each. Secrets are compared as SHA-256 hashes in
- * constant time.
+ * (private_key_jwt, RFC 7523 §2.2) is one more of each. Secrets are compared as SHA-256 hashes in
+ * constant time; a client assertion goes through the one AssertionVerifier (signature, times,
+ * audience, its `jti` spent once) and is never logged or quoted.
  */
+
+/** RFC 7523 §2.2: the client_assertion_type of a JWT client assertion. */
+export const CLIENT_ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'
 
 export interface ClientCredentials {
   /** The Authorization header, if any. */
   authorization: string | undefined
   /** The body's RFC 6749 §2.3.1 parameters (the route's schema makes each a single string). */
-  body: { client_id?: string, client_secret?: string }
+  body: { client_id?: string, client_secret?: string, client_assertion?: string, client_assertion_type?: string }
 }
 
 /** What a request presents: the method it uses, the client it names and its proof. */
@@ -23,10 +30,9 @@ interface Presented {
   clientId: string
   /** The shared secret (client_secret_basic, client_secret_post). */
   secret?: string
+  /** The signed JWT (private_key_jwt). */
+  assertion?: string
 }
-
-/** Does what was presented prove this client? Throws invalid_client if not. */
-type Verifier = (client: ClientRecord, presented: Presented, now: number) => void | Promise<void>
 
 /** An introspection caller: a configured resource server, or a confidential client. */
 export interface Introspector {
@@ -35,10 +41,12 @@ export interface Introspector {
 }
 
 /** A resource server allowed to introspect every token, with its secret's hash. */
-export interface ResourceServerCredential {
+interface ResourceServerCredential {
   id: string
   secretHash: string
 }
+
+const ASSERTION_LABEL = { label: 'client assertion', error: 'invalid_client' } as const
 
 const BASIC_CHALLENGE = { 'www-authenticate': 'Basic realm="oauth"' }
 
@@ -69,10 +77,22 @@ function parseBasic (header: string, lenient = false): { id: string, secret: str
 }
 
 /** The one method a request uses; two at once is a malformed request. */
-function present (creds: ClientCredentials): Presented {
+function present (creds: ClientCredentials, verifier: AssertionVerifier): Presented {
   const header = creds.authorization
-  const { client_id: bodyId, client_secret: bodySecret } = creds.body
-  if (header !== undefined && /^basic(?: |$)/i.test(header)) {
+  const { client_id: bodyId, client_secret: bodySecret, client_assertion: assertion, client_assertion_type: assertionType } = creds.body
+  const basic = header !== undefined && /^basic(?: |$)/i.test(header)
+  if (assertion !== undefined || assertionType !== undefined) {
+    if (basic || bodySecret !== undefined) throw new OAuthError('invalid_request', 'Use one client authentication method, not several')
+    if (assertion === undefined || assertionType === undefined) {
+      throw new OAuthError('invalid_request', 'client_assertion and client_assertion_type must be sent together')
+    }
+    if (assertionType !== CLIENT_ASSERTION_TYPE) throw new OAuthError('invalid_client', `client_assertion_type must be ${CLIENT_ASSERTION_TYPE}`)
+    // RFC 7523 §3: the client is the assertion's issuer; the signature is checked once the client is known.
+    const { iss } = verifier.decode(assertion, ASSERTION_LABEL).claims
+    if (bodyId !== undefined && bodyId !== iss) throw new OAuthError('invalid_client', 'client_id differs from the client assertion\'s issuer ("iss")')
+    return { method: 'private_key_jwt', clientId: iss, assertion }
+  }
+  if (basic) {
     if (bodySecret !== undefined) throw new OAuthError('invalid_request', 'Use one client authentication method, not several')
     const parsed = parseBasic(header)
     if (parsed === null) throw new OAuthError('invalid_client', 'Malformed Basic credentials', { headers: BASIC_CHALLENGE })
@@ -87,60 +107,105 @@ function present (creds: ClientCredentials): Presented {
   return { method: 'none', clientId: bodyId }
 }
 
-const verifySecret: Verifier = (client, presented, now) => {
+function verifySecret (client: ClientRecord, presented: Presented, now: number): void {
   const ok = client.clientSecretHash !== undefined && safeEqual(hashToken(presented.secret as string), client.clientSecretHash)
   if (!ok) throw invalidClient('Client authentication failed', presented)
   const expires = client.clientSecretExpiresAt ?? 0
   if (expires !== 0 && expires * 1000 <= now) throw invalidClient('The client secret has expired', presented)
 }
 
-const verifiers: Record<ClientAuthMethod, Verifier> = {
-  // A public client proves nothing here: PKCE and the redirect URI bind its code.
-  none: () => {},
-  client_secret_basic: verifySecret,
-  client_secret_post: verifySecret
+export interface ClientAuthenticationDeps {
+  findClient: (clientId: string) => Promise<ClientRecord | null>
+  /** The registration's one assertion verifier (its replay cache is the store's). */
+  verifier: AssertionVerifier
+  /** The registration's cache of clients' `jwks_uri` key sets. */
+  keySets: RemoteKeySets
+  issuer: string
+  tokenEndpoint: string
+  /** The resource servers allowed to introspect every token (RFC 7662 §2.1). */
+  resourceServers: ReadonlyArray<{ id: string, secret: string }>
+  now: () => number
 }
 
-/** Authenticate the client of a token, revocation or introspection request. */
-export async function authenticateClient (
-  creds: ClientCredentials,
-  findClient: (clientId: string) => Promise<ClientRecord | null>,
-  now: number
-): Promise<ClientRecord> {
-  const presented = present(creds)
-  const client = presented.clientId.length > 2048 ? null : await findClient(presented.clientId)
-  if (client === null) throw invalidClient('Unknown client', presented)
-  if (client.tokenEndpointAuthMethod !== presented.method) {
-    throw invalidClient(`This client must authenticate with ${client.tokenEndpointAuthMethod}`, presented)
-  }
-  await verifiers[presented.method](client, presented, now)
-  return client
-}
-
-/** The configured resource servers' credentials, hashed once. */
-export function resourceServerCredentials (servers: ReadonlyArray<{ id: string, secret: string }>): ResourceServerCredential[] {
-  return servers.map(s => ({ id: s.id, secretHash: hashToken(s.secret) }))
-}
+/** Most clients' inline key sets kept ready for verification (least recently used go first). */
+const MAX_LOCAL_KEY_SETS = 1000
 
 /**
- * RFC 7662 §2.1: who may introspect. A configured resource server (HTTP Basic) sees every token; a
- * client must be confidential and sees its own.
+ * Client authentication as the token, revocation and introspection endpoints use it: built once per
+ * plugin registration, with the verifier, the key-set caches and the audiences a client assertion may
+ * name.
  */
-export async function authenticateIntrospector (
-  creds: ClientCredentials,
-  servers: readonly ResourceServerCredential[],
-  findClient: (clientId: string) => Promise<ClientRecord | null>,
-  now: number
-): Promise<Introspector> {
-  const basic = creds.authorization === undefined ? null : parseBasic(creds.authorization, true)
-  const server = basic === null ? undefined : servers.find(s => s.id === basic.id)
-  if (basic !== null && server !== undefined) {
-    if (!safeEqual(hashToken(basic.secret), server.secretHash)) throw new OAuthError('invalid_client', 'Client authentication failed', { headers: BASIC_CHALLENGE })
-    return { clientId: server.id, resourceServer: true }
+export class ClientAuthentication {
+  readonly #d: ClientAuthenticationDeps
+  readonly #audiences: readonly string[]
+  readonly #servers: readonly ResourceServerCredential[]
+  /** client id -> its inline `jwks` as JSON and the key source made from it. */
+  readonly #localKeys = new Map<string, { json: string, keys: JWTVerifyGetKey }>()
+
+  constructor (deps: ClientAuthenticationDeps) {
+    this.#d = deps
+    // RFC 7523 §3: the token endpoint or the issuer; clients differ on the trailing slash.
+    this.#audiences = [deps.tokenEndpoint, deps.issuer].flatMap(url => [url, `${url}/`])
+    this.#servers = deps.resourceServers.map(s => ({ id: s.id, secretHash: hashToken(s.secret) }))
   }
-  const client = await authenticateClient(creds, findClient, now)
-  if (client.tokenEndpointAuthMethod === 'none') {
-    throw new OAuthError('invalid_client', 'Introspection requires an authenticated (confidential) client')
+
+  /** Authenticate the client of a token, revocation or introspection request. */
+  async client (creds: ClientCredentials): Promise<ClientRecord> {
+    const presented = present(creds, this.#d.verifier)
+    const client = presented.clientId.length > 2048 ? null : await this.#d.findClient(presented.clientId)
+    if (client === null) throw invalidClient('Unknown client', presented)
+    if (client.tokenEndpointAuthMethod !== presented.method) {
+      throw invalidClient(`This client must authenticate with ${client.tokenEndpointAuthMethod}`, presented)
+    }
+    switch (presented.method) {
+      // A public client proves nothing here: PKCE and the redirect URI bind its code.
+      case 'none': break
+      case 'private_key_jwt':
+        await this.#d.verifier.verify(presented.assertion as string, {
+          ...ASSERTION_LABEL,
+          keys: this.#keysOf(client),
+          issuer: client.clientId,
+          subject: client.clientId,
+          audience: this.#audiences
+        })
+        break
+      default: verifySecret(client, presented, this.#d.now())
+    }
+    return client
   }
-  return { clientId: client.clientId, resourceServer: false }
+
+  /**
+   * RFC 7662 §2.1: who may introspect. A configured resource server (HTTP Basic) sees every token; a
+   * client must be confidential and sees its own.
+   */
+  async introspector (creds: ClientCredentials): Promise<Introspector> {
+    const basic = creds.authorization === undefined ? null : parseBasic(creds.authorization, true)
+    const server = basic === null ? undefined : this.#servers.find(s => s.id === basic.id)
+    if (basic !== null && server !== undefined) {
+      if (creds.body.client_assertion !== undefined) throw new OAuthError('invalid_request', 'Use one client authentication method, not several')
+      if (!safeEqual(hashToken(basic.secret), server.secretHash)) throw new OAuthError('invalid_client', 'Client authentication failed', { headers: BASIC_CHALLENGE })
+      return { clientId: server.id, resourceServer: true }
+    }
+    const client = await this.client(creds)
+    if (client.tokenEndpointAuthMethod === 'none') {
+      throw new OAuthError('invalid_client', 'Introspection requires an authenticated (confidential) client')
+    }
+    return { clientId: client.clientId, resourceServer: false }
+  }
+
+  /** The client's key source: its inline set (made once, remade when it changes) or its jwks_uri's. */
+  #keysOf (client: ClientRecord): JWTVerifyGetKey {
+    if (client.jwksUri !== undefined) return this.#d.keySets.keys(client.jwksUri)
+    if (client.jwks === undefined) throw new OAuthError('invalid_client', 'The client assertion was refused: this client has no registered keys')
+    const json = JSON.stringify(client.jwks)
+    const cached = this.#localKeys.get(client.clientId)
+    this.#localKeys.delete(client.clientId)
+    const keys = cached?.json === json ? cached.keys : createLocalJWKSet(client.jwks)
+    for (const oldest of this.#localKeys.keys()) {
+      if (this.#localKeys.size < MAX_LOCAL_KEY_SETS) break
+      this.#localKeys.delete(oldest)
+    }
+    this.#localKeys.set(client.clientId, { json, keys })
+    return keys
+  }
 }

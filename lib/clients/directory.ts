@@ -1,6 +1,8 @@
+import type { JSONWebKeySet } from 'jose'
 import type { ResolvedConfig } from '../options/index.js'
 import type { Auditor } from '../security/audit.js'
-import type { FetchTestHooks } from '../security/fetch.js'
+import { SafeFetcher, type FetchTestHooks } from '../security/fetch.js'
+import { RemoteKeySets } from '../security/jwks.js'
 import type { ClientRecord, Store } from '../storage/contract.js'
 import { hashToken } from '../oauth/tokens.js'
 import { CimdResolver } from './cimd.js'
@@ -13,6 +15,9 @@ export interface ClientDirectoryDeps {
   /** TEST ONLY: name resolution and trusted CA for metadata documents (the `cimdTestHooks` option). */
   fetchHooks?: FetchTestHooks | undefined
 }
+
+/** Largest client key set fetched: a few dozen RSA keys. */
+const MAX_KEY_SET_BYTES = 64 * 1024
 
 /**
  * The one place a client is looked up, wherever it comes from: the options (static), the store
@@ -44,6 +49,24 @@ export class ClientDirectory {
       : undefined
   }
 
+  /**
+   * The key sets of clients that authenticate with private_key_jwt and a `jwks_uri`: a URL their
+   * owner chose, fetched as narrowly as a metadata document (https, no private addresses, no
+   * redirects, the documents' deadline), with the same test hooks.
+   */
+  keySets (): RemoteKeySets {
+    const { config, now, fetchHooks } = this.#d
+    const fetcher = new SafeFetcher({
+      timeoutMs: config.cimd.timeoutMs,
+      maxBytes: MAX_KEY_SET_BYTES,
+      mediaType: ['application/jwk-set+json', 'application/json'],
+      userAgent: 'fastify-mcp-oauth (client key set fetcher)',
+      allowPrivateAddresses: config.cimd.allowPrivateAddresses,
+      ...(fetchHooks ?? {})
+    })
+    return new RemoteKeySets({ fetcher, now })
+  }
+
   /** Write the clients from the options; at every start, so that a changed secret takes effect. */
   async saveStaticClients (): Promise<void> {
     const issuedAt = Math.floor(this.#d.now() / 1000)
@@ -62,6 +85,8 @@ export class ClientDirectory {
         source: 'static'
       }
       if (c.client_secret !== undefined) record.clientSecretHash = hashToken(c.client_secret)
+      if (c.jwks !== undefined) record.jwks = c.jwks as JSONWebKeySet
+      if (c.jwks_uri !== undefined) record.jwksUri = c.jwks_uri
       if (c.client_name !== undefined) record.clientName = c.client_name
       if (c.scope !== undefined) record.scope = c.scope
       if (c.refresh_grace_seconds !== undefined) record.refreshGraceSeconds = c.refresh_grace_seconds

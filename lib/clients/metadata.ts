@@ -3,11 +3,12 @@ import type { ClientRecord } from '../storage/contract.js'
 import { checkRedirectUri, type RedirectPolicy } from '../oauth/redirect.js'
 import { registeredScope } from '../oauth/scopes.js'
 import { hasUnsafeDisplayChars } from '../oauth/display.js'
+import { publicKeySetProblem } from '../security/jwks.js'
 
 /**
  * The RFC 7591 client metadata rules, one set for a registration body (RFC 7591/7592) and for a
  * Client ID Metadata Document (`document`). A document is public and names itself, so it has
- * stricter rules of its own (its client_id, no secret, auth method "none", a client_name); where
+ * stricter rules of its own (its client_id, no secret, auth method "none" or "private_key_jwt", a client_name); where
  * the two readings differ otherwise (limits, defaults, descriptions), `document` carries it.
  * The order of the checks decides which fault of several is reported: it is kept as it is.
  */
@@ -28,7 +29,7 @@ export interface MetadataRules {
 
 /** The client record's fields that come from its metadata. */
 export type ValidatedMetadata = Pick<ClientRecord,
-  'redirectUris' | 'tokenEndpointAuthMethod' | 'grantTypes' | 'responseTypes' | 'applicationType' | 'clientName' | 'scope' | 'metadata'>
+  'redirectUris' | 'tokenEndpointAuthMethod' | 'jwks' | 'jwksUri' | 'grantTypes' | 'responseTypes' | 'applicationType' | 'clientName' | 'scope' | 'metadata'>
 
 /** Optional metadata echoed as registered: URLs are checked, strings bounded. */
 const URL_FIELDS = ['client_uri', 'logo_uri', 'tos_uri', 'policy_uri'] as const
@@ -67,12 +68,11 @@ export function validateClientMetadata (input: unknown, rules: MetadataRules): V
       throw refuse('the document must not contain a client_secret: a public document cannot hold a secret')
     }
     const method = body.token_endpoint_auth_method
-    if (method !== undefined && method !== 'none') {
+    if (method !== undefined && method !== 'none' && method !== 'private_key_jwt') {
       if (typeof method === 'string' && SHARED_SECRET_METHODS.has(method)) {
-        throw refuse(`token_endpoint_auth_method "${method}" needs a shared secret, which a public document cannot hold; use "none"`)
+        throw refuse(`token_endpoint_auth_method "${method}" needs a shared secret, which a public document cannot hold; use "none" or "private_key_jwt"`)
       }
-      if (method === 'private_key_jwt') throw refuse('token_endpoint_auth_method "private_key_jwt" is not supported by this server; use "none"')
-      throw refuse('token_endpoint_auth_method must be "none"')
+      throw refuse('token_endpoint_auth_method must be "none" or "private_key_jwt"')
     }
     documentName = typeof body.client_name === 'string' ? body.client_name.trim() : ''
     if (documentName === '') throw refuse('client_name is required')
@@ -101,11 +101,16 @@ export function validateClientMetadata (input: unknown, rules: MetadataRules): V
   })
   const redirectUris = [...new Set(uris as string[])]
 
-  const method = document ? 'none' : body.token_endpoint_auth_method ?? 'client_secret_basic'
-  if (method !== 'none' && method !== 'client_secret_basic' && method !== 'client_secret_post') {
-    throw refuse('token_endpoint_auth_method must be none, client_secret_basic or client_secret_post')
+  const method = body.token_endpoint_auth_method ?? (document ? 'none' : 'client_secret_basic')
+  if (method !== 'none' && method !== 'client_secret_basic' && method !== 'client_secret_post' && method !== 'private_key_jwt') {
+    throw refuse('token_endpoint_auth_method must be none, client_secret_basic, client_secret_post or private_key_jwt')
   }
   if (!document && method === 'none' && rules.allowPublicClients !== true) throw refuse('Public clients (token_endpoint_auth_method "none") are not accepted here')
+  const keys = method === 'private_key_jwt' ? clientKeys(body, refuse) : {}
+  // A document may carry keys for other uses; a registration gets only what this server uses.
+  if (!document && method !== 'private_key_jwt' && (body.jwks !== undefined || body.jwks_uri !== undefined)) {
+    throw refuse('jwks and jwks_uri are used with token_endpoint_auth_method "private_key_jwt" only')
+  }
 
   const grants = body.grant_types === undefined ? ['authorization_code'] : stringArray(body.grant_types, 'grant_types')
   const unknownGrant = grants.find(g => g !== 'authorization_code' && g !== 'refresh_token' && (document || g !== 'client_credentials'))
@@ -114,7 +119,7 @@ export function validateClientMetadata (input: unknown, rules: MetadataRules): V
   }
   if (grants.includes('client_credentials')) {
     if (rules.allowClientCredentials !== true) throw refuse('client_credentials may only be registered with the initial access token')
-    if (method === 'none') throw refuse('client_credentials needs a confidential client: token_endpoint_auth_method client_secret_basic or client_secret_post')
+    if (method === 'none') throw refuse('client_credentials needs a confidential client: token_endpoint_auth_method client_secret_basic, client_secret_post or private_key_jwt')
   }
   if (!grants.includes('authorization_code') && !grants.includes('client_credentials')) {
     throw refuse(rules.allowClientCredentials === true ? 'grant_types must include authorization_code or client_credentials' : 'grant_types must include authorization_code')
@@ -166,7 +171,6 @@ export function validateClientMetadata (input: unknown, rules: MetadataRules): V
   let clientName = documentName
   let scope: string | undefined
   if (!document) {
-    if (body.jwks !== undefined || body.jwks_uri !== undefined) throw refuse('jwks and jwks_uri are not supported (no private_key_jwt)')
     const name = body.client_name
     if (name !== undefined && (typeof name !== 'string' || name.length > 200)) throw refuse('client_name must be a string of at most 200 characters')
     if (typeof name === 'string' && hasUnsafeDisplayChars(name)) throw refuse('client_name must not contain control or text-direction characters')
@@ -178,6 +182,7 @@ export function validateClientMetadata (input: unknown, rules: MetadataRules): V
   const result: ValidatedMetadata = {
     redirectUris,
     tokenEndpointAuthMethod: method,
+    ...keys,
     grantTypes,
     responseTypes: machine ? [] : ['code'],
     applicationType: appType,
@@ -186,6 +191,22 @@ export function validateClientMetadata (input: unknown, rules: MetadataRules): V
   if (clientName !== undefined) result.clientName = clientName
   if (scope !== undefined) result.scope = scope
   return result
+}
+
+/** RFC 7591 §2: a private_key_jwt client's keys, by value (public keys only) or by an https reference; not both. */
+function clientKeys (body: Record<string, unknown>, refuse: (description: string) => OAuthError): Pick<ClientRecord, 'jwks' | 'jwksUri'> {
+  const { jwks, jwks_uri: uri } = body
+  if ((jwks === undefined) === (uri === undefined)) throw refuse('token_endpoint_auth_method "private_key_jwt" needs exactly one of jwks and jwks_uri')
+  if (uri !== undefined) {
+    const url = typeof uri === 'string' && uri.length <= MAX_STRING ? parseUrl(uri) : null
+    if (url === null || url.protocol !== 'https:' || url.username !== '' || url.password !== '' || url.hash !== '') {
+      throw refuse('jwks_uri must be an https URL without user information or fragment')
+    }
+    return { jwksUri: uri as string }
+  }
+  const problem = publicKeySetProblem(jwks)
+  if (problem !== undefined) throw refuse(`jwks: ${problem}`)
+  return { jwks: jwks as NonNullable<ClientRecord['jwks']> }
 }
 
 function parseUrl (value: string): URL | null {

@@ -40,6 +40,11 @@ function renewSlack (periodMs: number): number {
   return Math.min(3_600_000, periodMs / 10)
 }
 
+/** Methods that authenticate with the client secret this server issues (private_key_jwt uses the client's keys). */
+function usesSecret (method: ClientAuthMethod): boolean {
+  return method === 'client_secret_basic' || method === 'client_secret_post'
+}
+
 function bad (description: string): OAuthError {
   return new OAuthError('invalid_client_metadata', description)
 }
@@ -94,7 +99,7 @@ export class RegistrationService {
       throw new OAuthError('slow_down', 'Too many clients registered from this address; try again later', { statusCode: 429 })
     }
     const registrationToken = generateToken('registrationToken')
-    const secret = meta.tokenEndpointAuthMethod === 'none' ? undefined : generateToken('clientSecret')
+    const secret = usesSecret(meta.tokenEndpointAuthMethod) ? generateToken('clientSecret') : undefined
     const record: ClientRecord = {
       clientId: `mcp_${generateId()}`,
       ...meta,
@@ -157,7 +162,7 @@ export class RegistrationService {
     if (client.registeredFrom !== undefined) updated.registeredFrom = client.registeredFrom
     if (client.registeredWithToken === true) updated.registeredWithToken = true
     if (client.expiresAt !== undefined) updated.expiresAt = client.expiresAt
-    if (meta.tokenEndpointAuthMethod !== 'none') {
+    if (usesSecret(meta.tokenEndpointAuthMethod)) {
       if (changingAuth || client.clientSecretHash === undefined) {
         secret = generateToken('clientSecret')
         updated.clientSecretHash = hashToken(secret)
@@ -227,6 +232,8 @@ export class RegistrationService {
       info.client_secret_expires_at = client.clientSecretExpiresAt ?? 0
     }
     if (client.clientName !== undefined) info.client_name = client.clientName
+    if (client.jwks !== undefined) info.jwks = client.jwks
+    if (client.jwksUri !== undefined) info.jwks_uri = client.jwksUri
     if (client.scope !== undefined) info.scope = client.scope
     return info
   }

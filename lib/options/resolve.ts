@@ -2,6 +2,7 @@ import { Compile } from 'typebox/compile'
 import { Value } from 'typebox/value'
 import { errors } from '../errors.js'
 import { STORE_METHODS } from '../storage/contract.js'
+import { publicKeySetProblem } from '../security/jwks.js'
 import { resolveTelemetryOptions } from '../telemetry/options.js'
 import { AUTHORIZATION_SERVER_WELL_KNOWN, PROTECTED_RESOURCE_WELL_KNOWN, type ResolvedConfig, type ResolvedResource, type ResolvedStaticClient } from './config.js'
 import { OptionsSchema, type Filled, type McpOAuthOptions, type ResourceOption } from './schema.js'
@@ -153,14 +154,17 @@ function resolveClients (clients: Filled<typeof OptionsSchema>['clients'], scope
     clientIds.add(c.client_id)
     const method = c.token_endpoint_auth_method ?? (c.client_secret === undefined ? 'none' : 'client_secret_basic')
     if (method === 'none' && c.client_secret !== undefined) throw bad(`clients[${i}].client_secret`, 'a public client (token_endpoint_auth_method "none") has no secret')
-    if (method !== 'none' && c.client_secret === undefined) throw bad(`clients[${i}].client_secret`, `is required for ${method}`)
+    if (method === 'private_key_jwt') checkClientKeys(c, `clients[${i}]`)
+    else if (c.jwks !== undefined || c.jwks_uri !== undefined) {
+      throw bad(`clients[${i}].${c.jwks !== undefined ? 'jwks' : 'jwks_uri'}`, 'is used by token_endpoint_auth_method "private_key_jwt" only')
+    } else if (method !== 'none' && c.client_secret === undefined) throw bad(`clients[${i}].client_secret`, `is required for ${method}`)
     for (const s of c.scope?.split(' ') ?? []) {
       if (!scopes.includes(s)) throw bad(`clients[${i}].scope`, `"${s}" is not in scopes`)
     }
     const given = c.grant_types ?? ['authorization_code']
     const browser = given.includes('authorization_code')
-    if (given.includes('client_credentials') && c.client_secret === undefined) {
-      throw bad(`clients[${i}].client_secret`, 'is required for client_credentials (a machine client proves who it is with it)')
+    if (given.includes('client_credentials') && method === 'none') {
+      throw bad(`clients[${i}].client_secret`, 'is required for client_credentials (a machine client proves who it is with it), unless it uses private_key_jwt')
     }
     if (given.includes('refresh_token') && !browser) throw bad(`clients[${i}].grant_types`, 'refresh_token comes only with authorization_code')
     // The authorization code flow needs somewhere to send the code; a machine client has nowhere.
@@ -176,6 +180,15 @@ function resolveClients (clients: Filled<typeof OptionsSchema>['clients'], scope
     const grantTypes = unique(browser ? [...given, 'refresh_token'] : given) as ResolvedStaticClient['grant_types']
     return { ...c, grant_types: grantTypes, redirect_uris: redirectUris }
   })
+}
+
+/** A private_key_jwt client: no secret, and exactly one key source (public keys, or an https URL). */
+function checkClientKeys (c: Filled<typeof OptionsSchema>['clients'][number], field: string): void {
+  if (c.client_secret !== undefined) throw bad(`${field}.client_secret`, 'a private_key_jwt client has no secret')
+  if ((c.jwks === undefined) === (c.jwks_uri === undefined)) throw bad(field, 'a private_key_jwt client needs exactly one of jwks and jwks_uri')
+  if (c.jwks_uri !== undefined && parseUrl(`${field}.jwks_uri`, c.jwks_uri).protocol !== 'https:') throw bad(`${field}.jwks_uri`, 'must be an https URL')
+  const problem = c.jwks === undefined ? undefined : publicKeySetProblem(c.jwks)
+  if (problem !== undefined) throw bad(`${field}.jwks`, problem)
 }
 
 function parseUrl (field: string, value: string): URL {

@@ -48,8 +48,11 @@ const StaticClientSchema = Type.Object({
   ]), { minItems: 1, description: 'Default ["authorization_code", "refresh_token"]; client_credentials needs a client_secret' })),
   client_name: Type.Optional(Type.String({ maxLength: 200 })),
   token_endpoint_auth_method: Type.Optional(Type.Union([
-    Type.Literal('none'), Type.Literal('client_secret_basic'), Type.Literal('client_secret_post')
+    Type.Literal('none'), Type.Literal('client_secret_basic'), Type.Literal('client_secret_post'), Type.Literal('private_key_jwt')
   ])),
+  // private_key_jwt (RFC 7523 §2.2): exactly one of the two; the set is checked in resolve.ts.
+  jwks: Type.Optional(Type.Unknown({ description: 'The client\'s public keys (a JWK Set), for private_key_jwt' })),
+  jwks_uri: Type.Optional(Type.String({ minLength: 1, description: 'An https URL serving the client\'s public keys, for private_key_jwt' })),
   scope: Type.Optional(Type.String()),
   refresh_grace_seconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 3600, description: 'This client\'s refresh grace window (default: refreshGraceSeconds)' }))
 }, { additionalProperties: false })

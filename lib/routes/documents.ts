@@ -1,5 +1,6 @@
 import Type, { type Static } from 'typebox'
 import type { ResolvedConfig, ResolvedResource } from '../options/index.js'
+import { ASSERTION_ALGORITHMS } from '../oauth/jwt.js'
 
 const StringArray = Type.Array(Type.String())
 
@@ -16,8 +17,11 @@ export const AuthorizationServerMetadata = Type.Object({
   response_modes_supported: StringArray,
   grant_types_supported: StringArray,
   token_endpoint_auth_methods_supported: StringArray,
+  token_endpoint_auth_signing_alg_values_supported: StringArray,
   revocation_endpoint_auth_methods_supported: Type.Optional(StringArray),
+  revocation_endpoint_auth_signing_alg_values_supported: Type.Optional(StringArray),
   introspection_endpoint_auth_methods_supported: Type.Optional(StringArray),
+  introspection_endpoint_auth_signing_alg_values_supported: Type.Optional(StringArray),
   code_challenge_methods_supported: StringArray,
   authorization_response_iss_parameter_supported: Type.Boolean(),
   client_id_metadata_document_supported: Type.Optional(Type.Boolean()),
@@ -44,11 +48,15 @@ export function authorizationServerMetadata (config: ResolvedConfig): Static<typ
     response_types_supported: ['code'],
     response_modes_supported: ['query'],
     grant_types_supported: ['authorization_code', 'refresh_token', 'client_credentials'],
-    token_endpoint_auth_methods_supported: ['none', 'client_secret_basic', 'client_secret_post'],
+    token_endpoint_auth_methods_supported: ['none', 'client_secret_basic', 'client_secret_post', 'private_key_jwt'],
+    // RFC 8414 §2: the algorithms of a private_key_jwt client assertion.
+    token_endpoint_auth_signing_alg_values_supported: [...ASSERTION_ALGORITHMS],
     revocation_endpoint: config.endpoints.revocation,
-    revocation_endpoint_auth_methods_supported: ['none', 'client_secret_basic', 'client_secret_post'],
+    revocation_endpoint_auth_methods_supported: ['none', 'client_secret_basic', 'client_secret_post', 'private_key_jwt'],
+    revocation_endpoint_auth_signing_alg_values_supported: [...ASSERTION_ALGORITHMS],
     introspection_endpoint: config.endpoints.introspection,
-    introspection_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
+    introspection_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
+    introspection_endpoint_auth_signing_alg_values_supported: [...ASSERTION_ALGORITHMS],
     code_challenge_methods_supported: ['S256'],
     authorization_response_iss_parameter_supported: true
   }

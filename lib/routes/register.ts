@@ -21,6 +21,9 @@ const ClientInformation = Type.Object({
   registration_client_uri: Str,
   redirect_uris: Type.Array(Str),
   token_endpoint_auth_method: Str,
+  // private_key_jwt: the client's keys as registered (a JWK Set, serialised as it is).
+  jwks: Type.Optional(Type.Unknown()),
+  jwks_uri: Type.Optional(Str),
   grant_types: Type.Array(Str),
   response_types: Type.Array(Str),
   application_type: Str,

@@ -1,4 +1,11 @@
 import Type from 'typebox'
+import { MAX_ASSERTION_LENGTH } from '../oauth/jwt.js'
+
+/** RFC 7521 §4.2: the client assertion parameters of the token, revocation and introspection bodies. */
+export const ClientAssertionParams = {
+  client_assertion: Type.Optional(Type.String({ maxLength: MAX_ASSERTION_LENGTH })),
+  client_assertion_type: Type.Optional(Type.String({ maxLength: 200 }))
+}
 
 /**
  * RFC 6749 §5.2: the body of every JSON error of the OAuth scope. The scope puts it on each route's

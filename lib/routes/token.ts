@@ -1,18 +1,17 @@
 import Type from 'typebox'
 import type { FastifyPluginAsync } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
-import { authenticateClient } from '../clients/authenticate.js'
+import type { ClientAuthentication } from '../clients/authenticate.js'
 import type { ResolvedConfig } from '../options/index.js'
-import type { ClientRecord } from '../storage/contract.js'
 import type { TokenEndpoint } from '../token/endpoint.js'
 import type { RouteLimits } from './limits.js'
+import { ClientAssertionParams } from './schemas.js'
 
 export interface TokenRouteDeps {
   limits: RouteLimits
   config: ResolvedConfig
   tokenEndpoint: Pick<TokenEndpoint, 'grant'>
-  now: () => number
-  findClient: (clientId: string) => Promise<ClientRecord | null>
+  clientAuth: ClientAuthentication
 }
 
 const Param = Type.String({ maxLength: 4096 })
@@ -27,7 +26,8 @@ const TokenBody = Type.Object({
   scope: Type.Optional(Param),
   resource: Type.Optional(Param),
   client_id: Type.Optional(Param),
-  client_secret: Type.Optional(Param)
+  client_secret: Type.Optional(Param),
+  ...ClientAssertionParams
 })
 
 const TokenResponse = Type.Object({
@@ -39,13 +39,13 @@ const TokenResponse = Type.Object({
 })
 
 /** RFC 6749 POST /oauth/token: client authentication, then the token endpoint decides. */
-export const tokenRoutes: FastifyPluginAsync<TokenRouteDeps> = async (fastify, { config, tokenEndpoint, now, findClient, limits }) => {
+export const tokenRoutes: FastifyPluginAsync<TokenRouteDeps> = async (fastify, { config, tokenEndpoint, clientAuth, limits }) => {
   fastify.withTypeProvider<TypeBoxTypeProvider>().post(`${config.basePath}/oauth/token`, {
     schema: { body: TokenBody, response: { 200: TokenResponse } },
     config: limits.route('token')
   }, async (request, reply) => {
     const { body } = request
-    const client = await authenticateClient({ authorization: request.headers.authorization, body }, findClient, now())
+    const client = await clientAuth.client({ authorization: request.headers.authorization, body })
     const tokens = await tokenEndpoint.grant(client, body)
     reply.header('cache-control', 'no-store').header('pragma', 'no-cache')
     return tokens

@@ -1,3 +1,4 @@
+import { createPublicKey, type JsonWebKey } from 'node:crypto'
 import { createLocalJWKSet, errors as joseErrors, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose'
 import { errors } from '../errors.js'
 import { cacheSeconds, type SafeFetcher } from './fetch.js'
@@ -48,11 +49,44 @@ export function parseKeySet (body: Buffer | string): JSONWebKeySet {
   } catch {
     throw new errors.FETCH_FAILED('the key set is not JSON')
   }
-  const keys = (value as { keys?: unknown } | null)?.keys
-  if (typeof value !== 'object' || value === null || !Array.isArray(keys)) throw new errors.FETCH_FAILED('the key set has no "keys" array')
-  if (keys.length > MAX_KEYS) throw new errors.FETCH_FAILED(`the key set holds more than ${MAX_KEYS} keys`)
-  if (!keys.every(k => typeof k === 'object' && k !== null && !Array.isArray(k))) throw new errors.FETCH_FAILED('a key of the set is not an object')
+  const problem = shapeProblem(value)
+  if (problem !== undefined) throw new errors.FETCH_FAILED(problem)
   return value as JSONWebKeySet
+}
+
+/** What is wrong with the shape of a JWK Set, or undefined. */
+function shapeProblem (value: unknown): string | undefined {
+  const keys = (value as { keys?: unknown } | null)?.keys
+  if (typeof value !== 'object' || value === null || !Array.isArray(keys)) return 'the key set has no "keys" array'
+  if (keys.length > MAX_KEYS) return `the key set holds more than ${MAX_KEYS} keys`
+  if (!keys.every(k => typeof k === 'object' && k !== null && !Array.isArray(k))) return 'a key of the set is not an object'
+  return undefined
+}
+
+/** Members that only a private or symmetric key has (RFC 7518 §6.2.2, §6.3.2, §6.4; RFC 8037 §2). */
+const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k']
+
+/**
+ * Why a client's inline `jwks` (options, registration, metadata document) cannot be its key set, or
+ * undefined when it can: a JWK Set of at least one public asymmetric key, each one a key Node can
+ * import. A private member is refused outright: whoever published it has leaked the key.
+ */
+export function publicKeySetProblem (value: unknown): string | undefined {
+  const shape = shapeProblem(value)
+  if (shape !== undefined) return shape
+  const keys = (value as { keys: Array<Record<string, unknown>> }).keys
+  if (keys.length === 0) return 'the key set holds no key'
+  for (const [i, key] of keys.entries()) {
+    if (key.kty !== 'EC' && key.kty !== 'RSA' && key.kty !== 'OKP') return `key ${i} must be an EC, RSA or OKP public key (kty)`
+    const secret = PRIVATE_MEMBERS.find(m => key[m] !== undefined)
+    if (secret !== undefined) return `key ${i} holds the private member "${secret}": publish public keys only`
+    try {
+      createPublicKey({ key: key as JsonWebKey, format: 'jwk' })
+    } catch {
+      return `key ${i} is not a valid ${key.kty} public key`
+    }
+  }
+  return undefined
 }
 
 export class RemoteKeySets {

@@ -1,3 +1,5 @@
+import type { JSONWebKeySet } from 'jose'
+
 /**
  * The storage contract. Three interfaces (tokens, clients, flows); one class may implement all
  * three. Times are epoch milliseconds. Every operation that decides on expiry takes `now`, so the
@@ -8,7 +10,7 @@
  * racing on the same key must observe exactly one winner.
  */
 
-export type ClientAuthMethod = 'none' | 'client_secret_basic' | 'client_secret_post'
+export type ClientAuthMethod = 'none' | 'client_secret_basic' | 'client_secret_post' | 'private_key_jwt'
 
 export interface ClientRecord {
   clientId: string
@@ -20,6 +22,10 @@ export interface ClientRecord {
   registrationTokenHash?: string
   redirectUris: string[]
   tokenEndpointAuthMethod: ClientAuthMethod
+  /** private_key_jwt (RFC 7523 §2.2): the client's public keys, given inline. */
+  jwks?: JSONWebKeySet
+  /** private_key_jwt: where the client's public keys are fetched (https). Exactly one of jwks, jwksUri. */
+  jwksUri?: string
   grantTypes: string[]
   responseTypes: string[]
   applicationType: 'web' | 'native'
