@@ -8,9 +8,6 @@ import { hashToken, looksLike } from '../lib/oauth/tokens.js'
 import { buildApp, ISSUER, RESOURCE } from './helpers/app.js'
 import { TestClock } from './helpers/clock.js'
 import { withRedisServer } from './helpers/redis-tests.js'
-import { freePort } from './helpers/login.js'
-import { Client, ClientCredentialsProvider, StreamableHTTPClientTransport } from '@modelcontextprotocol/client'
-import { mcpRoutes } from '../example/mcp.js'
 import type { RedisServer } from './helpers/redis.js'
 
 const SECRET = 'machine-secret-0123456789abcdef'
@@ -290,30 +287,6 @@ t.test('public registration refuses client_credentials', async t => {
   const r = await app.inject({ method: 'POST', url: '/oauth/register', headers: { 'content-type': 'application/json' }, payload: { grant_types: ['client_credentials'] } })
   t.equal(r.statusCode, 400)
   t.same(r.json(), { error: 'invalid_client_metadata', error_description: 'client_credentials may only be registered with the initial access token' })
-})
-
-t.test('the MCP SDK 2.x ClientCredentialsProvider: discovery, a token, a tools/call that sees the machine subject', async t => {
-  const port = await freePort()
-  const issuer = `http://127.0.0.1:${port}`
-  const app = Fastify({ logger: false })
-  t.teardown(() => app.close())
-  await app.register(mcpOAuth, {
-    issuer,
-    resources: [`${issuer}/mcp`],
-    scopes: ['mcp:tools', 'mcp:admin'],
-    clients: [MACHINE]
-  })
-  await app.register(mcpRoutes)
-  await app.listen({ port, host: '127.0.0.1' })
-
-  const provider = new ClientCredentialsProvider({ clientId: 'machine', clientSecret: SECRET, scope: 'mcp:tools', expectedIssuer: issuer })
-  const client = new Client({ name: 'machine-e2e', version: '1.0.0' })
-  const transport = new StreamableHTTPClientTransport(new URL(`${issuer}/mcp`), { authProvider: provider })
-  t.teardown(() => client.close())
-  await client.connect(transport)
-  t.notOk('refresh_token' in (provider.tokens() ?? {}), 'no refresh token was issued')
-  const who = await client.callTool({ name: 'whoami', arguments: {} })
-  t.match(who.structuredContent, { subjectType: 'client', userId: 'machine', clientId: 'machine', scopes: ['mcp:tools'], resource: `${issuer}/mcp` })
 })
 
 await withRedisServer('client credentials on the Redis store', (server: RedisServer) => {
