@@ -132,6 +132,16 @@ export const OptionsSchema = Type.Object({
     origins: Type.Union([Type.Array(Type.String({ minLength: 1 })), Type.Literal('*')]),
     credentials: Defaulted(Type.Boolean(), false)
   }, { additionalProperties: false })),
+  // Enterprise-Managed Authorization (the jwt-bearer grant with ID-JAGs): whose assertions are trusted.
+  enterprise: Defaulted(Type.Object({
+    trustedIssuers: Defaulted(Type.Array(Type.Object({
+      issuer: Type.String({ minLength: 1, maxLength: 2000, description: 'The IdP\'s issuer, exactly as its ID-JAGs carry it in `iss`' }),
+      jwks_uri: Type.Optional(Type.String({ minLength: 1, maxLength: 2000, description: 'Its signing keys; discovered from its metadata when absent' }))
+    }, { additionalProperties: false }), { maxItems: 100, description: 'Identity providers whose ID-JAGs are accepted' }), []),
+    trustUpstreamIssuer: Defaulted(Type.Boolean({ description: 'Also trust the upstream OpenID Connect provider\'s own issuer (its `sub` is the login\'s user id)' }), true),
+    allowPrivateAddresses: Defaulted(Type.Boolean({ description: 'Fetch IdP metadata and keys from private addresses (an IdP inside your network); loopback http issuers are always allowed' }), false),
+    timeoutMs: Defaulted(Type.Integer({ minimum: 100, maximum: 30_000, description: 'Bound for one fetch of IdP metadata or keys' }), 5000)
+  }, { additionalProperties: false }), {}),
   clockSkewSeconds: Defaulted(Type.Integer({ minimum: 0, maximum: 300, description: 'Access tokens stay valid this long past expiry (replica clocks differ)' }), 0),
   // Real clients retry refreshes in bursts of 33-76 s: a shorter window logs their users out.
   refreshGraceSeconds: Defaulted(Type.Integer({ minimum: 0, maximum: 3600, description: 'Window in which a repeated refresh gets the same successor pair; 0 = off' }), 60),
