@@ -16,6 +16,7 @@ export interface McpRoutesOptions {
 export type WhoAmI = Omit<McpAuthInfo, 'grantId' | 'emailVerified'>
 
 const WhoAmIShape = {
+  subjectType: z.enum(['user', 'client']),
   userId: z.string(),
   email: z.string().optional(),
   clientId: z.string(),
@@ -26,6 +27,7 @@ const WhoAmIShape = {
 
 function whoAmI (auth: McpAuthInfo): WhoAmI {
   const out: WhoAmI = {
+    subjectType: auth.subjectType,
     userId: auth.userId,
     clientId: auth.clientId,
     scopes: auth.scopes,

@@ -134,6 +134,7 @@ t.test('the MCP SDK client lists and calls the tools with a token', async t => {
   t.same(tools.map(tool => tool.name).sort(), ['echo', 'whoami'])
 
   const identity = {
+    subjectType: 'user',
     userId: 'user-42',
     email: 'ada@example.com',
     clientId: 'client-7',

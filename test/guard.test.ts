@@ -99,6 +99,7 @@ t.test('success: request.mcpAuth holds the identity; scheme is case-insensitive'
     const res = await app.inject({ method: 'POST', url: '/mcp/admin', headers: { authorization: `${scheme} ${tokens.access_token}` } })
     t.equal(res.statusCode, 200, scheme)
     t.same(res.json().auth, {
+      subjectType: 'user',
       userId: 'user-42',
       email: 'ada@example.com',
       emailVerified: true,

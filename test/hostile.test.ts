@@ -6,7 +6,7 @@ import type { InjectOptions } from 'fastify'
 import { buildApp, ISSUER, RESOURCE, type TestApp } from './helpers/app.js'
 import { startDevIdp, type DevIdp } from '../example/dev-idp.js'
 import { oidcProvider } from '../lib/providers/oidc.js'
-import type { McpOAuthOptions, StoreStats, TokenResponse } from '../lib/index.js'
+import type { McpOAuthOptions, StoreStats, TokenPair, TokenResponse } from '../lib/index.js'
 import { generateToken, hashToken } from '../lib/oauth/tokens.js'
 import { s256 } from '../lib/oauth/pkce.js'
 import { matchRedirectUri } from '../lib/oauth/redirect.js'
@@ -529,7 +529,7 @@ class Fuzzer {
   /** The flow state resolved last in the request being built, so its cookie can go with it. */
   lastFlow: { state: string, cookie: string } | undefined
   readonly redirects = new Set<string>(STATIC.flatMap(c => c.redirect_uris))
-  canary!: { grantId: string, tokens: TokenResponse }
+  canary!: { grantId: string, tokens: TokenPair }
 
   constructor (ctx: TestApp, idp: DevIdp, events: Map<string, number>) {
     this.ctx = ctx

@@ -279,6 +279,7 @@ t.test('introspection (RFC 7662)', async t => {
     scope: 'mcp:tools mcp:admin',
     client_id: PUBLIC.client_id,
     sub: 'u-1',
+    subject_type: 'user',
     aud: RESOURCE,
     iss: 'https://auth.example.com',
     exp: now + 3600,

@@ -26,6 +26,7 @@ const IntrospectResponse = Type.Object({
   scope: Type.Optional(Type.String()),
   client_id: Type.Optional(Type.String()),
   sub: Type.Optional(Type.String()),
+  subject_type: Type.Optional(Type.Union([Type.Literal('user'), Type.Literal('client')])),
   aud: Type.Optional(Type.String()),
   iss: Type.Optional(Type.String()),
   exp: Type.Optional(Type.Integer()),

@@ -34,7 +34,7 @@ const TokenResponse = Type.Object({
   access_token: Type.String(),
   token_type: Type.Literal('Bearer'),
   expires_in: Type.Integer(),
-  refresh_token: Type.String(),
+  refresh_token: Type.Optional(Type.String()),
   scope: Type.String()
 })
 

@@ -88,10 +88,18 @@ export type ConsumeCodeResult =
   | { status: 'reused', code: CodeRecord }
   | { status: 'unknown' }
 
+/**
+ * Who a grant or token speaks for: absent for a user; 'client' when the client itself is the
+ * subject (client credentials), and then `userId` holds the client id.
+ */
+export type MachineSubject = 'client'
+
 /** A grant: one user's authorization of one client for one resource; also the refresh family. */
 export interface GrantRecord {
   grantId: string
   userId: string
+  /** 'client': a machine grant (no user; `userId` is the client id). Absent: a user's. */
+  subjectType?: MachineSubject
   email?: string
   clientId: string
   scopes: string[]
@@ -110,6 +118,8 @@ export interface AccessTokenRecord {
   grantId: string
   clientId: string
   userId: string
+  /** As the grant's: 'client' for a machine subject, absent for a user. */
+  subjectType?: MachineSubject
   email?: string
   scopes: string[]
   resource: string
@@ -163,13 +173,14 @@ export interface TokenStore {
   saveRefreshToken (hash: string, token: RefreshTokenRecord): Promise<void>
   /**
    * saveGrant, then saveAccessToken and saveRefreshToken for it, in one call (what a code exchange
-   * writes; one round trip for a remote store). Like saveGrant, it throws GrantRevokedError (and
+   * writes; one round trip for a remote store). Without `refresh`, the grant and its access token
+   * only (grants that issue no refresh token). Like saveGrant, it throws GrantRevokedError (and
    * writes nothing) for an id revoked in advance.
    */
   saveGrantWithTokens (
     grant: GrantRecord,
     access: { hash: string, token: AccessTokenRecord },
-    refresh: { hash: string, token: RefreshTokenRecord }
+    refresh?: { hash: string, token: RefreshTokenRecord }
   ): Promise<void>
   /** Returns rotated tokens too (with `rotatedAt`), until they expire, for reuse detection. */
   getRefreshToken (hash: string, now: number): Promise<RefreshTokenRecord | null>

@@ -1,14 +1,18 @@
 import { generateId, generateToken, hashToken } from '../oauth/tokens.js'
 import type { ResolvedConfig } from '../options/index.js'
-import type { AccessTokenRecord, GrantRecord, RefreshTokenRecord, TokenStore } from '../storage/contract.js'
+import type { AccessTokenRecord, GrantRecord, MachineSubject, RefreshTokenRecord, TokenStore } from '../storage/contract.js'
 
 export interface TokenResponse {
   access_token: string
   token_type: 'Bearer'
   expires_in: number
-  refresh_token: string
+  /** Absent from grants that issue none (client credentials): their client asks again instead. */
+  refresh_token?: string
   scope: string
 }
+
+/** The response of a grant that issues a refresh token with its access token. */
+export type TokenPair = TokenResponse & { refresh_token: string }
 
 export interface NewGrant {
   /** Pre-assigned id (the code exchange uses the one its code recorded); random when absent. */
@@ -22,36 +26,43 @@ export interface NewGrant {
   provider?: string
 }
 
-/** New tokens of a grant: what the store keeps (hashes and records) and what the client gets. */
-export interface IssuedTokens {
+/** A new access token of a grant: what the store keeps (hash and record) and what the client gets. */
+export interface IssuedAccess {
   access: { hash: string, token: AccessTokenRecord }
-  refresh: { hash: string, token: RefreshTokenRecord }
   response: TokenResponse
 }
 
-export interface IssueInput {
+/** New tokens of a grant, the refresh token too. */
+export interface IssuedTokens extends IssuedAccess {
+  refresh: { hash: string, token: RefreshTokenRecord }
+  response: TokenPair
+}
+
+export interface AccessInput {
   grant: GrantRecord
   /** The access token's scopes (a refresh may narrow them). */
   scopes: string[]
-  /** The refresh token's scopes when they differ: a narrowed refresh keeps the wider ones for the next. */
-  refreshScopes?: string[]
   /** The e-mail the access token carries (a refresh's re-check may say another than the grant's). */
   email: string | undefined
-  /** The plaintext tokens when they are derived (a rotation's successor pair); drawn at random when absent. */
-  values?: { accessToken: string, refreshToken: string }
   now: number
 }
 
+export interface IssueInput extends AccessInput {
+  /** The refresh token's scopes when they differ: a narrowed refresh keeps the wider ones for the next. */
+  refreshScopes?: string[]
+  /** The plaintext tokens when they are derived (a rotation's successor pair); drawn at random when absent. */
+  values?: { accessToken: string, refreshToken: string }
+}
+
 /**
- * The one place that builds token records and the token response, for every grant type. Plaintext
- * tokens exist only in the response; the records are stored under their hashes. Both tokens end no
- * later than the grant: a token of an ended grant is dead in every store, and caches can trust expiresAt.
+ * The one place that builds an access token's record and the token response, for every grant type
+ * (buildTokens adds the refresh token). The plaintext token exists only in the response; the record
+ * is stored under its hash. The token ends no later than the grant: a token of an ended grant is
+ * dead in every store, and caches can trust expiresAt.
  */
-export function buildTokens (ttl: Pick<ResolvedConfig['ttl'], 'accessToken' | 'refreshToken'>, input: IssueInput): IssuedTokens {
+export function buildAccessToken (ttl: Pick<ResolvedConfig['ttl'], 'accessToken'>, input: AccessInput, value = generateToken('accessToken')): IssuedAccess {
   const { grant, scopes, now } = input
-  const accessToken = input.values?.accessToken ?? generateToken('accessToken')
-  const refreshToken = input.values?.refreshToken ?? generateToken('refreshToken')
-  const accessExpiresAt = Math.min(now + ttl.accessToken * 1000, grant.expiresAt)
+  const expiresAt = Math.min(now + ttl.accessToken * 1000, grant.expiresAt)
   const access: AccessTokenRecord = {
     grantId: grant.grantId,
     clientId: grant.clientId,
@@ -59,11 +70,28 @@ export function buildTokens (ttl: Pick<ResolvedConfig['ttl'], 'accessToken' | 'r
     scopes,
     resource: grant.resource,
     issuedAt: now,
-    expiresAt: accessExpiresAt
+    expiresAt
   }
+  if (grant.subjectType !== undefined) access.subjectType = grant.subjectType
   if (input.email !== undefined) access.email = input.email
   return {
-    access: { hash: hashToken(accessToken), token: access },
+    access: { hash: hashToken(value), token: access },
+    response: {
+      access_token: value,
+      token_type: 'Bearer',
+      expires_in: secondsUntil(expiresAt, now),
+      scope: scopes.join(' ')
+    }
+  }
+}
+
+/** An access token and a refresh token of a grant; the refresh token, too, ends no later than the grant. */
+export function buildTokens (ttl: Pick<ResolvedConfig['ttl'], 'accessToken' | 'refreshToken'>, input: IssueInput): IssuedTokens {
+  const { grant, scopes, now } = input
+  const refreshToken = input.values?.refreshToken ?? generateToken('refreshToken')
+  const { access, response } = buildAccessToken(ttl, input, input.values?.accessToken)
+  return {
+    access,
     refresh: {
       hash: hashToken(refreshToken),
       token: {
@@ -74,13 +102,7 @@ export function buildTokens (ttl: Pick<ResolvedConfig['ttl'], 'accessToken' | 'r
         expiresAt: Math.min(now + ttl.refreshToken * 1000, grant.expiresAt)
       }
     },
-    response: {
-      access_token: accessToken,
-      token_type: 'Bearer',
-      expires_in: secondsUntil(accessExpiresAt, now),
-      refresh_token: refreshToken,
-      scope: scopes.join(' ')
-    }
+    response: { ...response, refresh_token: refreshToken }
   }
 }
 
@@ -106,7 +128,7 @@ export class GrantService {
   }
 
   /** A fresh access token and refresh token for an existing grant. */
-  async issueTokens (grant: GrantRecord, scopes: string[] = grant.scopes): Promise<TokenResponse> {
+  async issueTokens (grant: GrantRecord, scopes: string[] = grant.scopes): Promise<TokenPair> {
     const { access, refresh, response } = buildTokens(this.#config.ttl, { grant, scopes, email: grant.email, now: this.#now() })
     await this.#store.saveAccessToken(access.hash, access.token)
     await this.#store.saveRefreshToken(refresh.hash, refresh.token)
@@ -117,7 +139,7 @@ export class GrantService {
    * A grant and its first token pair (what a code exchange creates), in one store call. Throws
    * GrantRevokedError when the grant id was revoked in advance (its code was replayed).
    */
-  async createGrantWithTokens (input: NewGrant): Promise<{ grant: GrantRecord, tokens: TokenResponse }> {
+  async createGrantWithTokens (input: NewGrant): Promise<{ grant: GrantRecord, tokens: TokenPair }> {
     const now = this.#now()
     const grant = this.#grant(input, now)
     const { access, refresh, response } = buildTokens(this.#config.ttl, { grant, scopes: grant.scopes, email: grant.email, now })
@@ -125,7 +147,20 @@ export class GrantService {
     return { grant, tokens: response }
   }
 
-  #grant (input: NewGrant, now: number): GrantRecord {
+  /**
+   * A grant that issues no refresh token (client credentials, jwt-bearer) and its one access token,
+   * in one store call. The grant ends with the token, so nothing of it outlives what was issued.
+   */
+  async createAccessGrant (input: NewGrant & { subjectType?: MachineSubject }): Promise<{ grant: GrantRecord, tokens: TokenResponse }> {
+    const now = this.#now()
+    const grant = this.#grant(input, now, now + this.#config.ttl.accessToken * 1000)
+    if (input.subjectType !== undefined) grant.subjectType = input.subjectType
+    const { access, response } = buildAccessToken(this.#config.ttl, { grant, scopes: grant.scopes, email: grant.email, now })
+    await this.#store.saveGrantWithTokens(grant, access)
+    return { grant, tokens: response }
+  }
+
+  #grant (input: NewGrant, now: number, expiresAt = now + this.#config.ttl.grant * 1000): GrantRecord {
     const grant: GrantRecord = {
       grantId: input.grantId ?? generateId(),
       userId: input.userId,
@@ -133,7 +168,7 @@ export class GrantService {
       scopes: input.scopes,
       resource: input.resource,
       createdAt: now,
-      expiresAt: now + this.#config.ttl.grant * 1000
+      expiresAt
     }
     if (input.email !== undefined) grant.email = input.email
     if (input.upstream !== undefined) grant.upstream = input.upstream

@@ -24,6 +24,8 @@ export type Introspection =
     scope: string
     client_id: string
     sub: string
+    /** Who `sub` is: a user, or the client itself (client credentials; `sub` is then the client id). */
+    subject_type: 'user' | 'client'
     aud: string
     iss: string
     exp: number
@@ -108,6 +110,7 @@ export class RevocationService {
       scope: found.record.scopes.join(' '),
       client_id: found.record.clientId,
       sub: grant.userId,
+      subject_type: grant.subjectType ?? 'user',
       aud: grant.resource,
       iss: this.#d.config.issuer,
       exp: Math.floor(found.record.expiresAt / 1000),

@@ -3,6 +3,12 @@ import type { AccessTokenRecord, TokenStore } from '../storage/contract.js'
 
 /** What a valid access token says about the request. Users may augment it (declaration merging). */
 export interface McpAuthInfo {
+  /**
+   * Who the token speaks for: 'user' (a person who logged in) or 'client' (a machine client, through
+   * client credentials: no user, and `userId` is then the client id).
+   */
+  subjectType: 'user' | 'client'
+  /** The user's id; for a `client` subject, the client id. */
   userId: string
   /** The user's e-mail address, only ever one the identity provider verified. */
   email?: string
@@ -76,6 +82,7 @@ function result (record: AccessTokenRecord | null, resource: string | undefined)
   if (record === null) return UNKNOWN
   if (resource !== undefined && record.resource !== resource) return WRONG_AUDIENCE
   const auth: McpAuthInfo = {
+    subjectType: record.subjectType ?? 'user',
     userId: record.userId,
     clientId: record.clientId,
     scopes: record.scopes,

@@ -132,6 +132,24 @@ export function storeContract (t: Test, make: () => Promise<Store>, { answersNow
     t.equal(await store.getRefreshToken(r, T0), null)
   })
 
+  t.test('saveGrantWithTokens without a refresh token: a machine grant and its access token keep subjectType', async t => {
+    const store = await fresh(t)
+    const { email: _e, ...rest } = grant({ userId: 'machine-1', clientId: 'machine-1', subjectType: 'client', expiresAt: T0 + HOUR })
+    const g: GrantRecord = rest
+    const a = hashToken(generateToken('accessToken'))
+    const token = { ...access(g), subjectType: 'client' as const }
+    await store.saveGrantWithTokens(g, { hash: a, token })
+    t.same(await store.getGrant(g.grantId, T0), g, 'the grant, subjectType included')
+    t.same(await store.getAccessToken(a, T0), token, 'the access token, subjectType included')
+    const now = store.getAccessTokenNow?.(a, T0)
+    if (now !== undefined) t.same(now, token, 'getAccessTokenNow: subjectType included')
+    else if (answersNow) t.fail('getAccessTokenNow: this store always answers')
+    t.same(await store.listGrants({ clientId: 'machine-1' }, T0), [g.grantId])
+    t.equal(await store.getAccessToken(a, T0 + HOUR), null, 'ends with the grant')
+    t.equal(await store.revokeGrant(g.grantId), true)
+    t.equal(await store.getAccessToken(a, T0), null, 'revoked with its grant')
+  })
+
   t.test('rotateRefreshTokenWithAccess: the access token is saved exactly when the rotation happens', async t => {
     const store = await fresh(t)
     const g = grant()

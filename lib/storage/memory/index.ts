@@ -70,11 +70,11 @@ export class MemoryStore implements Store {
   async saveGrantWithTokens (
     grant: GrantRecord,
     access: { hash: string, token: AccessTokenRecord },
-    refresh: { hash: string, token: RefreshTokenRecord }
+    refresh?: { hash: string, token: RefreshTokenRecord }
   ): Promise<void> {
     this.#putGrant(grant)
     this.#putAccess(access.hash, access.token)
-    this.#putRefresh(refresh.hash, refresh.token)
+    if (refresh !== undefined) this.#putRefresh(refresh.hash, refresh.token)
   }
 
   #putGrant (grant: GrantRecord): void {
@@ -112,7 +112,7 @@ export class MemoryStore implements Store {
     const entry = this.#grants.get(token.grantId)
     if (!entry) throw new errors.STORE_NO_GRANT('saveAccessToken')
     const sharesGrant = token.clientId === entry.clientId && token.userId === entry.userId &&
-      token.email === entry.email && token.resource === entry.resource
+      token.email === entry.email && token.resource === entry.resource && token.subjectType === entry.subjectType
     this.#access.set(hash, sharesGrant ? new AccessEntry(entry, token, this.#interned) : new WholeEntry(token))
     this.#expiring.access.add(hash, token.expiresAt)
     entry.access = added(entry.access, hash, this.#access)

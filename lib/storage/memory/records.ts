@@ -1,4 +1,4 @@
-import type { AccessTokenRecord, GrantRecord, RefreshTokenRecord } from '../contract.js'
+import type { AccessTokenRecord, GrantRecord, MachineSubject, RefreshTokenRecord } from '../contract.js'
 
 /**
  * Records are kept compact and handed out as fresh copies (as a Redis store does): a caller can
@@ -16,6 +16,7 @@ import type { AccessTokenRecord, GrantRecord, RefreshTokenRecord } from '../cont
 export class GrantEntry {
   grantId: string
   userId: string
+  subjectType: MachineSubject | undefined
   email: string | undefined
   clientId: string
   scopes: readonly string[]
@@ -31,6 +32,7 @@ export class GrantEntry {
   constructor (grant: GrantRecord, interned: Interner) {
     this.grantId = grant.grantId
     this.userId = grant.userId
+    this.subjectType = grant.subjectType
     this.email = grant.email
     this.clientId = interned.string(grant.clientId)
     this.scopes = interned.scopes(grant.scopes)
@@ -51,6 +53,7 @@ export class GrantEntry {
       createdAt: this.createdAt,
       expiresAt: this.expiresAt
     }
+    if (this.subjectType !== undefined) grant.subjectType = this.subjectType
     if (this.email !== undefined) grant.email = this.email
     if (this.upstream !== undefined) grant.upstream = this.upstream
     if (this.provider !== undefined) grant.provider = this.provider
@@ -68,7 +71,7 @@ function copy (list: readonly string[]): string[] {
 /** One hash, several, or none. */
 export type Hashes = string | string[] | undefined
 
-/** An access token whose client, user, e-mail and resource are its grant's. */
+/** An access token whose client, user (and subject type), e-mail and resource are its grant's. */
 export class AccessEntry {
   readonly grant: GrantEntry
   readonly scopes: readonly string[]
@@ -97,6 +100,7 @@ export class AccessEntry {
       issuedAt: this.issuedAt,
       expiresAt: this.expiresAt
     }
+    if (g.subjectType !== undefined) token.subjectType = g.subjectType
     if (g.email !== undefined) token.email = g.email
     return token
   }

@@ -117,19 +117,22 @@ export class RedisStore implements Store {
   async saveGrantWithTokens (
     grant: GrantRecord,
     access: { hash: string, token: AccessTokenRecord },
-    refresh: { hash: string, token: RefreshTokenRecord }
+    refresh?: { hash: string, token: RefreshTokenRecord }
   ): Promise<void> {
     const { upstream, ...rest } = grant
     const p = this.#prefix
     const now = this.#now()
-    const r = refresh.token
-    const saved = await this.#conn.eval('saveGrantWithTokens', SCRIPTS.saveGrantWithTokens,
-      [p + 'g:' + grant.grantId, p + 'gf:' + grant.grantId, p + 'gu:' + grant.userId, p + 'gc:' + grant.clientId,
-        p + 'at:' + access.hash, p + 'rt:' + refresh.hash],
-      [JSON.stringify(rest), grant.expiresAt, grant.userId, grant.clientId, upstream ?? '',
-        upstream === undefined ? '0' : '1', ttlOf(grant.expiresAt, now), grant.grantId, p,
-        'a:' + access.hash, ttlOf(access.token.expiresAt, now), JSON.stringify(access.token),
-        'r:' + refresh.hash, ttlOf(r.expiresAt, now), JSON.stringify(refreshBase(r)), r.expiresAt, r.grantId])
+    const keys = [p + 'g:' + grant.grantId, p + 'gf:' + grant.grantId, p + 'gu:' + grant.userId, p + 'gc:' + grant.clientId,
+      p + 'at:' + access.hash]
+    const args: Array<string | number> = [JSON.stringify(rest), grant.expiresAt, grant.userId, grant.clientId, upstream ?? '',
+      upstream === undefined ? '0' : '1', ttlOf(grant.expiresAt, now), grant.grantId, p,
+      'a:' + access.hash, ttlOf(access.token.expiresAt, now), JSON.stringify(access.token)]
+    if (refresh !== undefined) {
+      const r = refresh.token
+      keys.push(p + 'rt:' + refresh.hash)
+      args.push('r:' + refresh.hash, ttlOf(r.expiresAt, now), JSON.stringify(refreshBase(r)), r.expiresAt, r.grantId)
+    }
+    const saved = await this.#conn.eval('saveGrantWithTokens', SCRIPTS.saveGrantWithTokens, keys, args)
     this.#cache?.forget(access.hash)
     if (saved === 0) throw new GrantRevokedError('saveGrantWithTokens: the grant was revoked by a replayed authorization code')
   }

@@ -101,7 +101,8 @@ return 1
  * A grant and its first two tokens (a code exchange) in one round trip. KEYS: as SAVE_GRANT, then
  * the access token, the refresh token. ARGV: as SAVE_GRANT (1-9), then the access token's family
  * member, ttl, json (10-12), the refresh token's family member, ttl, json, expiresAt, grantId (13-17).
- * Token TTLs are capped by the grant's, as in SAVE_TOKEN.
+ * Without the refresh token's key and arguments, the grant and its access token only. Token TTLs
+ * are capped by the grant's, as in SAVE_TOKEN.
  */
 const SAVE_GRANT_WITH_TOKENS = LUA_HELPERS + GRANT_PART + `
 local gttl = tonumber(ARGV[7])
@@ -113,10 +114,12 @@ end
 redis.call('DEL', KEYS[5])
 redis.call('SET', KEYS[5], ARGV[12], 'PX', capped(ARGV[11]))
 addToFamily(KEYS[2], ARGV[10], ARGV[9], gttl)
-redis.call('DEL', KEYS[6])
-redis.call('HSET', KEYS[6], 'r', ARGV[15], 'e', ARGV[16], 'g', ARGV[17])
-redis.call('PEXPIRE', KEYS[6], capped(ARGV[14]))
-addToFamily(KEYS[2], ARGV[13], ARGV[9], gttl)
+if KEYS[6] then
+  redis.call('DEL', KEYS[6])
+  redis.call('HSET', KEYS[6], 'r', ARGV[15], 'e', ARGV[16], 'g', ARGV[17])
+  redis.call('PEXPIRE', KEYS[6], capped(ARGV[14]))
+  addToFamily(KEYS[2], ARGV[13], ARGV[9], gttl)
+end
 return 1
 `
 

@@ -3,7 +3,7 @@ import type { ResolvedConfig } from '../../options/index.js'
 import type { Auditor } from '../../security/audit.js'
 import type { ClientRecord, FlowStore } from '../../storage/contract.js'
 import { GrantRevokedError } from '../../errors.js'
-import type { GrantService, NewGrant, TokenResponse } from '../issue.js'
+import type { GrantService, NewGrant, TokenPair } from '../issue.js'
 import { verifyPkce } from '../../oauth/pkce.js'
 import { matchResource } from '../../oauth/resource.js'
 import { assertClientHolds } from '../../oauth/scopes.js'
@@ -40,7 +40,7 @@ export class AuthorizationCodeGrant {
   }
 
   /** Throws OAuthError. */
-  async exchangeCode (client: ClientRecord, { code, codeVerifier, redirectUri, resource }: CodeExchange): Promise<TokenResponse> {
+  async exchangeCode (client: ClientRecord, { code, codeVerifier, redirectUri, resource }: CodeExchange): Promise<TokenPair> {
     const { config, store } = this.#d
     if (code === undefined || code === '') throw new OAuthError('invalid_request', 'code is required')
     if (!looksLike('authorizationCode', code)) throw new OAuthError('invalid_grant', 'The authorization code is invalid')

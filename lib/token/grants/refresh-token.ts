@@ -3,7 +3,7 @@ import { OAuthError } from '../../errors.js'
 import type { ResolvedConfig } from '../../options/index.js'
 import type { Auditor } from '../../security/audit.js'
 import type { ClientRecord, RefreshTokenRecord, Store } from '../../storage/contract.js'
-import { buildTokens, secondsUntil, type TokenResponse } from '../issue.js'
+import { buildTokens, secondsUntil, type TokenPair } from '../issue.js'
 import { matchResource } from '../../oauth/resource.js'
 import { narrowScopes, withinClient } from '../../oauth/scopes.js'
 import { generateId, hashToken, looksLike, TOKEN_PREFIX } from '../../oauth/tokens.js'
@@ -60,7 +60,7 @@ function successorInfo (salt: string, scope: string): string {
  * The pair again, from the old token and what the store kept; null when that is not ours.
  * `expires_in` is left for the caller, which knows when the access token expires.
  */
-function rebuildSuccessor (key: Buffer, refreshToken: string, info: string): TokenResponse | null {
+function rebuildSuccessor (key: Buffer, refreshToken: string, info: string): TokenPair | null {
   const space = info.indexOf(' ')
   const salt = space < 0 ? '' : info.slice(0, space)
   if (!/^[A-Za-z0-9_-]{22}$/.test(salt)) return null
@@ -87,7 +87,7 @@ export class RefreshTokenGrant {
   }
 
   /** Throws OAuthError. */
-  async refresh (client: ClientRecord, { refreshToken: token, scope: requested, resource }: RefreshRequest): Promise<TokenResponse> {
+  async refresh (client: ClientRecord, { refreshToken: token, scope: requested, resource }: RefreshRequest): Promise<TokenPair> {
     const { store, config, auditor } = this.#d
     if (token === undefined || token === '') throw new OAuthError('invalid_request', 'refresh_token is required')
     const invalid = () => new OAuthError('invalid_grant', 'The refresh token is invalid, expired or revoked')
@@ -138,7 +138,7 @@ export class RefreshTokenGrant {
    * A token that was already rotated: the grace window (at most `refreshGraceMaxReplays` times,
    * counted by the store across replicas), or reuse detection.
    */
-  async #replayed (token: string, hash: string, record: RefreshTokenRecord, now: number, graceMs: number): Promise<TokenResponse> {
+  async #replayed (token: string, hash: string, record: RefreshTokenRecord, now: number, graceMs: number): Promise<TokenPair> {
     const { store, config } = this.#d
     const rotatedAt = record.rotatedAt as number
     if (graceMs > 0 && now - rotatedAt <= graceMs) {
