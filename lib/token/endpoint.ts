@@ -2,6 +2,7 @@ import { OAuthError } from '../errors.js'
 import type { ClientRecord } from '../storage/contract.js'
 import type { AuthorizationCodeGrant } from './grants/authorization-code.js'
 import type { RefreshTokenGrant } from './grants/refresh-token.js'
+import { JWT_BEARER_GRANT, type JwtBearerGrant } from './grants/jwt-bearer.js'
 import type { TokenResponse } from './issue.js'
 
 /** The token request's parameters (RFC 6749 §3.2), as the route's schema admits them: each at most once. */
@@ -13,6 +14,7 @@ export interface TokenParameters {
   refresh_token?: string
   scope?: string
   resource?: string
+  assertion?: string
 }
 
 /** One grant type: its own parameters out of the request, then its decision. Throws OAuthError. */
@@ -21,6 +23,8 @@ type GrantHandler = (client: ClientRecord, params: TokenParameters) => Promise<T
 export interface TokenEndpointDeps {
   authorizationCode: Pick<AuthorizationCodeGrant, 'exchangeCode'>
   refreshToken: Pick<RefreshTokenGrant, 'refresh'>
+  /** Present when an enterprise IdP is trusted (Enterprise-Managed Authorization). */
+  jwtBearer?: Pick<JwtBearerGrant, 'exchange'> | undefined
   /**
    * Called once tokens are issued to the authenticated client: tokens are its use (finding 7),
    * which renews a dynamic client's expiry. Merely naming a client (an authorization request
@@ -39,8 +43,8 @@ export class TokenEndpoint {
   readonly #unsupported: string
   readonly #keepAlive: TokenEndpointDeps['keepAlive']
 
-  constructor ({ authorizationCode, refreshToken, keepAlive }: TokenEndpointDeps) {
-    this.#grants = new Map<string, GrantHandler>([
+  constructor ({ authorizationCode, refreshToken, jwtBearer, keepAlive }: TokenEndpointDeps) {
+    const grants = new Map<string, GrantHandler>([
       ['authorization_code', (client, p) => authorizationCode.exchangeCode(client, {
         code: p.code, codeVerifier: p.code_verifier, redirectUri: p.redirect_uri, resource: p.resource
       })],
@@ -48,6 +52,12 @@ export class TokenEndpoint {
         refreshToken: p.refresh_token, scope: p.scope, resource: p.resource
       })]
     ])
+    if (jwtBearer !== undefined) {
+      grants.set(JWT_BEARER_GRANT, (client, p) => jwtBearer.exchange(client, {
+        assertion: p.assertion, scope: p.scope, resource: p.resource
+      }))
+    }
+    this.#grants = grants
     this.#unsupported = `grant_type must be ${[...this.#grants.keys()].join(' or ')}`
     this.#keepAlive = keepAlive
   }
