@@ -10,6 +10,7 @@ import type { Store } from './storage/contract.js'
 import { AuthorizationFlow } from './flow/authorize.js'
 import { RefreshTokenGrant } from './token/grants/refresh-token.js'
 import { AuthorizationCodeGrant } from './token/grants/authorization-code.js'
+import { ClientCredentialsGrant } from './token/grants/client-credentials.js'
 import { TokenEndpoint } from './token/endpoint.js'
 import { JwtBearerGrant, TrustedIssuers } from './token/grants/jwt-bearer.js'
 import { AssertionVerifier } from './security/assertion.js'
@@ -162,6 +163,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
       recheck: grant => upstream.recheck(grant),
       successorKey: deploymentKeys.key('refresh-successor')
     }),
+    clientCredentials: new ClientCredentialsGrant({ config, grants, auditor }),
     jwtBearer,
     keepAlive: client => registration.keepAlive(client)
   })

@@ -70,7 +70,7 @@ t.test('dispatch: an unknown grant type, and a grant type the client is not regi
 
   const unknown = await token({ grant_type: 'password' })
   t.equal(unknown.statusCode, 400)
-  t.same(unknown.json(), { error: 'unsupported_grant_type', error_description: 'grant_type must be authorization_code or refresh_token' })
+  t.same(unknown.json(), { error: 'unsupported_grant_type', error_description: 'grant_type must be one of authorization_code, refresh_token, client_credentials' })
   const inherited = await token({ grant_type: 'constructor' })
   t.equal(inherited.json().error, 'unsupported_grant_type', 'only the table\'s own grant types')
   const notRegistered = await token({ grant_type: 'refresh_token', refresh_token: 'x' })

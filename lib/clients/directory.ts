@@ -53,8 +53,9 @@ export class ClientDirectory {
         clientId: c.client_id,
         redirectUris: c.redirect_uris,
         tokenEndpointAuthMethod: method,
-        grantTypes: ['authorization_code', 'refresh_token'],
-        responseTypes: ['code'],
+        grantTypes: c.grant_types,
+        // A machine client (client_credentials only) never comes to the authorization endpoint.
+        responseTypes: c.grant_types.includes('authorization_code') ? ['code'] : [],
         applicationType: c.redirect_uris.every(u => u.startsWith('https:')) ? 'web' : 'native',
         metadata: {},
         clientIdIssuedAt: issuedAt,

@@ -3,6 +3,7 @@ import type { ClientRecord } from '../storage/contract.js'
 import { checkRedirectUri, type RedirectPolicy } from '../oauth/redirect.js'
 import { registeredScope } from '../oauth/scopes.js'
 import { hasUnsafeDisplayChars } from '../oauth/display.js'
+import { JWT_BEARER_GRANT } from '../oauth/jwt.js'
 
 /**
  * The RFC 7591 client metadata rules, one set for a registration body (RFC 7591/7592) and for a
@@ -17,6 +18,13 @@ export interface MetadataRules {
   scopes?: readonly string[]
   /** Registration: may a client register with token_endpoint_auth_method "none"? */
   allowPublicClients?: boolean
+  /**
+   * Registration: may the client hold client_credentials (a machine client)? Only one registered
+   * with the initial access token: the grant needs no user, so an open registration must not hand it out.
+   */
+  allowClientCredentials?: boolean
+  /** Registration: may the client hold the jwt-bearer grant (an enterprise IdP is trusted)? Confidential clients only. */
+  allowJwtBearer?: boolean
   /** A metadata document, with the URL (its client_id) it was fetched from. */
   document?: string
 }
@@ -74,11 +82,15 @@ export function validateClientMetadata (input: unknown, rules: MetadataRules): V
     if (documentName.length > 200 || hasUnsafeDisplayChars(documentName)) throw refuse('client_name must be at most 200 characters, without control or text-direction characters')
   }
 
+  // A machine client (grant_types without authorization_code) has no redirect URI to register.
+  const machine = !document && Array.isArray(body.grant_types) && !body.grant_types.includes('authorization_code')
   let uris: unknown[]
   if (document) {
     if (body.redirect_uris === undefined) throw refuse('redirect_uris is required')
     uris = [...new Set(stringArray(body.redirect_uris, 'redirect_uris'))]
     if (uris.length === 0) throw refuse('redirect_uris must not be empty')
+  } else if (machine && (body.redirect_uris === undefined || (Array.isArray(body.redirect_uris) && body.redirect_uris.length === 0))) {
+    uris = []
   } else {
     if (!Array.isArray(body.redirect_uris) || body.redirect_uris.length === 0) throw refuse('redirect_uris must be a non-empty array', 'invalid_redirect_uri')
     if (body.redirect_uris.length > MAX_REDIRECTS) throw refuse(`At most ${MAX_REDIRECTS} redirect_uris`, 'invalid_redirect_uri')
@@ -99,15 +111,28 @@ export function validateClientMetadata (input: unknown, rules: MetadataRules): V
   if (!document && method === 'none' && rules.allowPublicClients !== true) throw refuse('Public clients (token_endpoint_auth_method "none") are not accepted here')
 
   const grants = body.grant_types === undefined ? ['authorization_code'] : stringArray(body.grant_types, 'grant_types')
-  const unknownGrant = grants.find(g => g !== 'authorization_code' && g !== 'refresh_token')
+  const unknownGrant = grants.find(g => g !== 'authorization_code' && g !== 'refresh_token' && (document || g !== 'client_credentials') &&
+    (document || rules.allowJwtBearer !== true || g !== JWT_BEARER_GRANT))
   if (unknownGrant !== undefined) {
     throw refuse(document ? 'grant_types may only contain authorization_code and refresh_token' : `Unsupported grant type: ${unknownGrant.slice(0, 50)}`)
   }
-  if (!grants.includes('authorization_code')) throw refuse('grant_types must include authorization_code')
+  if (grants.includes('client_credentials')) {
+    if (rules.allowClientCredentials !== true) throw refuse('client_credentials may only be registered with the initial access token')
+    if (method === 'none') throw refuse('client_credentials needs a confidential client: token_endpoint_auth_method client_secret_basic or client_secret_post')
+  }
+  if (grants.includes(JWT_BEARER_GRANT) && method === 'none') {
+    throw refuse(`${JWT_BEARER_GRANT} needs a confidential client: token_endpoint_auth_method client_secret_basic or client_secret_post`)
+  }
+  if (!grants.includes('authorization_code') && !grants.includes('client_credentials') && !grants.includes(JWT_BEARER_GRANT)) {
+    throw refuse(rules.allowClientCredentials === true ? 'grant_types must include authorization_code or client_credentials' : 'grant_types must include authorization_code')
+  }
   // Every code exchange returns a refresh token, so the client is registered for using it.
-  const grantTypes = document ? ['authorization_code', 'refresh_token'] : [...new Set([...grants, 'refresh_token'])]
-  const responseTypes = body.response_types === undefined ? ['code'] : stringArray(body.response_types, 'response_types')
-  if (document ? responseTypes.length === 0 || responseTypes.some(r => r !== 'code') : responseTypes.length !== 1 || responseTypes[0] !== 'code') {
+  const grantTypes = document ? ['authorization_code', 'refresh_token'] : machine ? [...new Set(grants)] : [...new Set([...grants, 'refresh_token'])]
+  if (machine && grants.includes('refresh_token')) throw refuse('refresh_token comes only with authorization_code')
+  const responseTypes = body.response_types === undefined ? (machine ? [] : ['code']) : stringArray(body.response_types, 'response_types')
+  if (machine) {
+    if (responseTypes.length > 0) throw refuse('response_types must be empty without authorization_code')
+  } else if (document ? responseTypes.length === 0 || responseTypes.some(r => r !== 'code') : responseTypes.length !== 1 || responseTypes[0] !== 'code') {
     throw refuse(document ? 'response_types may only contain code' : 'response_types must be ["code"]')
   }
   if (document && body.scope !== undefined && typeof body.scope !== 'string') throw refuse('scope must be a string')
@@ -161,7 +186,7 @@ export function validateClientMetadata (input: unknown, rules: MetadataRules): V
     redirectUris,
     tokenEndpointAuthMethod: method,
     grantTypes,
-    responseTypes: ['code'],
+    responseTypes: machine ? [] : ['code'],
     applicationType: appType,
     metadata
   }

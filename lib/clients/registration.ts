@@ -55,8 +55,8 @@ export class RegistrationService {
 
   constructor (deps: RegistrationDeps) {
     this.#d = deps
-    const { redirects, scopes, registration } = deps.config
-    this.#rules = { redirects, scopes, allowPublicClients: registration.allowPublicClients }
+    const { redirects, scopes, registration, enterprise } = deps.config
+    this.#rules = { redirects, scopes, allowPublicClients: registration.allowPublicClients, allowJwtBearer: enterprise.issuers.length > 0 }
   }
 
   /**
@@ -74,6 +74,11 @@ export class RegistrationService {
     })
   }
 
+  /** The metadata rules for a client registered with the initial access token or without. */
+  #rulesFor (withToken: boolean): MetadataRules {
+    return withToken ? { ...this.#rules, allowClientCredentials: true } : this.#rules
+  }
+
   /** In mode "token": may a client without the initial access token hold these redirect URIs? */
   #trusted (uris: unknown): boolean {
     const schemes = this.#d.config.registration.trustedSchemes
@@ -82,7 +87,7 @@ export class RegistrationService {
   }
 
   async register (body: unknown, registeredFrom: string, withToken = false): Promise<ClientInformation> {
-    const meta = validateClientMetadata(body, this.#rules)
+    const meta = validateClientMetadata(body, this.#rulesFor(withToken))
     const now = this.#d.now()
     const { maxClientsPerIp, unusedClientTtlSeconds } = this.#d.config.registration
     if (maxClientsPerIp > 0 && await this.#d.store.countClientsFrom(registeredFrom, now) >= maxClientsPerIp) {
@@ -131,7 +136,7 @@ export class RegistrationService {
         throw new OAuthError('invalid_request', 'client_secret does not match')
       }
     }
-    const meta = validateClientMetadata(body, this.#rules)
+    const meta = validateClientMetadata(body, this.#rulesFor(client.registeredWithToken === true))
     // An update passes the policy a registration passes: without the initial access token, only what
     // a registration without it could hold (clients registered in mode "public" count as without).
     if (this.#d.config.registration.mode === 'token' && client.registeredWithToken !== true && !this.#trusted(meta.redirectUris)) {

@@ -42,3 +42,18 @@ function comparable (value: string): string | null {
   const path = url.pathname.length > 1 && url.pathname.endsWith('/') ? url.pathname.slice(0, -1) : url.pathname
   return `${url.protocol}//${url.host}${path}${url.search}`
 }
+
+export type ResourceDecision<R> = { ok: true, resource: R } | { ok: false, description: string }
+
+/**
+ * The resource a token request without a browser leg is for (client credentials, jwt-bearer): the
+ * one named, or the only one configured when none is named (clients often omit it).
+ */
+export function requestedResource<R extends NamedResource> (value: string | undefined, resources: readonly R[]): ResourceDecision<R> {
+  if (value === undefined || value === '') {
+    if (resources.length === 1) return { ok: true, resource: resources[0] as R }
+    return { ok: false, description: 'resource is required: this server protects several resources' }
+  }
+  const match = matchResource(value, resources)
+  return match === null ? { ok: false, description: 'The resource is not protected by this server' } : { ok: true, resource: match }
+}

@@ -17,6 +17,9 @@ export interface ResolvedResource {
   metadataUrl: string
 }
 
+/** A client of the `clients` option, with its grant types and redirect URIs spelled out. */
+export type ResolvedStaticClient = StaticClient & Required<Pick<StaticClient, 'grant_types' | 'redirect_uris'>>
+
 /** An identity provider whose ID-JAGs are accepted. */
 export interface TrustedIssuer {
   /** As its ID-JAGs carry it in `iss`. */
@@ -46,7 +49,7 @@ export interface ResolvedConfig {
   defaultScopes: string[]
   ttl: { accessToken: number, refreshToken: number, grant: number, code: number, flow: number }
   serviceDocumentation?: string
-  clients: StaticClient[]
+  clients: ResolvedStaticClient[]
   registration: {
     mode: 'off' | 'public' | 'token'
     token?: string

@@ -3,10 +3,11 @@ import { Value } from 'typebox/value'
 import { errors } from '../errors.js'
 import { STORE_METHODS } from '../storage/contract.js'
 import { resolveTelemetryOptions } from '../telemetry/options.js'
-import { AUTHORIZATION_SERVER_WELL_KNOWN, PROTECTED_RESOURCE_WELL_KNOWN, type ResolvedConfig, type ResolvedResource, type TrustedIssuer } from './config.js'
+import { AUTHORIZATION_SERVER_WELL_KNOWN, PROTECTED_RESOURCE_WELL_KNOWN, type ResolvedConfig, type ResolvedResource, type ResolvedStaticClient, type TrustedIssuer } from './config.js'
 import { OptionsSchema, type Filled, type McpOAuthOptions, type ResourceOption } from './schema.js'
 import { startupWarnings } from './warnings.js'
 import { isLoopbackHost } from '../providers/oidc.js'
+import { JWT_BEARER_GRANT } from '../oauth/jwt.js'
 import type { Provider } from '../providers/types.js'
 
 const checkOptions = Compile(OptionsSchema)
@@ -103,10 +104,14 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
     })
   }
   if (data.secret !== undefined && data.cookieSecret !== undefined && data.secret !== data.cookieSecret) throw bad('cookieSecret', 'is the former name of secret: give one of them')
-  checkClients(data.clients, scopes)
+  const clients = resolveClients(data.clients, scopes)
   const serviceDocumentation = data.serviceDocumentation === undefined ? undefined : parseUrl('serviceDocumentation', data.serviceDocumentation).href
   const telemetry = resolveTelemetryOptions({ metrics, tracing })
   const enterprise = resolveEnterprise(data.enterprise, provider)
+  const idJagClient = clients.findIndex(c => c.grant_types.includes(JWT_BEARER_GRANT))
+  if (idJagClient >= 0 && enterprise.issuers.length === 0) {
+    throw bad(`clients[${idJagClient}].grant_types`, `${JWT_BEARER_GRANT} needs a trusted identity provider: enterprise.trustedIssuers, or an OpenID Connect provider`)
+  }
 
   const config: Omit<ResolvedConfig, 'warnings'> = {
     issuer: data.issuer,
@@ -124,7 +129,7 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
     scopes,
     defaultScopes,
     ttl,
-    clients: data.clients,
+    clients,
     registration,
     redirects: data.redirects,
     pkce: data.pkce,
@@ -150,9 +155,9 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
   return { ...config, warnings: startupWarnings({ config, hasProvider: provider !== undefined }) }
 }
 
-function checkClients (clients: Filled<typeof OptionsSchema>['clients'], scopes: string[]): void {
+function resolveClients (clients: Filled<typeof OptionsSchema>['clients'], scopes: string[]): ResolvedStaticClient[] {
   const clientIds = new Set<string>()
-  clients.forEach((c, i) => {
+  return clients.map((c, i) => {
     if (clientIds.has(c.client_id)) throw bad(`clients[${i}].client_id`, `duplicate client_id "${c.client_id}"`)
     clientIds.add(c.client_id)
     const method = c.token_endpoint_auth_method ?? (c.client_secret === undefined ? 'none' : 'client_secret_basic')
@@ -161,11 +166,27 @@ function checkClients (clients: Filled<typeof OptionsSchema>['clients'], scopes:
     for (const s of c.scope?.split(' ') ?? []) {
       if (!scopes.includes(s)) throw bad(`clients[${i}].scope`, `"${s}" is not in scopes`)
     }
-    c.redirect_uris.forEach((u, j) => {
+    const given = c.grant_types ?? ['authorization_code']
+    const browser = given.includes('authorization_code')
+    if (given.includes('client_credentials') && c.client_secret === undefined) {
+      throw bad(`clients[${i}].client_secret`, 'is required for client_credentials (a machine client proves who it is with it)')
+    }
+    if (given.includes(JWT_BEARER_GRANT) && c.client_secret === undefined) {
+      throw bad(`clients[${i}].client_secret`, `is required for ${JWT_BEARER_GRANT} (Enterprise-Managed Authorization is for confidential clients)`)
+    }
+    if (given.includes('refresh_token') && !browser) throw bad(`clients[${i}].grant_types`, 'refresh_token comes only with authorization_code')
+    // The authorization code flow needs somewhere to send the code; a machine client has nowhere.
+    if (browser && c.redirect_uris === undefined) throw bad(`clients[${i}].redirect_uris`, 'is required for authorization_code')
+    if (!browser && c.redirect_uris !== undefined) throw bad(`clients[${i}].redirect_uris`, 'is only for authorization_code, which this client does not use')
+    const redirectUris = c.redirect_uris ?? []
+    redirectUris.forEach((u, j) => {
       let url: URL | undefined
       try { url = new URL(u) } catch {}
       if (url === undefined || url.hash !== '') throw bad(`clients[${i}].redirect_uris[${j}]`, 'must be an absolute URL without a fragment')
     })
+    // Every code exchange returns a refresh token, so a client of the code flow is registered for using it.
+    const grantTypes = unique(browser ? [...given, 'refresh_token'] : given) as ResolvedStaticClient['grant_types']
+    return { ...c, grant_types: grantTypes, redirect_uris: redirectUris }
   })
 }
 

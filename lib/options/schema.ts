@@ -4,6 +4,7 @@ import type { Provider } from '../providers/types.js'
 import type { AuditSink } from '../security/audit.js'
 import type { MetricsOptions, TracingOptions } from '../telemetry/options.js'
 import { DEFAULT_CUSTOM_SCHEMES } from '../oauth/redirect.js'
+import { JWT_BEARER_GRANT } from '../oauth/jwt.js'
 
 /**
  * A field users may leave out. Its default is written here and nowhere else: resolveOptions
@@ -42,7 +43,10 @@ const Budget = Type.Object({
 const StaticClientSchema = Type.Object({
   client_id: Type.String({ minLength: 1, maxLength: 255 }),
   client_secret: Type.Optional(Type.String({ minLength: 16 })),
-  redirect_uris: Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }),
+  redirect_uris: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'Required with authorization_code' })),
+  grant_types: Type.Optional(Type.Array(Type.Union([
+    Type.Literal('authorization_code'), Type.Literal('refresh_token'), Type.Literal('client_credentials'), Type.Literal(JWT_BEARER_GRANT)
+  ]), { minItems: 1, description: 'Default ["authorization_code", "refresh_token"]; client_credentials and the jwt-bearer grant need a client_secret' })),
   client_name: Type.Optional(Type.String({ maxLength: 200 })),
   token_endpoint_auth_method: Type.Optional(Type.Union([
     Type.Literal('none'), Type.Literal('client_secret_basic'), Type.Literal('client_secret_post')

@@ -1,6 +1,7 @@
 import Type, { type Static } from 'typebox'
 import type { ResolvedConfig, ResolvedResource } from '../options/index.js'
-import { ID_JAG_PROFILE, JWT_BEARER_GRANT } from '../token/grants/jwt-bearer.js'
+import { ID_JAG_PROFILE } from '../token/grants/jwt-bearer.js'
+import { JWT_BEARER_GRANT } from '../oauth/jwt.js'
 
 const StringArray = Type.Array(Type.String())
 
@@ -45,7 +46,7 @@ export function authorizationServerMetadata (config: ResolvedConfig): Static<typ
     scopes_supported: config.scopes,
     response_types_supported: ['code'],
     response_modes_supported: ['query'],
-    grant_types_supported: ['authorization_code', 'refresh_token'],
+    grant_types_supported: ['authorization_code', 'refresh_token', 'client_credentials'],
     token_endpoint_auth_methods_supported: ['none', 'client_secret_basic', 'client_secret_post'],
     revocation_endpoint: config.endpoints.revocation,
     revocation_endpoint_auth_methods_supported: ['none', 'client_secret_basic', 'client_secret_post'],

@@ -22,7 +22,8 @@ const STEPS: Readonly<Record<string, string>> = {
 /** The token endpoint's span says which grant it served. */
 const TOKEN_STEPS: Readonly<Record<string, string>> = {
   authorization_code: 'oauth.token_exchange',
-  refresh_token: 'oauth.refresh'
+  refresh_token: 'oauth.refresh',
+  client_credentials: 'oauth.client_credentials'
 }
 
 /**
@@ -34,6 +35,7 @@ const EVENT_ATTRIBUTES: Readonly<Record<string, string>> = {
   outcome: 'oauth.outcome',
   tokenType: 'oauth.token_type',
   grantType: 'oauth.grant_type',
+  subjectType: 'oauth.subject_type',
   source: 'oauth.client_source',
   provider: 'mcp_oauth.provider.name',
   kind: 'mcp_oauth.provider.error_kind',

@@ -1,8 +1,10 @@
 import { OAuthError } from '../errors.js'
 import type { ClientRecord } from '../storage/contract.js'
 import type { AuthorizationCodeGrant } from './grants/authorization-code.js'
+import type { ClientCredentialsGrant } from './grants/client-credentials.js'
 import type { RefreshTokenGrant } from './grants/refresh-token.js'
-import { JWT_BEARER_GRANT, type JwtBearerGrant } from './grants/jwt-bearer.js'
+import type { JwtBearerGrant } from './grants/jwt-bearer.js'
+import { JWT_BEARER_GRANT } from '../oauth/jwt.js'
 import type { TokenResponse } from './issue.js'
 
 /** The token request's parameters (RFC 6749 §3.2), as the route's schema admits them: each at most once. */
@@ -23,6 +25,7 @@ type GrantHandler = (client: ClientRecord, params: TokenParameters) => Promise<T
 export interface TokenEndpointDeps {
   authorizationCode: Pick<AuthorizationCodeGrant, 'exchangeCode'>
   refreshToken: Pick<RefreshTokenGrant, 'refresh'>
+  clientCredentials: Pick<ClientCredentialsGrant, 'issue'>
   /** Present when an enterprise IdP is trusted (Enterprise-Managed Authorization). */
   jwtBearer?: Pick<JwtBearerGrant, 'exchange'> | undefined
   /**
@@ -43,14 +46,15 @@ export class TokenEndpoint {
   readonly #unsupported: string
   readonly #keepAlive: TokenEndpointDeps['keepAlive']
 
-  constructor ({ authorizationCode, refreshToken, jwtBearer, keepAlive }: TokenEndpointDeps) {
+  constructor ({ authorizationCode, refreshToken, clientCredentials, jwtBearer, keepAlive }: TokenEndpointDeps) {
     const grants = new Map<string, GrantHandler>([
       ['authorization_code', (client, p) => authorizationCode.exchangeCode(client, {
         code: p.code, codeVerifier: p.code_verifier, redirectUri: p.redirect_uri, resource: p.resource
       })],
       ['refresh_token', (client, p) => refreshToken.refresh(client, {
         refreshToken: p.refresh_token, scope: p.scope, resource: p.resource
-      })]
+      })],
+      ['client_credentials', (client, p) => clientCredentials.issue(client, { scope: p.scope, resource: p.resource })]
     ])
     if (jwtBearer !== undefined) {
       grants.set(JWT_BEARER_GRANT, (client, p) => jwtBearer.exchange(client, {
@@ -58,7 +62,7 @@ export class TokenEndpoint {
       }))
     }
     this.#grants = grants
-    this.#unsupported = `grant_type must be ${[...this.#grants.keys()].join(' or ')}`
+    this.#unsupported = `grant_type must be one of ${[...this.#grants.keys()].join(', ')}`
     this.#keepAlive = keepAlive
   }
 

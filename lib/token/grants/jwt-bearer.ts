@@ -6,13 +6,11 @@ import type { Auditor } from '../../security/audit.js'
 import { cacheSeconds, type SafeFetcher } from '../../security/fetch.js'
 import type { RemoteKeySets } from '../../security/jwks.js'
 import type { ClientRecord } from '../../storage/contract.js'
-import type { DecodedAssertion } from '../../oauth/jwt.js'
+import { JWT_BEARER_GRANT, type DecodedAssertion } from '../../oauth/jwt.js'
 import { matchResource } from '../../oauth/resource.js'
 import { clientMayHold, decideScopes } from '../../oauth/scopes.js'
 import type { GrantService, TokenResponse } from '../issue.js'
 
-/** RFC 7523 §2.1: an authorization grant that is a signed JWT. */
-export const JWT_BEARER_GRANT = 'urn:ietf:params:oauth:grant-type:jwt-bearer'
 /** The Identity Assertion Authorization Grant profile, as authorization server metadata names it. */
 export const ID_JAG_PROFILE = 'urn:ietf:params:oauth:grant-profile:id-jag'
 const ID_JAG_TYP = 'oauth-id-jag+jwt'
