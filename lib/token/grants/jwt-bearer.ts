@@ -28,12 +28,8 @@ function issuerKey (issuer: string): string {
   return issuer.endsWith('/') ? issuer.slice(0, -1) : issuer
 }
 
-interface Discovered {
-  jwksUri?: string
-  /** Epoch ms until which this answer (a URI or a failure) stands. */
-  until: number
-  failure?: string
-}
+/** A discovery's answer: the key set's URI, or why there is none; it stands until `until` (epoch ms). */
+type Discovered = { jwksUri: string, until: number } | { jwksUri?: undefined, failure: string, until: number }
 
 /**
  * The trusted enterprise identity providers and their signing keys: a configured `jwks_uri`, or the
@@ -65,7 +61,7 @@ export class TrustedIssuers {
     if (issuer.jwksUri !== undefined) return this.#keySets.keys(issuer.jwksUri)
     let found = this.#discovered.get(issuer.issuer)
     if (found === undefined || found.until <= this.#now()) found = await this.#discover(issuer.issuer)
-    if (found.jwksUri === undefined) throw refused(`the metadata of its issuer could not be fetched: ${found.failure ?? 'unknown reason'}`)
+    if (found.jwksUri === undefined) throw refused(`the metadata of its issuer could not be fetched: ${found.failure}`)
     return this.#keySets.keys(found.jwksUri)
   }
 
@@ -88,7 +84,7 @@ export class TrustedIssuers {
       `${url.origin}${path}/.well-known/openid-configuration`,
       `${url.origin}/.well-known/oauth-authorization-server${path}`
     ]
-    let failure = ''
+    const failures: string[] = []
     for (const candidate of candidates) {
       try {
         const { body, headers } = await this.#fetcher.get(new URL(candidate))
@@ -96,10 +92,10 @@ export class TrustedIssuers {
         return { jwksUri, until: this.#now() + cacheSeconds(headers, 300, 86400) * 1000 }
       } catch (err) {
         // The fetcher's and the parser's reasons name URLs the operator configured, never a secret.
-        failure = (err as Error).message
+        failures.push((err as Error).message)
       }
     }
-    return { failure, until: this.#now() + DISCOVERY_RETRY_MS }
+    return { failure: failures.join('; '), until: this.#now() + DISCOVERY_RETRY_MS }
   }
 }
 
