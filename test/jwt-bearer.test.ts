@@ -36,6 +36,8 @@ keyServer.get('/idp2/.well-known/openid-configuration', async () => ({ issuer: `
 keyServer.get('/.well-known/oauth-authorization-server/idp3', async () => ({ issuer: `${base()}/idp3`, jwks_uri: `${base()}/jwks` }))
 let idp4Fetches = 0
 keyServer.get('/idp4/.well-known/openid-configuration', async () => { idp4Fetches++; return { issuer: `${base()}/elsewhere`, jwks_uri: `${base()}/jwks` } })
+keyServer.get('/idp5/.well-known/openid-configuration', async (_req, reply) => reply.type('application/json').send('{not json'))
+keyServer.get('/idp6/.well-known/openid-configuration', async () => ({ issuer: `${base()}/idp6` }))
 await keyServer.listen({ port: 0, host: '127.0.0.1' })
 t.teardown(() => keyServer.close())
 function base (): string {
@@ -49,7 +51,9 @@ const enterprise: McpOAuthOptions['enterprise'] = {
     { issuer: IDP, jwks_uri: `${base()}/jwks` },
     { issuer: `${base()}/idp2` },
     { issuer: `${base()}/idp3` },
-    { issuer: `${base()}/idp4` }
+    { issuer: `${base()}/idp4` },
+    { issuer: `${base()}/idp5` },
+    { issuer: `${base()}/idp6` }
   ]
 }
 const clients: McpOAuthOptions['clients'] = [
@@ -201,6 +205,11 @@ t.test('keys found through the issuer\'s metadata: OpenID Connect discovery, els
   const again = await grant({ assertion: await idJag({ iss: `${base()}/idp4` }) })
   t.match(again.body.error_description, /names another issuer/)
   t.equal(idp4Fetches, 1)
+  for (const [issuer, reason] of [['idp5', /the metadata is not JSON/], ['idp6', /the metadata has no jwks_uri/]] as const) {
+    const res = await grant({ assertion: await idJag({ iss: `${base()}/${issuer}` }) })
+    t.equal(res.body.error, 'invalid_grant')
+    t.match(res.body.error_description, reason)
+  }
 })
 
 t.test('who may use the grant', async (t) => {
