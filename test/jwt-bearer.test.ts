@@ -6,7 +6,7 @@
  */
 import t from 'tap'
 import Fastify from 'fastify'
-import { CompactSign, exportJWK, generateKeyPair, SignJWT, type CryptoKey, type JWK, type JWTPayload } from 'jose'
+import { exportJWK, generateKeyPair, SignJWT, type CryptoKey, type JWK, type JWTPayload } from 'jose'
 import { requestJwtAuthorizationGrant } from '@modelcontextprotocol/client'
 import { mcpOAuth, type McpAuthInfo, type McpOAuthOptions } from '../lib/index.js'
 import { oidcProvider } from '../lib/providers/oidc.js'
@@ -84,8 +84,16 @@ let counter = 0
 async function idJag (claims: Record<string, unknown> = {}, header: Record<string, unknown> = {}, key: CryptoKey = privateKey): Promise<string> {
   const iat = Math.floor(clock.now() / 1000)
   const payload: Record<string, unknown> = {
-    iss: IDP, sub: 'U123', aud: ISSUER, client_id: AGENT.id, resource: RESOURCE, scope: 'mcp:tools mcp:admin',
-    jti: `jag-${++counter}`, iat, exp: iat + 300, ...claims
+    iss: IDP,
+    sub: 'U123',
+    aud: ISSUER,
+    client_id: AGENT.id,
+    resource: RESOURCE,
+    scope: 'mcp:tools mcp:admin',
+    jti: `jag-${++counter}`,
+    iat,
+    exp: iat + 300,
+    ...claims
   }
   for (const [k, v] of Object.entries(payload)) if (v === undefined) delete payload[k]
   return await new SignJWT(payload as JWTPayload).setProtectedHeader({ alg: 'ES256', typ: 'oauth-id-jag+jwt', kid: 'idp-1', ...header }).sign(key)
@@ -217,8 +225,15 @@ t.test('who may use the grant', async (t) => {
   t.equal(web.body.error, 'unauthorized_client', 'a client not registered for the grant')
   // A public client holding the grant (no registration path gives one; a record from elsewhere might).
   await app.mcpOAuth.storage.saveClient({
-    clientId: 'public-agent', redirectUris: [], tokenEndpointAuthMethod: 'none', grantTypes: [JWT_BEARER], responseTypes: [],
-    applicationType: 'web', metadata: {}, clientIdIssuedAt: 0, source: 'dcr'
+    clientId: 'public-agent',
+    redirectUris: [],
+    tokenEndpointAuthMethod: 'none',
+    grantTypes: [JWT_BEARER],
+    responseTypes: [],
+    applicationType: 'web',
+    metadata: {},
+    clientIdIssuedAt: 0,
+    source: 'dcr'
   })
   const res = await app.inject({
     method: 'POST',
