@@ -2,7 +2,8 @@
  * The comparison authorization server: oidc-provider (a certified Node.js OpenID Provider) on
  * loopback, configured to do what the plugin does at its token endpoint: a public client with
  * PKCE S256, one resource (RFC 8707) with opaque access tokens, refresh tokens rotated on every
- * use, no ID token (the scope has no `openid`). Credentials are minted straight through its models
+ * use, no ID token (the scope has no `openid`); and a confidential machine client with the
+ * client_credentials grant (client_secret_basic). Credentials are minted straight through its models
  * (Grant, RefreshToken, AuthorizationCode), as its own token endpoint would have saved them.
  *
  * Storage: a Map-backed adapter with the shape of oidc-provider's own memory adapter. Its built-in
@@ -140,12 +141,23 @@ export async function startOidcBench (): Promise<OidcBench> {
         response_types: ['code'],
         redirect_uris: [TOKEN_BENCH.redirectUri],
         id_token_signed_response_alg: 'ES256'
+      }, {
+        client_id: TOKEN_BENCH.machine.clientId,
+        client_secret: TOKEN_BENCH.machine.secret,
+        token_endpoint_auth_method: 'client_secret_basic',
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        scope: TOKEN_BENCH.scope,
+        // Only because this provider signs with ES256 alone: it never issues this client an ID token.
+        id_token_signed_response_alg: 'ES256'
       }],
       jwks: { keys: [key] },
       cookies: { keys: [randomBytes(32).toString('base64url')] },
       scopes: [TOKEN_BENCH.scope],
       features: {
         devInteractions: { enabled: false },
+        clientCredentials: { enabled: true },
         resourceIndicators: {
           enabled: true,
           defaultResource: () => TOKEN_BENCH.resource,
@@ -157,7 +169,7 @@ export async function startOidcBench (): Promise<OidcBench> {
       issueRefreshToken: () => true,
       rotateRefreshToken: () => true,
       expiresWithSession: () => false,
-      ttl: { AccessToken: 3600, AuthorizationCode: 3600, RefreshToken: 30 * 86400, Grant: 90 * 86400, Session: 3600, Interaction: 600, IdToken: 3600 },
+      ttl: { AccessToken: 3600, ClientCredentials: 3600, AuthorizationCode: 3600, RefreshToken: 30 * 86400, Grant: 90 * 86400, Session: 3600, Interaction: 600, IdToken: 3600 },
       async findAccount (_ctx: unknown, sub: string) {
         return { accountId: sub, async claims () { return { sub } } }
       }

@@ -58,5 +58,7 @@ export const TOKEN_BENCH = {
   issuer: 'https://bench.example.com',
   scope: 'mcp:tools',
   /** One PKCE verifier for every code: the server still hashes it on every exchange. */
-  codeVerifier: 'bench-verifier-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJ'
+  codeVerifier: 'bench-verifier-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJ',
+  /** The confidential client of the machine grants (client_secret_basic), the same on both servers. */
+  machine: { clientId: 'bench-machine', secret: 'bench-machine-secret-0123456789abcdef' }
 } as const

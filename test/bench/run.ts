@@ -7,6 +7,7 @@
  *           access-token cache, and with `cache: false`).
  *   token   the plugin's token endpoint (refresh rotation, code exchange) against oidc-provider
  *           doing the same grants, and against a bare route that parses the same form body.
+ *   machine the grants without a user (client credentials) against oidc-provider's same grant.
  *   memory  heap per live grant at 100,000 grants; heap and event-loop delay around the sweep.
  *
  * Servers run in forked processes; autocannon runs here. Every measurement is repeated
@@ -16,7 +17,7 @@
  *
  * Environment: BENCH_DURATION (seconds per run, default 3), BENCH_ROUNDS (default 9),
  * BENCH_CONNECTIONS (default 50), BENCH_GRANTS (memory, default 100000),
- * BENCH_ONLY (comma-separated: guard,token,memory; default all), BENCH_TARGETS (comma-separated
+ * BENCH_ONLY (comma-separated: guard,token,machine,memory; default all), BENCH_TARGETS (comma-separated
  * target names within those parts, e.g. bare,protected: for a quick A/B), BENCH_PROFILE (a folder: a V8
  * CPU profile of the server is written there for every measured run, minting left out).
  * Exit status 1 when a target is missed or a run was invalid (unexpected status codes).
@@ -48,7 +49,7 @@ const WARMUP = Math.min(2, DURATION)
 /** Server CPU share (of one core) below which a run did not have the machine to itself. */
 const SATURATED = 0.85
 const PROFILE = process.env.BENCH_PROFILE
-const ONLY = new Set((process.env.BENCH_ONLY ?? 'guard,token,memory').split(',').map(s => s.trim()))
+const ONLY = new Set((process.env.BENCH_ONLY ?? 'guard,token,machine,memory').split(',').map(s => s.trim()))
 const TARGETS = process.env.BENCH_TARGETS ? new Set(process.env.BENCH_TARGETS.split(',').map(s => s.trim())) : undefined
 const BASELINE = baseline(process.env.BENCH_BASELINE)
 
@@ -87,6 +88,8 @@ interface Target {
   path: string
   /** Send `Authorization: Bearer` with the server's access token. */
   bearer?: boolean
+  /** A fixed form body and Authorization header (machine grants: the credentials are the client's, reusable). */
+  form?: { body: string, authorization: string }
   /** The status every response must have. */
   expect: number
   /** Single-use credentials minted by the server, or (`fake`) token-shaped strings nobody checks. */
@@ -152,9 +155,11 @@ async function measureOnce (target: Target, seconds: number, profileFile?: strin
       method: target.method,
       path: target.path,
       headers: {
-        ...(pool !== undefined ? { 'content-type': 'application/x-www-form-urlencoded' } : {}),
-        ...(target.bearer === true ? { authorization: `Bearer ${target.server.accessToken as string}` } : {})
+        ...(pool !== undefined || target.form !== undefined ? { 'content-type': 'application/x-www-form-urlencoded' } : {}),
+        ...(target.bearer === true ? { authorization: `Bearer ${target.server.accessToken as string}` } : {}),
+        ...(target.form !== undefined ? { authorization: target.form.authorization } : {})
       },
+      ...(target.form !== undefined ? { body: target.form.body } : {}),
       ...(pool !== undefined
         ? {
             // One fresh credential per request; past the end of the pool, the last one again (then it fails and shows).
@@ -556,6 +561,47 @@ async function tokenBench (): Promise<void> {
   }
 }
 
+/**
+ * The grants without a user at the browser, each one a row against oidc-provider doing the same
+ * grant for the same client (client_secret_basic, one resource, opaque access token, no refresh
+ * token). A grant is one entry: its name and its form body.
+ */
+const MACHINE_GRANTS: ReadonlyArray<{ name: string, body: string }> = [
+  {
+    name: 'client credentials',
+    body: `grant_type=client_credentials&scope=${encodeURIComponent(TOKEN_BENCH.scope)}&resource=${encodeURIComponent(TOKEN_BENCH.resource)}`
+  }
+]
+
+async function machineBench (): Promise<void> {
+  console.log('\n## machine grants (POST form, confidential client, client_secret_basic, no refresh token)')
+  const started: BenchServer[] = []
+  try {
+    const ours = await BenchServer.start({ kind: 'token' })
+    if (!(ours instanceof BenchServer)) throw new Error(`token server: ${ours.unsupported}`)
+    started.push(ours)
+    await startTwin(ours, { kind: 'token' }, started)
+    const oidc = await BenchServer.start({ kind: 'oidc' })
+    if (!(oidc instanceof BenchServer)) throw new Error(`oidc-provider: ${oidc.unsupported}`)
+    started.push(oidc)
+    const { clientId, secret } = TOKEN_BENCH.machine
+    const authorization = `Basic ${Buffer.from(`${clientId}:${secret}`).toString('base64')}`
+    const targets: Target[] = MACHINE_GRANTS.flatMap(g => [
+      { name: `plugin ${g.name}`, server: ours, method: 'POST' as const, path: '/oauth/token', expect: 200, form: { body: g.body, authorization } },
+      { name: `oidc ${g.name}`, server: oidc, method: 'POST' as const, path: '/token', expect: 200, form: { body: g.body, authorization } }
+    ])
+    const r = await alternate(withTwins(targets))
+    abVersus('machine', targets, r)
+    for (const g of MACHINE_GRANTS) {
+      const reference = r.get(`oidc ${g.name}`)
+      rows.push({ scenario: `machine: oidc-provider, ${g.name}`, ...(reference ? { m: reference } : {}), ratio: 1, reference: 'itself' })
+      versus(`machine: plugin, ${g.name}`, r.get(`plugin ${g.name}`), r.get(`oidc ${g.name}`), `oidc-provider ${g.name}`, 3)
+    }
+  } finally {
+    for (const s of started) await s.stop()
+  }
+}
+
 async function memoryBench (): Promise<void> {
   console.log('\n## memory store')
   const child = forkHere('./memory.ts', [], ['--expose-gc'])
@@ -586,6 +632,7 @@ async function main (): Promise<void> {
   if (PROFILE !== undefined) mkdirSync(PROFILE, { recursive: true })
   if (ONLY.has('guard')) await guardBench()
   if (ONLY.has('token')) await tokenBench()
+  if (ONLY.has('machine')) await machineBench()
   if (ONLY.has('memory')) await memoryBench()
   console.log('')
   if (rows.length > 0) printTable()

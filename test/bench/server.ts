@@ -106,7 +106,10 @@ async function tokenServer (): Promise<Bench> {
   await app.register(mcpOAuth, {
     ...base,
     rateLimit: { enabled: false },
-    clients: [{ client_id: TOKEN_BENCH.clientId, redirect_uris: [TOKEN_BENCH.redirectUri] }]
+    clients: [
+      { client_id: TOKEN_BENCH.clientId, redirect_uris: [TOKEN_BENCH.redirectUri] },
+      { client_id: TOKEN_BENCH.machine.clientId, client_secret: TOKEN_BENCH.machine.secret, grant_types: ['client_credentials'] }
+    ]
   })
   await app.register(async (scope) => {
     await scope.register(formbody)

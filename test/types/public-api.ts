@@ -17,6 +17,8 @@ import mcpOAuth, {
   type OAuthErrorCode,
   type Provider,
   type Store,
+  type TokenPair,
+  type TokenResponse,
   type UpstreamAccess
 } from 'fastify-mcp-oauth'
 import { MemoryStore as MemoryStoreBySubpath } from 'fastify-mcp-oauth/memory'
@@ -36,11 +38,18 @@ const options: McpOAuthOptions = {
   registration: { mode: 'public' },
   store: new MemoryStore()
 }
+// A machine client: client_credentials only, with a secret and no redirect URIs.
+export const machine: McpOAuthOptions = {
+  ...options,
+  clients: [{ client_id: 'nightly-job', client_secret: 'a-secret-of-sixteen-or-more', grant_types: ['client_credentials'], scope: 'mcp:tools' }]
+}
+// @ts-expect-error grant types are a closed set
+const badGrant: McpOAuthOptions = { ...options, clients: [{ client_id: 'x', client_secret: 'a-secret-of-sixteen-or-more', grant_types: ['password'] }] }
 // @ts-expect-error the issuer is required
 const noIssuer: McpOAuthOptions = { resources: ['https://mcp.example.com/mcp'] }
 // @ts-expect-error registration modes are a closed set
 const badMode: McpOAuthOptions = { ...options, registration: { mode: 'open' } }
-export const refused = [noIssuer, badMode]
+export const refused = [noIssuer, badMode, badGrant]
 
 export async function app (): Promise<void> {
   const fastify = Fastify()
@@ -58,6 +67,8 @@ export async function app (): Promise<void> {
     const auth = request.mcpAuth
     if (auth === null) return null
     expectType<string>(auth.userId)
+    // A user, or a machine client (client credentials) whose userId is its client id.
+    assertEqual<typeof auth.subjectType, 'user' | 'client'>(true)
     expectType<string | undefined>(auth.email)
     expectType<boolean>(auth.emailVerified)
     expectType<string[]>(auth.scopes)
@@ -76,6 +87,12 @@ export async function app (): Promise<void> {
   expectType<string>(fastify.mcpOAuth.config.issuer)
   // @ts-expect-error the resolved configuration is read-only
   fastify.mcpOAuth.config.issuer = 'https://elsewhere.example.com'
+  // Grants that issue a refresh token type it as present; a token response in general may lack one.
+  const grant = await fastify.mcpOAuth.grants.createGrant({ userId: 'u', clientId: 'c', scopes: ['mcp:tools'], resource: 'https://mcp.example.com/mcp' })
+  const pair = await fastify.mcpOAuth.grants.issueTokens(grant)
+  assertEqual<typeof pair, TokenPair>(true)
+  expectType<string>(pair.refresh_token)
+  expectType<string | undefined>(expectType<TokenResponse>(pair).refresh_token)
   const result = await fastify.mcpOAuth.validator.validate('mcpat_x', 'https://mcp.example.com/mcp')
   if (result.valid) expectType<McpAuthInfo>(result.auth)
   else expectType<string>(result.description)
