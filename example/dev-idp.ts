@@ -265,6 +265,8 @@ export async function startDevIdp (opts: DevIdpOptions): Promise<DevIdp> {
       ...(c.client_secret === undefined ? {} : { client_secret: c.client_secret }),
       redirect_uris: c.redirect_uris,
       grant_types: ['authorization_code', 'refresh_token', ...(policies.has(c.client_id) ? [TOKEN_EXCHANGE] : [])],
+      // An enterprise app's ID tokens say when the user logged in; its ID-JAGs pass that on.
+      ...(policies.has(c.client_id) ? { require_auth_time: true } : {}),
       response_types: ['code'],
       token_endpoint_auth_method: c.client_secret === undefined ? 'none' : 'client_secret_basic',
       id_token_signed_response_alg: 'ES256'
@@ -328,10 +330,11 @@ export async function startDevIdp (opts: DevIdpOptions): Promise<DevIdp> {
     const { resource } = params
     if (resource !== undefined && !isAbsoluteUrl(resource)) throw refuse('invalid_target', 'resource must be an absolute URL without fragment')
 
-    let subject: { sub: string, auth_time?: unknown }
+    let subject: { sub: string, auth_time: number }
     try {
       // The ID token must be this IdP's, issued to the client now asking (the draft's audience rule).
-      const { payload, protectedHeader } = await jwtVerify<{ sub: string }>(params.subject_token, publicKey, {
+      // Issued to an enterprise app, it carries auth_time (require_auth_time).
+      const { payload, protectedHeader } = await jwtVerify<{ sub: string, auth_time: number }>(params.subject_token, publicKey, {
         issuer, audience: client.clientId, algorithms: ['ES256'], requiredClaims: ['sub', 'exp', 'iat']
       })
       // Other JWTs of this IdP (an ID-JAG, a logout token) are typed; ID tokens are not.
@@ -356,7 +359,7 @@ export async function startDevIdp (opts: DevIdpOptions): Promise<DevIdp> {
       client_id: target.clientId,
       ...(resource === undefined ? {} : { resource }),
       ...(scope === '' ? {} : { scope }),
-      ...(typeof subject.auth_time === 'number' ? { auth_time: subject.auth_time } : {}),
+      auth_time: subject.auth_time,
       ...pick(claims, ['email', 'email_verified', 'name'])
     })
       .setProtectedHeader({ alg: 'ES256', kid: signingKey.kid, typ: 'oauth-id-jag+jwt' })

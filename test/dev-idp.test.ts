@@ -136,6 +136,9 @@ t.test('an ID token becomes an ID-JAG through the SDK, with the interactive logi
   t.type(payload.jti, 'string')
   t.ok((payload.iat as number) >= before - 1 && (payload.iat as number) <= Math.ceil(Date.now() / 1000), 'iat is now')
   t.equal((payload.exp as number) - (payload.iat as number), 300, 'a short lifetime')
+  const loggedIn = decodeJwt(wiki.idToken).auth_time
+  t.type(loggedIn, 'number', 'the app\'s ID token says when ann logged in')
+  t.equal(payload.auth_time, loggedIn, 'and the ID-JAG passes it on')
 
   // Every exchange mints a new ID-JAG.
   const again = await requestJwtAuthorizationGrant({
