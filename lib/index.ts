@@ -12,6 +12,9 @@ import { RefreshTokenGrant } from './token/grants/refresh-token.js'
 import { AuthorizationCodeGrant } from './token/grants/authorization-code.js'
 import { ClientCredentialsGrant } from './token/grants/client-credentials.js'
 import { TokenEndpoint } from './token/endpoint.js'
+import { JwtBearerGrant, TrustedIssuers } from './token/grants/jwt-bearer.js'
+import { SafeFetcher } from './security/fetch.js'
+import { RemoteKeySets } from './security/jwks.js'
 import { RegistrationService } from './clients/registration.js'
 import { RevocationService } from './token/revocation.js'
 import { UpstreamTokenService, type UpstreamAccess } from './token/upstream.js'
@@ -140,6 +143,26 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
   })
   const flow = new AuthorizationFlow({ config, store, provider, keyRing, auditor, now, findClient })
   const registration = new RegistrationService({ config, store, auditor, now, revokeClient: clientId => revocation.revokeClient(clientId) })
+  // The enterprise IdPs' keys: one key-set cache per registration, beside the clients' own.
+  const idpFetcher = new SafeFetcher({
+    timeoutMs: config.enterprise.timeoutMs,
+    maxBytes: 256 * 1024,
+    mediaType: ['application/json', 'application/jwk-set+json'],
+    userAgent: 'fastify-mcp-oauth (identity provider keys)',
+    // Operator-configured URLs: a development IdP may be plain http on loopback.
+    allowHttpLoopback: true,
+    allowPrivateAddresses: config.enterprise.allowPrivateAddresses
+  })
+  const idpKeys = new RemoteKeySets({ fetcher: idpFetcher, now })
+  const jwtBearer = config.enterprise.issuers.length === 0
+    ? undefined
+    : new JwtBearerGrant({
+      config,
+      verifier: assertions,
+      issuers: new TrustedIssuers({ issuers: config.enterprise.issuers, fetcher: idpFetcher, keySets: idpKeys, now }),
+      grants,
+      auditor
+    })
   const tokenEndpoint = new TokenEndpoint({
     authorizationCode: new AuthorizationCodeGrant({ config, store, grants, auditor, now, revokeGrant }),
     refreshToken: new RefreshTokenGrant({
@@ -152,6 +175,7 @@ const plugin: FastifyPluginAsync<McpOAuthOptions> = async (fastify, opts) => {
       successorKey: deploymentKeys.key('refresh-successor')
     }),
     clientCredentials: new ClientCredentialsGrant({ config, grants, auditor }),
+    jwtBearer,
     keepAlive: client => registration.keepAlive(client)
   })
 

@@ -3,6 +3,7 @@ import type { ClientRecord } from '../storage/contract.js'
 import { checkRedirectUri, type RedirectPolicy } from '../oauth/redirect.js'
 import { registeredScope } from '../oauth/scopes.js'
 import { hasUnsafeDisplayChars } from '../oauth/display.js'
+import { JWT_BEARER_GRANT } from '../oauth/jwt.js'
 import { publicKeySetProblem } from '../security/jwks.js'
 
 /**
@@ -23,6 +24,8 @@ export interface MetadataRules {
    * with the initial access token: the grant needs no user, so an open registration must not hand it out.
    */
   allowClientCredentials?: boolean
+  /** Registration: may the client hold the jwt-bearer grant (an enterprise IdP is trusted)? Confidential clients only. */
+  allowJwtBearer?: boolean
   /** A metadata document, with the URL (its client_id) it was fetched from. */
   document?: string
 }
@@ -113,7 +116,8 @@ export function validateClientMetadata (input: unknown, rules: MetadataRules): V
   }
 
   const grants = body.grant_types === undefined ? ['authorization_code'] : stringArray(body.grant_types, 'grant_types')
-  const unknownGrant = grants.find(g => g !== 'authorization_code' && g !== 'refresh_token' && (document || g !== 'client_credentials'))
+  const unknownGrant = grants.find(g => g !== 'authorization_code' && g !== 'refresh_token' && (document || g !== 'client_credentials') &&
+    (document || rules.allowJwtBearer !== true || g !== JWT_BEARER_GRANT))
   if (unknownGrant !== undefined) {
     throw refuse(document ? 'grant_types may only contain authorization_code and refresh_token' : `Unsupported grant type: ${unknownGrant.slice(0, 50)}`)
   }
@@ -121,7 +125,10 @@ export function validateClientMetadata (input: unknown, rules: MetadataRules): V
     if (rules.allowClientCredentials !== true) throw refuse('client_credentials may only be registered with the initial access token')
     if (method === 'none') throw refuse('client_credentials needs a confidential client: token_endpoint_auth_method client_secret_basic, client_secret_post or private_key_jwt')
   }
-  if (!grants.includes('authorization_code') && !grants.includes('client_credentials')) {
+  if (grants.includes(JWT_BEARER_GRANT) && method === 'none') {
+    throw refuse(`${JWT_BEARER_GRANT} needs a confidential client: token_endpoint_auth_method client_secret_basic or client_secret_post`)
+  }
+  if (!grants.includes('authorization_code') && !grants.includes('client_credentials') && !grants.includes(JWT_BEARER_GRANT)) {
     throw refuse(rules.allowClientCredentials === true ? 'grant_types must include authorization_code or client_credentials' : 'grant_types must include authorization_code')
   }
   // Every code exchange returns a refresh token, so the client is registered for using it.

@@ -60,8 +60,8 @@ export class RegistrationService {
 
   constructor (deps: RegistrationDeps) {
     this.#d = deps
-    const { redirects, scopes, registration } = deps.config
-    this.#rules = { redirects, scopes, allowPublicClients: registration.allowPublicClients }
+    const { redirects, scopes, registration, enterprise } = deps.config
+    this.#rules = { redirects, scopes, allowPublicClients: registration.allowPublicClients, allowJwtBearer: enterprise.issuers.length > 0 }
   }
 
   /**

@@ -8,6 +8,9 @@
 /** Asymmetric algorithms only: never `none`, never HMAC (a public key must not become a shared secret). */
 export const ASSERTION_ALGORITHMS: readonly string[] = Object.freeze(['ES256', 'RS256', 'PS256', 'EdDSA'])
 
+/** RFC 7523 §2.1: the grant type of an authorization grant that is a signed JWT (here: an ID-JAG). */
+export const JWT_BEARER_GRANT = 'urn:ietf:params:oauth:grant-type:jwt-bearer'
+
 /** Longer assertions are refused before they are decoded. */
 export const MAX_ASSERTION_LENGTH = 8192
 

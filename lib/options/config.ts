@@ -20,6 +20,16 @@ export interface ResolvedResource {
 /** A client of the `clients` option, with its grant types and redirect URIs spelled out. */
 export type ResolvedStaticClient = StaticClient & Required<Pick<StaticClient, 'grant_types' | 'redirect_uris'>>
 
+/** An identity provider whose ID-JAGs are accepted. */
+export interface TrustedIssuer {
+  /** As its ID-JAGs carry it in `iss`. */
+  issuer: string
+  /** Its key set; discovered from the issuer's metadata when absent. */
+  jwksUri?: string
+  /** The upstream provider's issuer: a `sub` is the user id a login gives; other issuers' are namespaced. */
+  upstream: boolean
+}
+
 export interface ResolvedConfig {
   issuer: string
   /** Path part of the issuer ('' for an issuer without a path). Routes are registered under it. */
@@ -68,6 +78,12 @@ export interface ResolvedConfig {
   introspection: { resourceServers: Array<{ id: string, secret: string }> }
   upstreamRefreshThresholdSeconds: number
   upstreamRecheckSeconds: number
+  /** Enterprise-Managed Authorization: the trusted ID-JAG issuers (none: the jwt-bearer grant is off). */
+  enterprise: {
+    issuers: TrustedIssuer[]
+    allowPrivateAddresses: boolean
+    timeoutMs: number
+  }
   /** Metrics and tracing (`metrics`, `tracing`); null where off. */
   telemetry: ResolvedTelemetryOptions
   /** Settings that weaken security, each a sentence for the start-up log (./warnings.ts). */

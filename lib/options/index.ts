@@ -2,5 +2,5 @@
 // resolve step), ./warnings.ts (the start-up warnings), ./config.ts (what the plugin runs on).
 export { resolveOptions } from './resolve.js'
 export { OptionsSchema, type McpOAuthOptions, type DataOptions, type ResourceOption, type StaticClient } from './schema.js'
-export { AUTHORIZATION_SERVER_WELL_KNOWN, PROTECTED_RESOURCE_WELL_KNOWN, type ResolvedConfig, type ResolvedResource } from './config.js'
+export { AUTHORIZATION_SERVER_WELL_KNOWN, PROTECTED_RESOURCE_WELL_KNOWN, type ResolvedConfig, type ResolvedResource, type TrustedIssuer } from './config.js'
 export type { RateLimitName } from '../telemetry/options.js'

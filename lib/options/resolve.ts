@@ -4,9 +4,12 @@ import { errors } from '../errors.js'
 import { STORE_METHODS } from '../storage/contract.js'
 import { publicKeySetProblem } from '../security/jwks.js'
 import { resolveTelemetryOptions } from '../telemetry/options.js'
-import { AUTHORIZATION_SERVER_WELL_KNOWN, PROTECTED_RESOURCE_WELL_KNOWN, type ResolvedConfig, type ResolvedResource, type ResolvedStaticClient } from './config.js'
+import { AUTHORIZATION_SERVER_WELL_KNOWN, PROTECTED_RESOURCE_WELL_KNOWN, type ResolvedConfig, type ResolvedResource, type ResolvedStaticClient, type TrustedIssuer } from './config.js'
 import { OptionsSchema, type Filled, type McpOAuthOptions, type ResourceOption } from './schema.js'
 import { startupWarnings } from './warnings.js'
+import { isLoopbackHost } from '../providers/oidc.js'
+import { JWT_BEARER_GRANT } from '../oauth/jwt.js'
+import type { Provider } from '../providers/types.js'
 
 const checkOptions = Compile(OptionsSchema)
 
@@ -105,6 +108,11 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
   const clients = resolveClients(data.clients, scopes)
   const serviceDocumentation = data.serviceDocumentation === undefined ? undefined : parseUrl('serviceDocumentation', data.serviceDocumentation).href
   const telemetry = resolveTelemetryOptions({ metrics, tracing })
+  const enterprise = resolveEnterprise(data.enterprise, provider)
+  const idJagClient = clients.findIndex(c => c.grant_types.includes(JWT_BEARER_GRANT))
+  if (idJagClient >= 0 && enterprise.issuers.length === 0) {
+    throw bad(`clients[${idJagClient}].grant_types`, `${JWT_BEARER_GRANT} needs a trusted identity provider: enterprise.trustedIssuers, or an OpenID Connect provider`)
+  }
 
   const config: Omit<ResolvedConfig, 'warnings'> = {
     issuer: data.issuer,
@@ -140,6 +148,7 @@ export function resolveOptions (opts: unknown): ResolvedConfig {
     introspection: data.introspection,
     upstreamRefreshThresholdSeconds: data.upstreamRefreshThresholdSeconds,
     upstreamRecheckSeconds: data.upstreamRecheckSeconds,
+    enterprise,
     ...(data.secret !== undefined || data.cookieSecret !== undefined ? { secret: (data.secret ?? data.cookieSecret) as string } : {}),
     ...(serviceDocumentation !== undefined ? { serviceDocumentation } : {}),
     telemetry
@@ -166,6 +175,9 @@ function resolveClients (clients: Filled<typeof OptionsSchema>['clients'], scope
     if (given.includes('client_credentials') && method === 'none') {
       throw bad(`clients[${i}].client_secret`, 'is required for client_credentials (a machine client proves who it is with it), unless it uses private_key_jwt')
     }
+    if (given.includes(JWT_BEARER_GRANT) && c.client_secret === undefined) {
+      throw bad(`clients[${i}].client_secret`, `is required for ${JWT_BEARER_GRANT} (Enterprise-Managed Authorization is for confidential clients)`)
+    }
     if (given.includes('refresh_token') && !browser) throw bad(`clients[${i}].grant_types`, 'refresh_token comes only with authorization_code')
     // The authorization code flow needs somewhere to send the code; a machine client has nowhere.
     if (browser && c.redirect_uris === undefined) throw bad(`clients[${i}].redirect_uris`, 'is required for authorization_code')
@@ -189,6 +201,53 @@ function checkClientKeys (c: Filled<typeof OptionsSchema>['clients'][number], fi
   if (c.jwks_uri !== undefined && parseUrl(`${field}.jwks_uri`, c.jwks_uri).protocol !== 'https:') throw bad(`${field}.jwks_uri`, 'must be an https URL')
   const problem = c.jwks === undefined ? undefined : publicKeySetProblem(c.jwks)
   if (problem !== undefined) throw bad(`${field}.jwks`, problem)
+}
+
+/**
+ * The trusted ID-JAG issuers: those listed, and the upstream provider's own issuer unless turned off.
+ * Operator-configured URLs, so plain http is allowed on loopback (a development IdP), as for providers.
+ */
+function resolveEnterprise (input: Filled<typeof OptionsSchema>['enterprise'], provider: Provider | undefined): ResolvedConfig['enterprise'] {
+  const issuers: TrustedIssuer[] = []
+  input.trustedIssuers.forEach((entry, i) => {
+    const field = `enterprise.trustedIssuers[${i}]`
+    idpUrl(`${field}.issuer`, entry.issuer)
+    if (issuers.some(x => sameIssuer(x.issuer, entry.issuer))) throw bad(`${field}.issuer`, `duplicate issuer ${entry.issuer}`)
+    const trusted: TrustedIssuer = { issuer: entry.issuer, upstream: false }
+    if (entry.jwks_uri !== undefined) trusted.jwksUri = idpUrl(`${field}.jwks_uri`, entry.jwks_uri).href
+    issuers.push(trusted)
+  })
+  const upstream = provider?.issuer
+  // A provider allowed plain http off loopback (allowInsecureHttp) is not trusted for ID-JAGs.
+  if (input.trustUpstreamIssuer && typeof upstream === 'string' && acceptableIdpUrl(upstream)) {
+    const listed = issuers.find(x => sameIssuer(x.issuer, upstream))
+    if (listed !== undefined) listed.upstream = true
+    else issuers.push({ issuer: upstream, upstream: true })
+  }
+  return { issuers, allowPrivateAddresses: input.allowPrivateAddresses, timeoutMs: input.timeoutMs }
+}
+
+/** Issuers compare as strings, except that a root issuer may be written with or without its "/". */
+function sameIssuer (a: string, b: string): boolean {
+  return a === b || a.replace(/\/$/, '') === b.replace(/\/$/, '')
+}
+
+/** An identity provider's URL: https, or http on loopback; no query, fragment or user information. */
+function idpUrl (field: string, value: string): URL {
+  const url = parseUrl(field, value)
+  if (url.protocol === 'http:' && !isLoopbackHost(url.hostname)) throw bad(field, `"${value}" must use https (http only on loopback)`)
+  if (url.search !== '' || url.hash !== '' || value.includes('#')) throw bad(field, 'must not have a query or a fragment')
+  if (url.username !== '' || url.password !== '') throw bad(field, 'must not contain user information')
+  return url
+}
+
+function acceptableIdpUrl (value: string): boolean {
+  try {
+    idpUrl('provider.issuer', value)
+    return true
+  } catch {
+    return false
+  }
 }
 
 function parseUrl (field: string, value: string): URL {

@@ -4,6 +4,7 @@ import type { Provider } from '../providers/types.js'
 import type { AuditSink } from '../security/audit.js'
 import type { MetricsOptions, TracingOptions } from '../telemetry/options.js'
 import { DEFAULT_CUSTOM_SCHEMES } from '../oauth/redirect.js'
+import { JWT_BEARER_GRANT } from '../oauth/jwt.js'
 
 /**
  * A field users may leave out. Its default is written here and nowhere else: resolveOptions
@@ -44,8 +45,8 @@ const StaticClientSchema = Type.Object({
   client_secret: Type.Optional(Type.String({ minLength: 16 })),
   redirect_uris: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'Required with authorization_code' })),
   grant_types: Type.Optional(Type.Array(Type.Union([
-    Type.Literal('authorization_code'), Type.Literal('refresh_token'), Type.Literal('client_credentials')
-  ]), { minItems: 1, description: 'Default ["authorization_code", "refresh_token"]; client_credentials needs a client_secret' })),
+    Type.Literal('authorization_code'), Type.Literal('refresh_token'), Type.Literal('client_credentials'), Type.Literal(JWT_BEARER_GRANT)
+  ]), { minItems: 1, description: 'Default ["authorization_code", "refresh_token"]; client_credentials and the jwt-bearer grant need a client_secret' })),
   client_name: Type.Optional(Type.String({ maxLength: 200 })),
   token_endpoint_auth_method: Type.Optional(Type.Union([
     Type.Literal('none'), Type.Literal('client_secret_basic'), Type.Literal('client_secret_post'), Type.Literal('private_key_jwt')
@@ -138,6 +139,16 @@ export const OptionsSchema = Type.Object({
     origins: Type.Union([Type.Array(Type.String({ minLength: 1 })), Type.Literal('*')]),
     credentials: Defaulted(Type.Boolean(), false)
   }, { additionalProperties: false })),
+  // Enterprise-Managed Authorization (the jwt-bearer grant with ID-JAGs): whose assertions are trusted.
+  enterprise: Defaulted(Type.Object({
+    trustedIssuers: Defaulted(Type.Array(Type.Object({
+      issuer: Type.String({ minLength: 1, maxLength: 2000, description: 'The IdP\'s issuer, exactly as its ID-JAGs carry it in `iss`' }),
+      jwks_uri: Type.Optional(Type.String({ minLength: 1, maxLength: 2000, description: 'Its signing keys; discovered from its metadata when absent' }))
+    }, { additionalProperties: false }), { maxItems: 100, description: 'Identity providers whose ID-JAGs are accepted' }), []),
+    trustUpstreamIssuer: Defaulted(Type.Boolean({ description: 'Also trust the upstream OpenID Connect provider\'s own issuer (its `sub` is the login\'s user id)' }), true),
+    allowPrivateAddresses: Defaulted(Type.Boolean({ description: 'Fetch IdP metadata and keys from private addresses (an IdP inside your network); loopback http issuers are always allowed' }), false),
+    timeoutMs: Defaulted(Type.Integer({ minimum: 100, maximum: 30_000, description: 'Bound for one fetch of IdP metadata or keys' }), 5000)
+  }, { additionalProperties: false }), {}),
   clockSkewSeconds: Defaulted(Type.Integer({ minimum: 0, maximum: 300, description: 'Access tokens stay valid this long past expiry (replica clocks differ)' }), 0),
   // Real clients retry refreshes in bursts of 33-76 s: a shorter window logs their users out.
   refreshGraceSeconds: Defaulted(Type.Integer({ minimum: 0, maximum: 3600, description: 'Window in which a repeated refresh gets the same successor pair; 0 = off' }), 60),

@@ -382,6 +382,8 @@ export function oidcProvider (opts: OidcProviderOptions): Provider {
 
   return {
     name,
+    // As configured: the `iss` an ID-JAG of this IdP carries is the issuer of its ID tokens.
+    issuer: typeof opts.issuer === 'string' ? opts.issuer : opts.issuer.href,
 
     async authorizationUrl (input: AuthorizationUrlInput): Promise<URL> {
       const config = await configuration()

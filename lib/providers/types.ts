@@ -47,6 +47,12 @@ export interface ExchangeInput {
 export interface Provider {
   /** Short, stable name, used in logs, metrics labels and grant records ("google", "oidc", "github"). */
   readonly name: string
+  /**
+   * The OpenID Connect issuer whose `sub` becomes the user id at login (oidcProvider, googleProvider).
+   * Enterprise-Managed Authorization trusts ID-JAGs from it by default and maps their `sub` to the
+   * same user id. Absent for providers that are not OpenID Connect (GitHub).
+   */
+  readonly issuer?: string
   authorizationUrl (input: AuthorizationUrlInput): Promise<URL>
   /** Exchange the callback's code, verify the ID token where there is one, and map the user. */
   exchangeCode (input: ExchangeInput): Promise<{ tokens: UpstreamTokens, user: UpstreamUser }>

@@ -1,6 +1,7 @@
 import Type, { type Static } from 'typebox'
 import type { ResolvedConfig, ResolvedResource } from '../options/index.js'
-import { ASSERTION_ALGORITHMS } from '../oauth/jwt.js'
+import { ASSERTION_ALGORITHMS, JWT_BEARER_GRANT } from '../oauth/jwt.js'
+import { ID_JAG_PROFILE } from '../token/grants/jwt-bearer.js'
 
 const StringArray = Type.Array(Type.String())
 
@@ -25,6 +26,7 @@ export const AuthorizationServerMetadata = Type.Object({
   code_challenge_methods_supported: StringArray,
   authorization_response_iss_parameter_supported: Type.Boolean(),
   client_id_metadata_document_supported: Type.Optional(Type.Boolean()),
+  authorization_grant_profiles_supported: Type.Optional(StringArray),
   service_documentation: Type.Optional(Type.String())
 })
 
@@ -59,6 +61,11 @@ export function authorizationServerMetadata (config: ResolvedConfig): Static<typ
     introspection_endpoint_auth_signing_alg_values_supported: [...ASSERTION_ALGORITHMS],
     code_challenge_methods_supported: ['S256'],
     authorization_response_iss_parameter_supported: true
+  }
+  if (config.enterprise.issuers.length > 0) {
+    // Enterprise-Managed Authorization: ID-JAGs of a trusted IdP are taken at the token endpoint.
+    metadata.grant_types_supported.push(JWT_BEARER_GRANT)
+    metadata.authorization_grant_profiles_supported = [ID_JAG_PROFILE]
   }
   if (config.cimd.enabled) metadata.client_id_metadata_document_supported = true
   if (config.registration.mode !== 'off') metadata.registration_endpoint = `${config.issuer}/oauth/register`

@@ -25,6 +25,8 @@ const TokenBody = Type.Object({
   refresh_token: Type.Optional(Param),
   scope: Type.Optional(Param),
   resource: Type.Optional(Param),
+  // An ID-JAG (the jwt-bearer grant): the assertion engine's limit, so longer ones fail here.
+  assertion: Type.Optional(Type.String({ maxLength: 8192 })),
   client_id: Type.Optional(Param),
   client_secret: Type.Optional(Param),
   ...ClientAssertionParams

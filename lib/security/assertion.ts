@@ -35,6 +35,12 @@ export interface AssertionRules extends Pick<AssertionExpectations, 'issuer' | '
   error: 'invalid_client' | 'invalid_grant'
   /** The key source: a static set or a remote one, as jose takes it. */
   keys: JWTVerifyGetKey
+  /**
+   * The caller's own checks of the verified assertion (its claims against the request), run after the
+   * signature and before the `jti` is spent, so a refused assertion stays usable by its rightful
+   * presenter. Throws OAuthError.
+   */
+  accept?: (decoded: DecodedAssertion) => void
 }
 
 export class AssertionVerifier {
@@ -80,6 +86,7 @@ export class AssertionVerifier {
     } catch (err) {
       throw this.#refusal(err, rules)
     }
+    rules.accept?.(decoded)
     const { iss, jti, exp } = decoded.claims
     const first = await this.#store.consumeAssertionId(hashToken(`${iss}\u0000${jti}`), (exp + this.#skew) * 1000, now)
     if (!first) throw new OAuthError(rules.error, `The ${rules.label} was refused: its "jti" was used before (an assertion is good for one request)`)

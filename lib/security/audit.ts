@@ -5,7 +5,7 @@ export interface AuditEvents {
   authorization_started: { clientId: string }
   callback_processed: { clientId: string, outcome: 'success' | 'error' }
   /** `subjectType` 'client': a machine subject (client credentials), whose userId is the client id. */
-  token_issued: { clientId: string, userId: string, grantId: string, grantType: 'authorization_code' | 'refresh_token' | 'client_credentials', subjectType?: 'client' }
+  token_issued: { clientId: string, userId: string, grantId: string, grantType: 'authorization_code' | 'refresh_token' | 'client_credentials' | 'urn:ietf:params:oauth:grant-type:jwt-bearer', subjectType?: 'client' }
   token_refreshed: { clientId: string, userId: string, grantId: string }
   token_revoked: { clientId: string, grantId?: string, tokenType: 'access_token' | 'refresh_token' }
   code_reuse: { clientId: string, grantId: string }

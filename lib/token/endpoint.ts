@@ -3,6 +3,8 @@ import type { ClientRecord } from '../storage/contract.js'
 import type { AuthorizationCodeGrant } from './grants/authorization-code.js'
 import type { ClientCredentialsGrant } from './grants/client-credentials.js'
 import type { RefreshTokenGrant } from './grants/refresh-token.js'
+import type { JwtBearerGrant } from './grants/jwt-bearer.js'
+import { JWT_BEARER_GRANT } from '../oauth/jwt.js'
 import type { TokenResponse } from './issue.js'
 
 /** The token request's parameters (RFC 6749 §3.2), as the route's schema admits them: each at most once. */
@@ -14,6 +16,7 @@ export interface TokenParameters {
   refresh_token?: string
   scope?: string
   resource?: string
+  assertion?: string
 }
 
 /** One grant type: its own parameters out of the request, then its decision. Throws OAuthError. */
@@ -23,6 +26,8 @@ export interface TokenEndpointDeps {
   authorizationCode: Pick<AuthorizationCodeGrant, 'exchangeCode'>
   refreshToken: Pick<RefreshTokenGrant, 'refresh'>
   clientCredentials: Pick<ClientCredentialsGrant, 'issue'>
+  /** Present when an enterprise IdP is trusted (Enterprise-Managed Authorization). */
+  jwtBearer?: Pick<JwtBearerGrant, 'exchange'> | undefined
   /**
    * Called once tokens are issued to the authenticated client: tokens are its use (finding 7),
    * which renews a dynamic client's expiry. Merely naming a client (an authorization request
@@ -41,8 +46,8 @@ export class TokenEndpoint {
   readonly #unsupported: string
   readonly #keepAlive: TokenEndpointDeps['keepAlive']
 
-  constructor ({ authorizationCode, refreshToken, clientCredentials, keepAlive }: TokenEndpointDeps) {
-    this.#grants = new Map<string, GrantHandler>([
+  constructor ({ authorizationCode, refreshToken, clientCredentials, jwtBearer, keepAlive }: TokenEndpointDeps) {
+    const grants = new Map<string, GrantHandler>([
       ['authorization_code', (client, p) => authorizationCode.exchangeCode(client, {
         code: p.code, codeVerifier: p.code_verifier, redirectUri: p.redirect_uri, resource: p.resource
       })],
@@ -51,6 +56,12 @@ export class TokenEndpoint {
       })],
       ['client_credentials', (client, p) => clientCredentials.issue(client, { scope: p.scope, resource: p.resource })]
     ])
+    if (jwtBearer !== undefined) {
+      grants.set(JWT_BEARER_GRANT, (client, p) => jwtBearer.exchange(client, {
+        assertion: p.assertion, scope: p.scope, resource: p.resource
+      }))
+    }
+    this.#grants = grants
     this.#unsupported = `grant_type must be one of ${[...this.#grants.keys()].join(', ')}`
     this.#keepAlive = keepAlive
   }

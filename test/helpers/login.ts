@@ -33,13 +33,16 @@ export async function freePort (): Promise<number> {
 export async function startLogin (
   t: { teardown (fn: () => unknown): void },
   opts: Partial<McpOAuthOptions> = {},
-  idpOptions: Partial<DevIdpOptions> = {}
+  // A function when the IdP's settings name the plugin's issuer (an enterprise app's crossAppAccess).
+  idpSettings: Partial<DevIdpOptions> | ((issuer: string) => Partial<DevIdpOptions>) = {}
 ): Promise<LoginHarness> {
   const port = await freePort()
   const issuer = `http://127.0.0.1:${port}`
+  const idpOptions = typeof idpSettings === 'function' ? idpSettings(issuer) : idpSettings
   const idp = await startDevIdp({
     ...idpOptions,
-    clients: [{ client_id: 'mcp-proxy', client_secret: 'proxy-secret-proxy-secret-proxy-secret', redirect_uris: [`${issuer}/oauth/callback`] }]
+    // The plugin's own client first; more (an enterprise app with crossAppAccess) after it.
+    clients: [{ client_id: 'mcp-proxy', client_secret: 'proxy-secret-proxy-secret-proxy-secret', redirect_uris: [`${issuer}/oauth/callback`] }, ...(idpOptions.clients ?? [])]
   })
   t.teardown(() => idp.close())
   const app = Fastify({ logger: false })
