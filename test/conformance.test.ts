@@ -92,6 +92,24 @@ t.test('MCP conformance suite: authorization server scenarios, every spec versio
   t.teardown(() => { for (const kill of kills) kill() })
 
   /** One suite run: its own client (the suite does no registration), callback port and output directory. */
+  /**
+   * The browser's last step, to the suite's callback server. The suite prints the authorization URL
+   * before its callback server listens, and an error page comes back at once: a refused connection
+   * is retried for a bounded while, as a user reloading the page would.
+   */
+  const deliver = async (url: string | URL): Promise<void> => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const res = await fetch(url, { signal: AbortSignal.timeout(10_000) })
+        await res.body?.cancel()
+        return
+      } catch (err) {
+        if (attempt >= 40 || (err as { cause?: { code?: string } }).cause?.code !== 'ECONNREFUSED') throw err
+        await new Promise(resolve => setTimeout(resolve, 250))
+      }
+    }
+  }
+
   const runOnce = async (spec: RunSpec, index: number): Promise<RunResult> => {
     const callbackPort = await freePort()
     const redirectUri = `http://127.0.0.1:${callbackPort}/callback`
@@ -125,8 +143,7 @@ t.test('MCP conformance suite: authorization server scenarios, every spec versio
           errorPageStatus = page.status
           const href = /<a href="([^"]*)"[^>]*>Return to the application<\/a>/.exec(page.body)?.[1]
           if (href === undefined || !stopAt(new URL(decodeEntities(href)))) throw new Error(`no link back to the client on the page (HTTP ${page.status})`)
-          const res = await fetch(decodeEntities(href), { signal: AbortSignal.timeout(10_000) })
-          await res.body?.cancel()
+          await deliver(decodeEntities(href))
           return
         }
         const page = await browser.drive(url, {
@@ -142,8 +159,7 @@ t.test('MCP conformance suite: authorization server scenarios, every spec versio
           }
         })
         // The browser lands on the suite's callback server.
-        const res = await fetch(page.stoppedAt as URL, { signal: AbortSignal.timeout(10_000) })
-        await res.body?.cancel()
+        await deliver(page.stoppedAt as URL)
       }
     })
     kills.push(suite.kill)
