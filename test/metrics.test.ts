@@ -1,12 +1,13 @@
 import t from 'tap'
 import { readFileSync } from 'node:fs'
 import Fastify, { type FastifyInstance } from 'fastify'
+import { exportJWK, generateKeyPair, SignJWT } from 'jose'
 import { Registry } from 'prom-client'
 import { mcpOAuth, MemoryStore, StoreUnavailableError, UpstreamError, type AuditEventName, type Provider, type StoreStats } from '../lib/index.js'
 import { Metrics, METRIC_NAMES } from '../lib/telemetry/metrics.js'
 import { instrumentProvider, instrumentStore } from '../lib/telemetry/instrument.js'
 import { resolveTelemetryOptions } from '../lib/telemetry/options.js'
-import { buildApp } from './helpers/app.js'
+import { buildApp, ISSUER, RESOURCE } from './helpers/app.js'
 import { authorizeUrl, login, loginTokens, REDIRECT, registerClient, startLogin, token, type LoginHarness } from './helpers/login.js'
 import { Browser } from './helpers/browser.js'
 import { buildPrometheusExample } from '../example/prometheus/app.js'
@@ -196,6 +197,8 @@ t.test('a login, refresh, reuse, revocation and rate-limit trips move exactly th
   t.equal(delta(METRIC_NAMES.callbackProcessed, { outcome: 'success' }), 3)
   t.equal(delta(METRIC_NAMES.callbackProcessed, { outcome: 'error' }), 0)
   t.equal(delta(METRIC_NAMES.codeExchanged), 2, 'two codes exchanged (F never got tokens)')
+  t.equal(delta(METRIC_NAMES.tokensIssued, { grant_type: 'authorization_code' }), 2, 'the same two, by grant type')
+  t.equal(delta(METRIC_NAMES.tokensIssued), 2, 'a refresh is not a new grant')
   t.equal(delta(METRIC_NAMES.tokenRefreshed), 1)
   t.equal(delta(METRIC_NAMES.tokenRevoked, { token_type: 'access_token' }), 1)
   t.equal(delta(METRIC_NAMES.tokenRevoked, { token_type: 'refresh_token' }), 0)
@@ -288,6 +291,66 @@ t.test('clientIdLabel static-only: static clients by id, every other client as "
   const values = new Set(s.samples.map(x => x.labels.client_id).filter(v => v !== undefined))
   t.same([...values].sort(), ['other', 'static-app'], 'a registered client id never becomes a label value')
   t.notOk(values.has(dynamic.client_id as string))
+})
+
+t.test('tokens issued by grant type: client_credentials and jwt-bearer are counted with a short label', async t => {
+  // A trusted enterprise IdP: its keys on a loopback server, ID-JAGs signed here.
+  const { privateKey, publicKey } = await generateKeyPair('ES256')
+  const jwk = { ...await exportJWK(publicKey), kid: 'idp-1', alg: 'ES256', use: 'sig' }
+  const keys = Fastify({ logger: false })
+  keys.get('/jwks', async () => ({ keys: [jwk] }))
+  await keys.listen({ port: 0, host: '127.0.0.1' })
+  t.teardown(() => keys.close())
+  const idp = `http://127.0.0.1:${(keys.server.address() as { port: number }).port}`
+  const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer'
+  const secret = 'machine-secret-0123456789abcdef'
+
+  const { app, clock } = await buildApp(t, {
+    metrics: { enabled: true, token: TOKEN, clientIdLabel: 'static-only' },
+    enterprise: { trustedIssuers: [{ issuer: idp, jwks_uri: `${idp}/jwks` }] },
+    clients: [
+      { client_id: 'machine', client_secret: secret, grant_types: ['client_credentials'] },
+      { client_id: 'agent', client_secret: secret, grant_types: [JWT_BEARER] }
+    ]
+  })
+  const tokenRequest = (clientId: string, body: Record<string, string>) => app.inject({
+    method: 'POST',
+    url: '/oauth/token',
+    headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: `Basic ${Buffer.from(`${clientId}:${secret}`).toString('base64')}` },
+    payload: new URLSearchParams(body).toString()
+  })
+  let jti = 0
+  const idJag = async () => {
+    const iat = Math.floor(clock.now() / 1000)
+    return new SignJWT({ iss: idp, sub: 'U123', aud: ISSUER, client_id: 'agent', resource: RESOURCE, scope: 'mcp:tools', jti: `jag-${++jti}`, iat, exp: iat + 300 })
+      .setProtectedHeader({ alg: 'ES256', typ: 'oauth-id-jag+jwt', kid: 'idp-1' }).sign(privateKey)
+  }
+  const get = async () => parseExposition((await app.inject({ method: 'GET', url: '/metrics', headers: { authorization: `Bearer ${TOKEN}` } })).body)
+
+  const before = await get()
+  for (const grant of ['authorization_code', 'client_credentials', 'jwt_bearer']) {
+    t.equal(before.samples.filter(s => s.name === METRIC_NAMES.tokensIssued && s.labels.grant_type === grant).length, 1, `${grant} starts at zero`)
+  }
+  t.equal(value(before, METRIC_NAMES.tokensIssued), 0)
+
+  const statuses = []
+  for (let i = 0; i < 2; i++) statuses.push((await tokenRequest('machine', { grant_type: 'client_credentials', resource: RESOURCE })).statusCode)
+  for (let i = 0; i < 3; i++) statuses.push((await tokenRequest('agent', { grant_type: JWT_BEARER, assertion: await idJag() })).statusCode)
+  t.same(statuses, [200, 200, 200, 200, 200])
+  // Refused requests issue nothing: an ID-JAG of nobody's key, a client_credentials request of a client without that grant.
+  t.equal((await tokenRequest('agent', { grant_type: JWT_BEARER, assertion: 'not.a.jwt' })).statusCode, 400)
+  t.equal((await tokenRequest('agent', { grant_type: 'client_credentials' })).statusCode, 400)
+
+  const after = await get()
+  t.equal(value(after, METRIC_NAMES.tokensIssued, { client_id: 'machine', grant_type: 'client_credentials' }), 2)
+  t.equal(value(after, METRIC_NAMES.tokensIssued, { client_id: 'agent', grant_type: 'jwt_bearer' }), 3)
+  t.equal(value(after, METRIC_NAMES.tokensIssued, { grant_type: 'authorization_code' }), 0)
+  t.equal(value(after, METRIC_NAMES.tokensIssued), 5, 'nothing else, the refusals included')
+  t.equal(value(after, METRIC_NAMES.codeExchanged), 0, 'codeExchanged stays the authorization_code count')
+  t.equal(value(after, METRIC_NAMES.storageOperations, { operation: 'consumeAssertionId', result: 'ok' }), 3, 'one jti spent per ID-JAG')
+  t.equal(value(after, METRIC_NAMES.storageOperations, { operation: 'saveGrantWithTokens', result: 'ok' }), 5)
+  const grantTypes = new Set(after.samples.filter(s => s.name === METRIC_NAMES.tokensIssued).map(s => s.labels.grant_type))
+  t.same([...grantTypes].sort(), ['authorization_code', 'client_credentials', 'jwt_bearer'], 'no URN (and nothing unbounded) as a label value')
 })
 
 t.test('metrics disabled: no route, no hook, nothing wrapped', async t => {

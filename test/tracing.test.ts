@@ -189,6 +189,42 @@ t.test('OAuth errors and store failures on the spans', async t => {
   t.notOk(strings(failed).some(s => s.includes('redis down')), 'error messages stay out of spans')
 })
 
+t.test('the machine grants have their own token spans: client_credentials and jwt-bearer', async t => {
+  const secret = 'machine-secret-0123456789abcdef'
+  const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer'
+  const { app } = await buildApp(t, {
+    enterprise: { trustedIssuers: [{ issuer: 'https://idp.example.com', jwks_uri: 'https://idp.example.com/jwks' }] },
+    clients: [
+      { client_id: 'machine', client_secret: secret, grant_types: ['client_credentials'] },
+      { client_id: 'agent', client_secret: secret, grant_types: [JWT_BEARER] }
+    ]
+  })
+  exporter.reset()
+  const post = (clientId: string, body: Record<string, string>) => app.inject({
+    method: 'POST',
+    url: '/oauth/token',
+    payload: new URLSearchParams(body).toString(),
+    headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: `Basic ${Buffer.from(`${clientId}:${secret}`).toString('base64')}` }
+  })
+  const issued = await post('machine', { grant_type: 'client_credentials', resource: RESOURCE })
+  t.equal(issued.statusCode, 200)
+  // An assertion that is no JWT: refused before any key is fetched.
+  const assertion = 'not-a-jwt-assertion-0123456789'
+  t.equal((await post('agent', { grant_type: JWT_BEARER, assertion })).statusCode, 400)
+
+  const spans = exporter.getFinishedSpans()
+  const machine = one(t, spans, 'oauth.client_credentials')
+  t.equal(machine.attributes['oauth.grant_type'], 'client_credentials')
+  t.equal(machine.attributes['oauth.client_id'], 'machine')
+  t.ok(machine.events.some(e => e.name === 'audit.token_issued' && e.attributes?.['oauth.grant_type'] === 'client_credentials'), 'the issuance is an event of its span')
+  const agent = one(t, spans, 'oauth.jwt_bearer')
+  t.equal(agent.attributes['oauth.grant_type'], JWT_BEARER)
+  t.equal(agent.attributes['oauth.error'], 'invalid_grant')
+  t.equal(named(spans, 'oauth.token').length, 0, 'neither falls back to the generic token span')
+  const all = [machine, agent].flatMap(strings)
+  t.notOk(all.some(v => v.includes(secret) || v.includes(assertion) || v.includes(issued.json().access_token)), 'no secret, assertion or token on the spans')
+})
+
 t.test('tracing: false removes every span', async t => {
   const { app } = await buildApp(t, { tracing: false })
   exporter.reset()

@@ -4,6 +4,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { AuditEventName, AuditEvents } from '../security/audit.js'
 import { errors } from '../errors.js'
+import { JWT_BEARER_GRANT } from '../oauth/jwt.js'
 import type { Store, StoreStats } from '../storage/contract.js'
 import { errorKind, PROVIDER_OPERATIONS } from './instrument.js'
 import { FastHistogram, PendingCounts, type HistogramSeries, type PendingSeries } from './series.js'
@@ -16,6 +17,7 @@ export const METRIC_NAMES = {
   authorizationStarted: 'oauth_authorization_started_total',
   callbackProcessed: 'oauth_callback_processed_total',
   codeExchanged: 'oauth_code_exchanged_total',
+  tokensIssued: 'oauth_tokens_issued_total',
   tokenRefreshed: 'oauth_token_refreshed_total',
   tokenRevoked: 'oauth_token_revoked_total',
   clientRegistered: 'oauth_client_registered_total',
@@ -43,6 +45,19 @@ export const METRIC_NAMES = {
 const HTTP_BUCKETS = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000]
 const STORAGE_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000]
 const PROVIDER_BUCKETS = [10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
+
+/**
+ * The grant_type label: a short value per grant that can issue tokens (the jwt-bearer URN would be a
+ * clumsy label). Total over the audit event's grant types, so a new grant fails to compile until it has one.
+ */
+const GRANT_LABELS: Readonly<Record<AuditEvents['token_issued']['grantType'], string>> = {
+  authorization_code: 'authorization_code',
+  refresh_token: 'refresh_token',
+  client_credentials: 'client_credentials',
+  [JWT_BEARER_GRANT]: 'jwt_bearer'
+}
+/** The grants whose series start at zero: those that emit token_issued (a rotation emits token_refreshed). */
+const ISSUING_GRANTS = ['authorization_code', 'client_credentials', JWT_BEARER_GRANT] as const
 
 /** Methods outside this set are labelled OTHER (Node accepts a few dozen exotic ones). */
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'])
@@ -106,7 +121,10 @@ export class Metrics {
     this.#handlers = {
       authorization_started: f => c('authorizationStarted').inc(client(f.clientId)),
       callback_processed: f => c('callbackProcessed').inc({ ...client(f.clientId), outcome: f.outcome }),
-      token_issued: f => { if (f.grantType === 'authorization_code') c('codeExchanged').inc(client(f.clientId)) },
+      token_issued: f => {
+        if (f.grantType === 'authorization_code') c('codeExchanged').inc(client(f.clientId))
+        c('tokensIssued').inc({ ...client(f.clientId), grant_type: GRANT_LABELS[f.grantType] })
+      },
       token_refreshed: f => c('tokenRefreshed').inc(client(f.clientId)),
       token_revoked: f => c('tokenRevoked').inc({ ...client(f.clientId), token_type: f.tokenType }),
       code_reuse: f => c('codeReuse').inc(client(f.clientId)),
@@ -181,6 +199,8 @@ export class Metrics {
     const callback = counter('callbackProcessed', 'Identity provider callbacks that redirected back to the client, by outcome', [...withClient, 'outcome'])
     for (const outcome of ['success', 'error']) callback.inc({ ...initial, outcome }, 0)
     counter('codeExchanged', 'Authorization codes exchanged for tokens', withClient).inc(initial, 0)
+    const issued = counter('tokensIssued', 'Grants that issued their first tokens, by grant type (refresh rotations: oauth_token_refreshed_total)', [...withClient, 'grant_type'])
+    for (const grant of ISSUING_GRANTS) issued.inc({ ...initial, grant_type: GRANT_LABELS[grant] }, 0)
     counter('tokenRefreshed', 'Refresh tokens rotated', withClient).inc(initial, 0)
     const revoked = counter('tokenRevoked', 'Tokens revoked through the revocation endpoint, by token type', [...withClient, 'token_type'])
     for (const type of ['access_token', 'refresh_token']) revoked.inc({ ...initial, token_type: type }, 0)

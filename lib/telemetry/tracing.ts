@@ -1,6 +1,7 @@
 import { context, trace, ProxyTracerProvider, SpanKind, SpanStatusCode, type Attributes, type Context, type Tracer } from '@opentelemetry/api'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteHandlerMethod, RouteOptions } from 'fastify'
 import type { AuditEventName, AuditEvents } from '../security/audit.js'
+import { JWT_BEARER_GRANT } from '../oauth/jwt.js'
 import type { ResolvedTracingOptions } from './options.js'
 
 export const TRACER_NAME = 'fastify-mcp-oauth'
@@ -23,7 +24,8 @@ const STEPS: Readonly<Record<string, string>> = {
 const TOKEN_STEPS: Readonly<Record<string, string>> = {
   authorization_code: 'oauth.token_exchange',
   refresh_token: 'oauth.refresh',
-  client_credentials: 'oauth.client_credentials'
+  client_credentials: 'oauth.client_credentials',
+  [JWT_BEARER_GRANT]: 'oauth.jwt_bearer'
 }
 
 /**
