@@ -8,6 +8,8 @@ import { startDevIdp } from './dev-idp.js'
 import { RedisStore } from '../lib/storage/redis/index.js'
 import { mcpRoutes, TOOLS_SCOPE, UPSTREAM_SCOPE, type McpRoutesOptions } from './mcp.js'
 import { serverDefaults } from './timeouts.js'
+import type { StaticClient } from '../lib/options/schema.js'
+import { JWT_BEARER_GRANT } from '../lib/oauth/jwt.js'
 
 /**
  * A runnable MCP server protected by fastify-mcp-oauth.
@@ -19,7 +21,8 @@ import { serverDefaults } from './timeouts.js'
  * OIDC_CLIENT_SECRET; MCP_OAUTH_REGISTRATION_TOKEN or MCP_OAUTH_PUBLIC_REGISTRATION=true;
  * MCP_OAUTH_SECRET (formerly MCP_OAUTH_COOKIE_SECRET); MCP_OAUTH_ENCRYPTION_KEY (from generateKey()); REDIS_URL;
  * lifetimes in seconds, to watch a refresh happen: MCP_OAUTH_ACCESS_TOKEN_TTL, MCP_OAUTH_REFRESH_TOKEN_TTL,
- * MCP_OAUTH_GRANT_TTL, MCP_OAUTH_REFRESH_GRACE_SECONDS, MCP_OAUTH_UPSTREAM_RECHECK_SECONDS.
+ * MCP_OAUTH_GRANT_TTL, MCP_OAUTH_REFRESH_GRACE_SECONDS, MCP_OAUTH_UPSTREAM_RECHECK_SECONDS;
+ * MCP_OAUTH_XAA_SECRET (development IdP only: Cross App Access for example/xaa-client.ts).
  * Fastify CLI itself listens on PORT; give it the address with `--address` or FASTIFY_ADDRESS.
  */
 
@@ -72,6 +75,25 @@ export function lifetimesFromEnv (env: ExampleEnv): Partial<McpOAuthOptions> {
   return options
 }
 
+/**
+ * Cross App Access with the development IdP: an enterprise app registered there, allowed to get
+ * ID-JAGs for this server, and the client id those ID-JAGs name here. Both share the secret of
+ * MCP_OAUTH_XAA_SECRET; example/xaa-client.ts plays the app, signing its user in at `redirectUri`.
+ */
+export const XAA = {
+  idpClientId: 'enterprise-app',
+  clientId: 'enterprise-app-at-mcp',
+  redirectUri: 'http://127.0.0.1:3334/callback'
+} as const
+
+/** What the help page tells example/xaa-client.ts: where the enterprise IdP is, and the two client ids. */
+export interface CrossAppAccessInfo {
+  idp: string
+  idpClientId: string
+  clientId: string
+  redirectUri: string
+}
+
 /** How users log in: the identity provider chosen from the environment. */
 export interface Upstream {
   provider: Provider
@@ -79,6 +101,10 @@ export interface Upstream {
   description: string
   /** True for the embedded development IdP (public registration on, loud warnings). */
   development: boolean
+  /** Static clients the plugin needs for this upstream (the enterprise app's, with MCP_OAUTH_XAA_SECRET). */
+  clients?: StaticClient[]
+  /** Set when the development IdP also acts as an enterprise IdP. */
+  crossAppAccess?: CrossAppAccessInfo
   close (): Promise<void>
 }
 
@@ -120,15 +146,35 @@ export async function upstreamFromEnv (env: ExampleEnv, issuer: string): Promise
     throw new Error('No identity provider configured (set GOOGLE_CLIENT_ID/GOOGLE_CLIENT_SECRET or OIDC_ISSUER/OIDC_CLIENT_ID/OIDC_CLIENT_SECRET); ' +
       'the embedded development IdP is refused when NODE_ENV=production')
   }
+  const xaaSecret = env.MCP_OAUTH_XAA_SECRET === '' ? undefined : env.MCP_OAUTH_XAA_SECRET
+  // The plugin wants 16 characters too; saying it here names the variable (never its value).
+  if (xaaSecret !== undefined && xaaSecret.length < 16) throw new Error('MCP_OAUTH_XAA_SECRET must be at least 16 characters long')
   const secret = randomBytes(24).toString('base64url')
   const idp = await startDevIdp({
     port: env.DEV_IDP_PORT === undefined ? 0 : Number(env.DEV_IDP_PORT),
-    clients: [{ client_id: 'mcp-oauth-example', client_secret: secret, redirect_uris: [`${issuer}/oauth/callback`] }]
+    clients: [
+      { client_id: 'mcp-oauth-example', client_secret: secret, redirect_uris: [`${issuer}/oauth/callback`] },
+      ...(xaaSecret === undefined
+        ? []
+        : [{
+            client_id: XAA.idpClientId,
+            client_secret: xaaSecret,
+            redirect_uris: [XAA.redirectUri],
+            crossAppAccess: { [issuer]: { client_id: XAA.clientId, scopes: [TOOLS_SCOPE] } }
+          }])
+    ]
   })
   return {
     provider: oidcProvider({ issuer: idp.issuer, clientId: 'mcp-oauth-example', clientSecret: secret, name: 'dev-idp' }),
     description: `embedded development IdP at ${idp.issuer} (any user name logs in)`,
     development: true,
+    ...(xaaSecret === undefined
+      ? {}
+      : {
+          // The upstream IdP is trusted for ID-JAGs by default: only the app's client is needed here.
+          clients: [{ client_id: XAA.clientId, client_secret: xaaSecret, grant_types: [JWT_BEARER_GRANT] }],
+          crossAppAccess: { idp: idp.issuer, idpClientId: XAA.idpClientId, clientId: XAA.clientId, redirectUri: XAA.redirectUri }
+        }),
     close: () => idp.close()
   }
 }
@@ -175,6 +221,7 @@ const exampleApp: FastifyPluginAsync<ExampleAppOptions> = async (fastify, opts) 
     ...(env.MCP_OAUTH_ENCRYPTION_KEY !== undefined && env.MCP_OAUTH_ENCRYPTION_KEY !== ''
       ? { encryption: { keys: [{ id: 'k1', key: env.MCP_OAUTH_ENCRYPTION_KEY }] } }
       : {}),
+    ...(upstream.clients === undefined ? {} : { clients: upstream.clients }),
     ...lifetimes,
     ...opts.oauth
   })
@@ -187,6 +234,7 @@ const exampleApp: FastifyPluginAsync<ExampleAppOptions> = async (fastify, opts) 
     mcp: config.resource,
     scopes: resolved.scopes,
     login: upstream.description,
+    ...(upstream.crossAppAccess === undefined ? {} : { crossAppAccess: upstream.crossAppAccess }),
     metadata: {
       authorizationServer: resolved.origin + resolved.asMetadataPaths[0],
       protectedResource: resolved.resources.map(r => r.metadataUrl)
