@@ -15,7 +15,11 @@ export type ServerSpec =
     rateLimit: boolean
     metrics: boolean
   }
-  | { kind: 'token' }
+  | {
+    kind: 'token'
+    /** The machine part's IdP (the runner): trusted for ID-JAGs, and the machine client may use jwt-bearer. */
+    idp?: { issuer: string, jwksUri: string }
+  }
   | { kind: 'oidc' }
 
 export interface Ready {

@@ -7,7 +7,8 @@
  *           access-token cache, and with `cache: false`).
  *   token   the plugin's token endpoint (refresh rotation, code exchange) against oidc-provider
  *           doing the same grants, and against a bare route that parses the same form body.
- *   machine the grants without a user (client credentials) against oidc-provider's same grant.
+ *   machine the grants without a user (client credentials, jwt-bearer with ID-JAGs) against
+ *           oidc-provider's client credentials.
  *   memory  heap per live grant at 100,000 grants; heap and event-loop delay around the sweep.
  *
  * Servers run in forked processes; autocannon runs here. Every measurement is repeated
@@ -38,6 +39,7 @@ import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import autocannon from 'autocannon'
 import { BenchServer, firstMessage, forkHere, stopChild } from './children.js'
+import { startIdp } from './idp.js'
 import type { MemoryResult } from './memory.js'
 import { TOKEN_BENCH, type ServerSpec } from './protocol.js'
 import { redisServerAvailable, startRedisServer, type RedisServer } from '../helpers/redis.js'
@@ -88,12 +90,17 @@ interface Target {
   path: string
   /** Send `Authorization: Bearer` with the server's access token. */
   bearer?: boolean
-  /** A fixed form body and Authorization header (machine grants: the credentials are the client's, reusable). */
-  form?: { body: string, authorization: string }
+  /** A fixed Authorization header (machine grants: the client's credentials, reusable). */
+  authorization?: string
+  /** A fixed form body. */
+  form?: string
   /** The status every response must have. */
   expect: number
-  /** Single-use credentials minted by the server, or (`fake`) token-shaped strings nobody checks. */
-  pool?: { grant: 'refresh' | 'code' | 'fake', body: (item: string) => string }
+  /**
+   * Single-use credentials minted by the server, (`fake`) token-shaped strings nobody checks, or
+   * (`id-jag`) ID-JAGs signed in this process by the benchmark's IdP.
+   */
+  pool?: { body: (item: string) => string } & ({ grant: 'refresh' | 'code' | 'fake' } | { grant: 'id-jag', sign: (n: number) => Promise<string[]> })
   /** BENCH_BASELINE: the target of this checkout that this baseline target mirrors. */
   of?: string
 }
@@ -140,7 +147,7 @@ async function measureOnce (target: Target, seconds: number, profileFile?: strin
     const n = Math.ceil((lastRate.get(target.name) ?? 5000) * seconds * 1.4) + 1000
     items = pool.grant === 'fake'
       ? Array.from({ length: n }, () => 'mcprt_' + randomBytes(32).toString('base64url'))
-      : await target.server.mint(pool.grant, n)
+      : pool.grant === 'id-jag' ? await pool.sign(n) : await target.server.mint(pool.grant, n)
   }
   if (profileFile !== undefined) await target.server.profileStart()
   const cpuBefore = await target.server.cpuMicros()
@@ -157,9 +164,9 @@ async function measureOnce (target: Target, seconds: number, profileFile?: strin
       headers: {
         ...(pool !== undefined || target.form !== undefined ? { 'content-type': 'application/x-www-form-urlencoded' } : {}),
         ...(target.bearer === true ? { authorization: `Bearer ${target.server.accessToken as string}` } : {}),
-        ...(target.form !== undefined ? { authorization: target.form.authorization } : {})
+        ...(target.authorization !== undefined ? { authorization: target.authorization } : {})
       },
-      ...(target.form !== undefined ? { body: target.form.body } : {}),
+      ...(target.form !== undefined ? { body: target.form } : {}),
       ...(pool !== undefined
         ? {
             // One fresh credential per request; past the end of the pool, the last one again (then it fails and shows).
@@ -562,43 +569,59 @@ async function tokenBench (): Promise<void> {
 }
 
 /**
- * The grants without a user at the browser, each one a row against oidc-provider doing the same
- * grant for the same client (client_secret_basic, one resource, opaque access token, no refresh
- * token). A grant is one entry: its name and its form body.
+ * The grants without a user at the browser, each one a row against oidc-provider's client
+ * credentials for the same client (client_secret_basic, one resource, opaque access token, no
+ * refresh token). A grant is one entry: its name and its form body, fixed (the client's credentials
+ * are reusable) or built around a fresh ID-JAG (single use: a pool signed before each run).
+ * `oidc`: oidc-provider does this grant too (it has no ID-JAG grant).
  */
-const MACHINE_GRANTS: ReadonlyArray<{ name: string, body: string }> = [
+const MACHINE_GRANTS: ReadonlyArray<{ name: string, oidc: boolean } & ({ body: string } | { assertion: (idJag: string) => string })> = [
   {
     name: 'client credentials',
+    oidc: true,
     body: `grant_type=client_credentials&scope=${encodeURIComponent(TOKEN_BENCH.scope)}&resource=${encodeURIComponent(TOKEN_BENCH.resource)}`
+  },
+  {
+    // What the MCP SDK's exchangeJwtAuthGrant sends: the ID-JAG names the resource and the scope.
+    name: 'jwt-bearer',
+    oidc: false,
+    assertion: (idJag) => `grant_type=${encodeURIComponent('urn:ietf:params:oauth:grant-type:jwt-bearer')}&assertion=${idJag}`
   }
 ]
+const MACHINE_REFERENCE = 'oidc client credentials'
 
 async function machineBench (): Promise<void> {
   console.log('\n## machine grants (POST form, confidential client, client_secret_basic, no refresh token)')
   const started: BenchServer[] = []
+  const idp = await startIdp()
   try {
-    const ours = await BenchServer.start({ kind: 'token' })
+    const spec: ServerSpec = { kind: 'token', idp: { issuer: idp.issuer, jwksUri: idp.jwksUri } }
+    const ours = await BenchServer.start(spec)
     if (!(ours instanceof BenchServer)) throw new Error(`token server: ${ours.unsupported}`)
     started.push(ours)
-    await startTwin(ours, { kind: 'token' }, started)
+    await startTwin(ours, spec, started)
     const oidc = await BenchServer.start({ kind: 'oidc' })
     if (!(oidc instanceof BenchServer)) throw new Error(`oidc-provider: ${oidc.unsupported}`)
     started.push(oidc)
     const { clientId, secret } = TOKEN_BENCH.machine
     const authorization = `Basic ${Buffer.from(`${clientId}:${secret}`).toString('base64')}`
-    const targets: Target[] = MACHINE_GRANTS.flatMap(g => [
-      { name: `plugin ${g.name}`, server: ours, method: 'POST' as const, path: '/oauth/token', expect: 200, form: { body: g.body, authorization } },
-      { name: `oidc ${g.name}`, server: oidc, method: 'POST' as const, path: '/token', expect: 200, form: { body: g.body, authorization } }
-    ])
+    const targets: Target[] = MACHINE_GRANTS.flatMap(g => {
+      const request = 'body' in g
+        ? { form: g.body }
+        : { pool: { grant: 'id-jag' as const, sign: idp.sign, body: g.assertion } }
+      const plugin: Target = { name: `plugin ${g.name}`, server: ours, method: 'POST', path: '/oauth/token', expect: 200, authorization, ...request }
+      return g.oidc ? [plugin, { ...plugin, name: `oidc ${g.name}`, server: oidc, path: '/token' }] : [plugin]
+    })
     const r = await alternate(withTwins(targets))
     abVersus('machine', targets, r)
+    const reference = r.get(MACHINE_REFERENCE)
+    rows.push({ scenario: 'machine: oidc-provider, client credentials', ...(reference ? { m: reference } : {}), ratio: 1, reference: 'itself' })
     for (const g of MACHINE_GRANTS) {
-      const reference = r.get(`oidc ${g.name}`)
-      rows.push({ scenario: `machine: oidc-provider, ${g.name}`, ...(reference ? { m: reference } : {}), ratio: 1, reference: 'itself' })
-      versus(`machine: plugin, ${g.name}`, r.get(`plugin ${g.name}`), r.get(`oidc ${g.name}`), `oidc-provider ${g.name}`, 3)
+      versus(`machine: plugin, ${g.name}`, r.get(`plugin ${g.name}`), reference, 'oidc-provider client credentials', 3)
     }
   } finally {
     for (const s of started) await s.stop()
+    await idp.close()
   }
 }
 

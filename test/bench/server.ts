@@ -9,6 +9,7 @@ import { Session } from 'node:inspector/promises'
 import Fastify, { type FastifyInstance, type onRequestHookHandler } from 'fastify'
 import formbody from '@fastify/formbody'
 import { mcpOAuth, type McpOAuthOptions } from '../../lib/index.js'
+import { JWT_BEARER_GRANT } from '../../lib/oauth/jwt.js'
 import { generateId, generateToken, hashToken } from '../../lib/oauth/tokens.js'
 import type { CodeRecord } from '../../lib/storage/contract.js'
 import { TOKEN_BENCH, type Ready, type Reply, type Request, type ServerSpec } from './protocol.js'
@@ -101,15 +102,20 @@ function hookCost (hook: onRequestHookHandler, accessToken: string): number {
 }
 
 /** The plugin's token endpoint, plus `/bare-form`: a route that parses the same form body and does nothing. */
-async function tokenServer (): Promise<Bench> {
+async function tokenServer (s: Extract<ServerSpec, { kind: 'token' }>): Promise<Bench> {
   const app = Fastify({ logger: false })
   await app.register(mcpOAuth, {
     ...base,
     rateLimit: { enabled: false },
     clients: [
       { client_id: TOKEN_BENCH.clientId, redirect_uris: [TOKEN_BENCH.redirectUri] },
-      { client_id: TOKEN_BENCH.machine.clientId, client_secret: TOKEN_BENCH.machine.secret, grant_types: ['client_credentials'] }
-    ]
+      {
+        client_id: TOKEN_BENCH.machine.clientId,
+        client_secret: TOKEN_BENCH.machine.secret,
+        grant_types: s.idp === undefined ? ['client_credentials'] : ['client_credentials', JWT_BEARER_GRANT]
+      }
+    ],
+    ...(s.idp !== undefined ? { enterprise: { trustedIssuers: [{ issuer: s.idp.issuer, jwks_uri: s.idp.jwksUri }] } } : {})
   })
   await app.register(async (scope) => {
     await scope.register(formbody)
@@ -173,7 +179,7 @@ async function main (): Promise<void> {
       bench = g
       accessToken = g.accessToken
     } else if (spec.kind === 'token') {
-      bench = await tokenServer()
+      bench = await tokenServer(spec)
     } else {
       bench = await startOidcBench()
     }
