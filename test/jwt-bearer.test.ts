@@ -285,12 +285,14 @@ t.test('hostile and malformed ID-JAGs: invalid_grant naming the fault, the jti u
     t.match(res.body.error_description, description, name)
     t.notOk(String(res.body.error_description).includes('eyJ'), `${name}: no assertion in the description`)
   }
-  // Too long for the route: refused before anything reads it (8 KB: the parameter's limit; 100 KB: the body's).
-  for (const size of [9 * 1024, 100 * 1024]) {
-    const res = await grant({ assertion: 'a'.repeat(size) })
-    t.ok(res.status === 400 || res.status === 413, `${size} bytes: ${res.status}`)
-    t.equal(res.body.error, 'invalid_request')
-  }
+  // Too long: 9 KB is refused by the engine, before any decoding; 100 KB is over the endpoints' body
+  // limit and refused before the body is parsed at all.
+  const long = await grant({ assertion: 'a'.repeat(9 * 1024) })
+  t.equal(long.status, 400)
+  t.same(long.body, { error: 'invalid_grant', error_description: 'The ID-JAG was refused: it is longer than 8192 characters' })
+  const huge = await grant({ assertion: 'a'.repeat(100 * 1024) })
+  t.equal(huge.status, 413)
+  t.same(huge.body, { error: 'invalid_request', error_description: 'Request body too large' })
   // Refusals after the signature spend nothing: the same jti then works for its rightful presenter.
   const jti = 'kept-jti'
   t.equal((await grant({ assertion: await idJag({ jti, client_id: 'someone-else' }) })).body.error, 'invalid_grant')

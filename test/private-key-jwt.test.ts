@@ -184,7 +184,7 @@ t.test('hostile assertions at the token endpoint: 401 invalid_client with the re
     ['client_id other than iss', withAssertion(jwt, { client_id: 'pk-uri' }), {}, 401, 'invalid_client', /client_id differs from the client assertion's issuer/],
     ['a secret for a private_key_jwt client', { client_id: 'pk-jwks', client_secret: 'x'.repeat(20) }, {}, 401, 'invalid_client', /must authenticate with private_key_jwt/],
     ['no authentication at all', { client_id: 'pk-jwks' }, {}, 401, 'invalid_client', /must authenticate with private_key_jwt/],
-    ['an assertion over 8192 characters', withAssertion('a'.repeat(9000)), {}, 400, 'invalid_request', /client_assertion must NOT have more than 8192 characters/]
+    ['an assertion over 8192 characters', withAssertion('a'.repeat(9000)), {}, 401, 'invalid_client', /^The client assertion was refused: it is longer than 8192 characters$/]
   ]
   for (const [name, form, headers, status, error, reason] of mixed) {
     t.match(await refresh(form, headers), { status, body: { error, error_description: reason } }, name)

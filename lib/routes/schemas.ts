@@ -1,9 +1,17 @@
 import Type from 'typebox'
 import { MAX_ASSERTION_LENGTH } from '../oauth/jwt.js'
 
+/**
+ * A signed assertion as a body parameter (a client assertion, an ID-JAG). The schema lets one longer
+ * than the engine's limit (MAX_ASSERTION_LENGTH) through, up to what the body limit admits anyway,
+ * so that the engine refuses it with the error of its kind (invalid_client, invalid_grant) and the
+ * reason, as it does any other bad assertion.
+ */
+export const AssertionParam = Type.String({ maxLength: 8 * MAX_ASSERTION_LENGTH })
+
 /** RFC 7521 §4.2: the client assertion parameters of the token, revocation and introspection bodies. */
 export const ClientAssertionParams = {
-  client_assertion: Type.Optional(Type.String({ maxLength: MAX_ASSERTION_LENGTH })),
+  client_assertion: Type.Optional(AssertionParam),
   client_assertion_type: Type.Optional(Type.String({ maxLength: 200 }))
 }
 

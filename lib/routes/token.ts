@@ -5,7 +5,7 @@ import type { ClientAuthentication } from '../clients/authenticate.js'
 import type { ResolvedConfig } from '../options/index.js'
 import type { TokenEndpoint } from '../token/endpoint.js'
 import type { RouteLimits } from './limits.js'
-import { ClientAssertionParams } from './schemas.js'
+import { AssertionParam, ClientAssertionParams } from './schemas.js'
 
 export interface TokenRouteDeps {
   limits: RouteLimits
@@ -25,8 +25,8 @@ const TokenBody = Type.Object({
   refresh_token: Type.Optional(Param),
   scope: Type.Optional(Param),
   resource: Type.Optional(Param),
-  // An ID-JAG (the jwt-bearer grant): the assertion engine's limit, so longer ones fail here.
-  assertion: Type.Optional(Type.String({ maxLength: 8192 })),
+  // An ID-JAG (the jwt-bearer grant).
+  assertion: Type.Optional(AssertionParam),
   client_id: Type.Optional(Param),
   client_secret: Type.Optional(Param),
   ...ClientAssertionParams
