@@ -5,7 +5,7 @@ import { StreamableHTTPClientTransport, StreamableHTTPError } from '@modelcontex
 import { UnauthorizedError, auth, type OAuthDiscoveryState } from '@modelcontextprotocol/sdk/client/auth.js'
 import type { OAuthClientInformationMixed, OAuthTokens } from '@modelcontextprotocol/sdk/shared/auth.js'
 import { startExample } from './helpers/example.js'
-import { ScriptedHost, callbackUrl, recordingFetch, serveClientMetadata, type Recorded } from './helpers/mcp-host.js'
+import { ScriptedHost, callbackUrl, recordingFetch, rejectsWith, serveClientMetadata, whoami, type Recorded } from './helpers/mcp-host.js'
 import { mcpRoutesSdk1 } from '../example/mcp-sdk1.js'
 
 /*
@@ -19,25 +19,11 @@ import { mcpRoutesSdk1 } from '../example/mcp-sdk1.js'
 
 type ScriptedProvider = ScriptedHost<OAuthTokens, OAuthClientInformationMixed, OAuthDiscoveryState>
 
-/** tap matches an expected error class by name, which the SDK's UnauthorizedError does not set. */
-async function rejectsUnauthorized (t: Test, promise: Promise<unknown>, message: string): Promise<void> {
-  const err = await promise.then(() => undefined, (e: unknown) => e)
-  t.ok(err instanceof UnauthorizedError, `${message} (${String(err)})`)
-}
-
 function connectClient (t: Test, mcp: URL, provider: ScriptedProvider, log: Recorded[]): { client: Client, transport: StreamableHTTPClientTransport } {
   const transport = new StreamableHTTPClientTransport(mcp, { authProvider: provider, fetch: recordingFetch(log) })
   const client = new Client({ name: 'e2e-sdk', version: '1.0.0' })
   t.teardown(() => client.close())
   return { client, transport }
-}
-
-interface WhoAmI { userId: string, email?: string, clientId: string, scopes: string[], resource: string, expiresAt: number }
-
-async function whoami (client: Client): Promise<WhoAmI> {
-  const result = await client.callTool({ name: 'whoami', arguments: {} })
-  if (result.isError === true) throw new Error(`whoami failed: ${JSON.stringify(result.content)}`)
-  return result.structuredContent as unknown as WhoAmI
 }
 
 const EXAMPLES = [['the example on SDK v2', {}], ['the SDK 1.x endpoint', { mcp: mcpRoutesSdk1 }]] as const
@@ -51,7 +37,7 @@ for (const [name, options] of EXAMPLES) {
 
     // 1. First connection: no tokens. The SDK gets 401, discovers, registers, sends the user to log in.
     const first = connectClient(t, mcp, provider, log)
-    await rejectsUnauthorized(t, first.client.connect(first.transport), 'connect stops at the authorization redirect')
+    await rejectsWith(t, first.client.connect(first.transport), UnauthorizedError, 'connect stops at the authorization redirect')
 
     const unauthorized = log[0]
     t.match(unauthorized, { method: 'POST', status: 401 }, 'the first request is the MCP initialize, refused')
@@ -164,7 +150,7 @@ t.test('the MCP SDK 1.x client with a client ID metadata document: no registrati
   const provider: ScriptedProvider = new ScriptedHost(redirect, 'carol', doc.url)
   const log: Recorded[] = []
   const first = connectClient(t, mcp, provider, log)
-  await rejectsUnauthorized(t, first.client.connect(first.transport), 'a login is needed')
+  await rejectsWith(t, first.client.connect(first.transport), UnauthorizedError, 'a login is needed')
   t.equal(provider.client?.client_id, doc.url, 'the SDK used the document URL as its client id')
   t.notOk(log.some(r => r.url.pathname === '/oauth/register'), 'nothing registered')
   t.ok(doc.fetches() >= 1, 'the authorization server fetched the document')
@@ -185,7 +171,7 @@ t.test('step-up with the MCP SDK 1.x client: the host re-authorizes with the uni
   const provider: ScriptedProvider = new ScriptedHost(redirect, 'dave', doc.url)
   const log: Recorded[] = []
   const first = connectClient(t, mcp, provider, log)
-  await rejectsUnauthorized(t, first.client.connect(first.transport), 'a login is needed')
+  await rejectsWith(t, first.client.connect(first.transport), UnauthorizedError, 'a login is needed')
   await first.transport.finishAuth(provider.code(issuer))
 
   const second = connectClient(t, mcp, provider, log)
@@ -218,7 +204,7 @@ t.test('a second user through the SDK gets their own identity', async t => {
   const provider: ScriptedProvider = new ScriptedHost(await callbackUrl(), 'bob@corp.example')
   const log: Recorded[] = []
   const first = connectClient(t, mcp, provider, log)
-  await rejectsUnauthorized(t, first.client.connect(first.transport), 'a login is needed')
+  await rejectsWith(t, first.client.connect(first.transport), UnauthorizedError, 'a login is needed')
   await first.transport.finishAuth(provider.code(issuer))
   const second = connectClient(t, mcp, provider, log)
   await second.client.connect(second.transport)
@@ -230,7 +216,7 @@ t.test('a refresh token that no longer works sends the SDK back to the login', a
   const provider: ScriptedProvider = new ScriptedHost(await callbackUrl(), 'alice')
   const log: Recorded[] = []
   const first = connectClient(t, mcp, provider, log)
-  await rejectsUnauthorized(t, first.client.connect(first.transport), 'a login is needed')
+  await rejectsWith(t, first.client.connect(first.transport), UnauthorizedError, 'a login is needed')
   await first.transport.finishAuth(provider.code(issuer))
   const tokens = provider.stored as OAuthTokens
 
@@ -240,7 +226,7 @@ t.test('a refresh token that no longer works sends the SDK back to the login', a
 
   const mark = log.length
   const second = connectClient(t, mcp, provider, log)
-  await rejectsUnauthorized(t, second.client.connect(second.transport), 'the SDK cannot recover without the user')
+  await rejectsWith(t, second.client.connect(second.transport), UnauthorizedError, 'the SDK cannot recover without the user')
   const after = log.slice(mark)
   t.match(after[0], { status: 401, bearer: tokens.access_token }, 'the revoked access token is refused')
   const refresh = after.find(r => r.url.pathname === '/oauth/token')

@@ -10,7 +10,7 @@ import {
   type StoredOAuthTokens
 } from '@modelcontextprotocol/client'
 import { startExample } from './helpers/example.js'
-import { ScriptedHost, callbackUrl, recordingFetch, serveClientMetadata, type Recorded } from './helpers/mcp-host.js'
+import { ScriptedHost, callbackUrl, recordingFetch, rejectsWith, serveClientMetadata, whoami, type Recorded } from './helpers/mcp-host.js'
 
 /*
  * End to end with the MCP SDK v2 client (`@modelcontextprotocol/client`) against the example on
@@ -28,20 +28,6 @@ function connectClient (t: Test, mcp: URL, host: Host, log: Recorded[], era: 'le
   const client = new Client({ name: 'e2e-sdk2', version: '1.0.0' }, era === 'modern' ? { versionNegotiation: { mode: { pin: MODERN } } } : {})
   t.teardown(() => client.close())
   return { client, transport }
-}
-
-interface WhoAmI { userId: string, email?: string, clientId: string, scopes: string[], resource: string, expiresAt: number }
-
-async function whoami (client: Client): Promise<WhoAmI> {
-  const result = await client.callTool({ name: 'whoami', arguments: {} })
-  if (result.isError === true) throw new Error(`whoami failed: ${JSON.stringify(result.content)}`)
-  return result.structuredContent as unknown as WhoAmI
-}
-
-async function rejectsWith (t: Test, promise: Promise<unknown>, type: abstract new (...args: never[]) => unknown, message: string): Promise<unknown> {
-  const err = await promise.then(() => undefined, (e: unknown) => e)
-  t.ok(err instanceof type, `${message} (${String(err)})`)
-  return err
 }
 
 /** A first login: connect stops at the redirect, the host hands the whole callback to the SDK. */

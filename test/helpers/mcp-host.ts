@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { createServer, type Server } from 'node:https'
 import type { AddressInfo } from 'node:net'
+import type { WhoAmI } from '../../example/mcp.js'
 import { Browser } from './browser.js'
 import { freePort } from './login.js'
 import { selfSignedCert } from './tls.js'
@@ -13,6 +14,23 @@ import { selfSignedCert } from './tls.js'
  */
 
 interface Teardown { teardown (fn: () => unknown): void }
+
+/** What the example's `whoami` tool answers (as JSON). */
+export type WhoAmIResult = Omit<WhoAmI, 'subjectType'> & { subjectType?: WhoAmI['subjectType'] }
+
+/** Call `whoami` with an MCP client of either SDK generation; a tool error fails the call. */
+export async function whoami (client: { callTool (params: { name: string, arguments: Record<string, unknown> }): Promise<object> }): Promise<WhoAmIResult> {
+  const result = await client.callTool({ name: 'whoami', arguments: {} }) as { isError?: boolean, content?: unknown, structuredContent?: unknown }
+  if (result.isError === true) throw new Error(`whoami failed: ${JSON.stringify(result.content)}`)
+  return result.structuredContent as WhoAmIResult
+}
+
+/** The promise must reject with an error of this class (tap matches classes by name, which SDK errors do not always set). */
+export async function rejectsWith (t: { ok (value: unknown, message: string): unknown }, promise: Promise<unknown>, type: abstract new (...args: never[]) => unknown, message: string): Promise<unknown> {
+  const err = await promise.then(() => undefined, (e: unknown) => e)
+  t.ok(err instanceof type, `${message} (${String(err)})`)
+  return err
+}
 
 export interface Recorded {
   method: string
