@@ -46,3 +46,26 @@ test('Basic credentials without a colon are malformed', async (t) => {
   t.equal(res.status, 401)
   t.same(res.body, { error: 'invalid_client', error_description: 'Malformed Basic credentials' })
 })
+
+test('client_secret_basic: id and secret are form-decoded ("+" is a space, %XX an octet), and only then compared', async (t) => {
+  const client = { client_id: 'odd id:+', client_secret: 'secret with spaces+plus%and:colon', grant_types: ['client_credentials' as const] }
+  const ctx = await buildApp(t, { clients: [client] })
+  const send = (id: string, secret: string) => ctx.app.inject({
+    method: 'POST',
+    url: '/oauth/token',
+    headers: { authorization: basic(id, secret), 'content-type': 'application/x-www-form-urlencoded' },
+    payload: new URLSearchParams({ grant_type: 'client_credentials', resource: RESOURCE }).toString()
+  })
+  // URLSearchParams encodes as RFC 6749 §2.3.1 asks (application/x-www-form-urlencoded: a space is "+").
+  const encode = (v: string) => new URLSearchParams({ v }).toString().slice(2)
+  const ok = await send(encode(client.client_id), encode(client.client_secret))
+  t.equal(ok.statusCode, 200, 'the encoded pair authenticates')
+  const percent = await send(encodeURIComponent(client.client_id), encodeURIComponent(client.client_secret))
+  t.equal(percent.statusCode, 200, 'percent-encoded spaces too')
+  const raw = await send('odd id', 'secret with spaces plus%and')
+  t.equal(raw.statusCode, 401, 'a raw "%" that is no escape is malformed at the token endpoint')
+  t.same(raw.json(), { error: 'invalid_client', error_description: 'Malformed Basic credentials' })
+  const unencoded = await send(client.client_id.replace('+', ''), 'secret+with+spaces+plus')
+  t.equal(unencoded.statusCode, 401)
+  t.same(unencoded.json(), { error: 'invalid_client', error_description: 'Unknown client' })
+})

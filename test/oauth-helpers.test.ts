@@ -40,6 +40,18 @@ test('scopes: requests, defaults, malformed and unknown scopes', async (t) => {
   t.same(decideScopes('offline_access', supported, ['mcp:tools'], []), { ok: false, description: 'Unsupported scope: offline_access' })
   t.same(decideScopes('mcp:"x"', supported, []), { ok: false, description: 'The scope parameter is malformed' })
   t.same(decideScopes('a\\b', supported, []), { ok: false, description: 'The scope parameter is malformed' })
+  // Whitespace other than the space separator: blank when that is all there is, malformed otherwise.
+  t.same(decideScopes('\t', supported, ['mcp:tools']), { ok: true, scopes: ['mcp:tools'] }, 'a tab alone is blank')
+  t.same(decideScopes(' \t \n', supported, ['mcp:tools']), { ok: true, scopes: ['mcp:tools'] }, 'blanks of several kinds are blank')
+  t.same(decideScopes('mcp:tools\tmcp:admin', supported, []), { ok: false, description: 'The scope parameter is malformed' }, 'tab is no separator')
+  t.same(decideScopes('mcp:tools \t', supported, []), { ok: false, description: 'The scope parameter is malformed' })
+  t.same(decideScopes('mcp:tools', supported, ['mcp:admin']), { ok: true, scopes: ['mcp:tools'] }, 'one scope, the usual request')
+  t.same(decideScopes(' mcp:tools ', supported, []), { ok: true, scopes: ['mcp:tools'] }, 'surrounding spaces are separators')
+  t.same(decideScopes('mcp:nope', supported, ['mcp:tools']), { ok: false, description: 'Unsupported scope: mcp:nope' })
+  t.same(decideScopes('mcp:"x" mcp:nope', supported, []), { ok: false, description: 'The scope parameter is malformed' }, 'malformed before unknown')
+  const defaults = ['mcp:tools']
+  const kept = decideScopes(undefined, supported, defaults)
+  t.ok(kept.ok && kept.scopes !== defaults, 'the defaults are copied, never shared')
   const many = Array.from({ length: 40 }, (_, i) => `unknown:${'x'.repeat(40)}${i}`).join(' ')
   const refused = decideScopes(many, supported, [])
   t.equal(refused.ok, false)

@@ -3,7 +3,7 @@ import { OAuthError } from '../errors.js'
 import type { AssertionVerifier } from '../security/assertion.js'
 import type { RemoteKeySets } from '../security/jwks.js'
 import type { ClientAuthMethod, ClientRecord } from '../storage/contract.js'
-import { hashToken, safeEqual } from '../oauth/tokens.js'
+import { hashToken, matchesHash } from '../oauth/tokens.js'
 
 /**
  * Client authentication (RFC 6749 §2.3) at the token, revocation and introspection endpoints:
@@ -62,18 +62,22 @@ function parseBasic (header: string, lenient = false): { id: string, secret: str
   const decoded = Buffer.from(m[1] as string, 'base64').toString('utf8')
   const colon = decoded.indexOf(':')
   if (colon < 0) return null
-  const part = (value: string): string | null => {
-    try {
-      return decodeURIComponent(value.replace(/\+/g, ' '))
-    } catch {
-      // Resource servers configured before the encoding was enforced may send a raw '%': lenient
-      // parsing takes such a part as it is (the secret comparison still decides).
-      return lenient ? value : null
-    }
-  }
-  const id = part(decoded.slice(0, colon))
-  const secret = part(decoded.slice(colon + 1))
+  const id = formDecoded(decoded.slice(0, colon), lenient)
+  const secret = formDecoded(decoded.slice(colon + 1), lenient)
   return id === null || secret === null ? null : { id, secret }
+}
+
+/** One form-urlencoded part; null when its escapes are broken (lenient: the part as it is). */
+function formDecoded (value: string, lenient: boolean): string | null {
+  // Nothing to decode in the usual id and secret (generated ones are base64url).
+  if (value.indexOf('%') < 0 && value.indexOf('+') < 0) return value
+  try {
+    return decodeURIComponent(value.replace(/\+/g, ' '))
+  } catch {
+    // Resource servers configured before the encoding was enforced may send a raw '%': lenient
+    // parsing takes such a part as it is (the secret comparison still decides).
+    return lenient ? value : null
+  }
 }
 
 /** The one method a request uses; two at once is a malformed request. */
@@ -108,7 +112,7 @@ function present (creds: ClientCredentials, verifier: AssertionVerifier): Presen
 }
 
 function verifySecret (client: ClientRecord, presented: Presented, now: number): void {
-  const ok = client.clientSecretHash !== undefined && safeEqual(hashToken(presented.secret as string), client.clientSecretHash)
+  const ok = client.clientSecretHash !== undefined && matchesHash(presented.secret as string, client.clientSecretHash)
   if (!ok) throw invalidClient('Client authentication failed', presented)
   const expires = client.clientSecretExpiresAt ?? 0
   if (expires !== 0 && expires * 1000 <= now) throw invalidClient('The client secret has expired', presented)
@@ -183,7 +187,7 @@ export class ClientAuthentication {
     const server = basic === null ? undefined : this.#servers.find(s => s.id === basic.id)
     if (basic !== null && server !== undefined) {
       if (creds.body.client_assertion !== undefined) throw new OAuthError('invalid_request', 'Use one client authentication method, not several')
-      if (!safeEqual(hashToken(basic.secret), server.secretHash)) throw new OAuthError('invalid_client', 'Client authentication failed', { headers: BASIC_CHALLENGE })
+      if (!matchesHash(basic.secret, server.secretHash)) throw new OAuthError('invalid_client', 'Client authentication failed', { headers: BASIC_CHALLENGE })
       return { clientId: server.id, resourceServer: true }
     }
     const client = await this.client(creds)

@@ -64,6 +64,21 @@ export function hashToken (token: string): string {
   return hash('sha256', token, 'base64url')
 }
 
+/**
+ * Whether `secret` is the credential whose hashToken is `storedHash`, compared in constant time: the
+ * check of a client secret or a resource server's on every request that presents one (the digests
+ * are compared as bytes, without encoding the fresh one).
+ */
+export function matchesHash (secret: string, storedHash: string): boolean {
+  const digest = hash('sha256', secret, 'buffer') as unknown as Buffer
+  const stored = Buffer.from(storedHash, 'base64url')
+  if (stored.length !== digest.length) {
+    timingSafeEqual(digest, digest)
+    return false
+  }
+  return timingSafeEqual(digest, stored)
+}
+
 /** Shape check before any lookup: a token of this kind that could have come from generateToken. */
 const SHAPES = Object.fromEntries(Object.entries(TOKEN_PREFIX).map(([kind, prefix]) =>
   [kind, new RegExp(`^${prefix}[A-Za-z0-9_-]{43}$`)])) as Record<TokenKind, RegExp>
