@@ -120,6 +120,21 @@ t.test('every refusal is an OAuthError with the caller\'s code and a reason; the
     'typ compares case-insensitively, with or without application/')
 })
 
+t.test('verify reuses what decode gave for the same value only: any other decoded assertion is ignored', async t => {
+  const v = verifier()
+  const good = await sign(es)
+  const expired = await sign(es, claims({ exp: secs(T0) - 3600, iat: secs(T0) - 3660 }))
+  const decodedGood = v.decode(good, rules())
+  await t.rejects(v.verify(expired, rules(), decodedGood), { error: 'invalid_client', message: /has expired/ },
+    'the decoding of another value: the expired one is decoded itself and refused')
+  const decodedExpired = v.decode(expired, rules())
+  const forged = { header: decodedExpired.header, claims: { ...decodedExpired.claims, exp: secs(T0) + 60 } }
+  await t.rejects(v.verify(expired, rules(), forged), { error: 'invalid_client', message: /has expired/ },
+    'an object decode did not make (claims changed) is ignored')
+  const ok = await v.verify(good, rules(), decodedGood)
+  t.equal(ok, decodedGood, 'its own decoding of the value is used as it is')
+})
+
 t.test('times are checked with the skew: an assertion just expired or issued a little ahead passes', async t => {
   const v = verifier()
   t.ok(await v.verify(await sign(es, claims({ iat: secs(T0) - 100, exp: secs(T0) - 30 })), rules()), 'expired 30 s ago, within 60 s of skew')

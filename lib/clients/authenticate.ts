@@ -1,5 +1,6 @@
 import { createLocalJWKSet, type JWTVerifyGetKey } from 'jose'
 import { OAuthError } from '../errors.js'
+import type { DecodedAssertion } from '../oauth/jwt.js'
 import type { AssertionVerifier } from '../security/assertion.js'
 import type { RemoteKeySets } from '../security/jwks.js'
 import type { ClientAuthMethod, ClientRecord } from '../storage/contract.js'
@@ -30,8 +31,9 @@ interface Presented {
   clientId: string
   /** The shared secret (client_secret_basic, client_secret_post). */
   secret?: string
-  /** The signed JWT (private_key_jwt). */
+  /** The signed JWT (private_key_jwt), and what decoding it gave (verified next). */
   assertion?: string
+  decoded?: DecodedAssertion
 }
 
 /** An introspection caller: a configured resource server, or a confidential client. */
@@ -92,9 +94,10 @@ function present (creds: ClientCredentials, verifier: AssertionVerifier): Presen
     }
     if (assertionType !== CLIENT_ASSERTION_TYPE) throw new OAuthError('invalid_client', `client_assertion_type must be ${CLIENT_ASSERTION_TYPE}`)
     // RFC 7523 §3: the client is the assertion's issuer; the signature is checked once the client is known.
-    const { iss } = verifier.decode(assertion, ASSERTION_LABEL).claims
+    const decoded = verifier.decode(assertion, ASSERTION_LABEL)
+    const { iss } = decoded.claims
     if (bodyId !== undefined && bodyId !== iss) throw new OAuthError('invalid_client', 'client_id differs from the client assertion\'s issuer ("iss")')
-    return { method: 'private_key_jwt', clientId: iss, assertion }
+    return { method: 'private_key_jwt', clientId: iss, assertion, decoded }
   }
   if (basic) {
     if (bodySecret !== undefined) throw new OAuthError('invalid_request', 'Use one client authentication method, not several')
@@ -171,7 +174,7 @@ export class ClientAuthentication {
           issuer: client.clientId,
           subject: client.clientId,
           audience: this.#audiences
-        })
+        }, presented.decoded)
         break
       default: verifySecret(client, presented, this.#d.now())
     }

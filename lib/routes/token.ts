@@ -49,7 +49,8 @@ export const tokenRoutes: FastifyPluginAsync<TokenRouteDeps> = async (fastify, {
     const { body } = request
     const client = await clientAuth.client({ authorization: request.headers.authorization, body })
     const tokens = await tokenEndpoint.grant(client, body)
-    reply.header('cache-control', 'no-store').header('pragma', 'no-cache')
+    // RFC 6749 §5.1: `Cache-Control: no-store` comes from the scope's onSend hook, as on every answer here.
+    reply.header('pragma', 'no-cache')
     return tokens
   })
 }

@@ -43,11 +43,16 @@ export interface AssertionRules extends Pick<AssertionExpectations, 'issuer' | '
   accept?: (decoded: DecodedAssertion) => void
 }
 
+/** jose's options, made once (it builds its allow-list from them on every call). */
+const VERIFY_OPTIONS = Object.freeze({ algorithms: [...ASSERTION_ALGORITHMS] })
+
 export class AssertionVerifier {
   readonly #store: Pick<FlowStore, 'consumeAssertionId'>
   readonly #now: () => number
   readonly #skew: number
   readonly #maxLifetime: number
+  /** The value each decoded assertion handed out by `decode` came from. */
+  readonly #decodedFrom = new WeakMap<DecodedAssertion, string>()
 
   constructor (opts: AssertionVerifierOptions) {
     this.#store = opts.store
@@ -61,18 +66,24 @@ export class AssertionVerifier {
    * source (several trusted issuers). Refuses what `verify` would refuse on shape alone.
    */
   decode (value: string, rules: Pick<AssertionRules, 'label' | 'error'>): DecodedAssertion {
-    try {
-      return decodeAssertion(value)
-    } catch (err) {
-      throw this.#refusal(err, rules)
-    }
-  }
-
-  async verify (value: string, rules: AssertionRules): Promise<DecodedAssertion> {
-    const now = this.#now()
     let decoded: DecodedAssertion
     try {
       decoded = decodeAssertion(value)
+    } catch (err) {
+      throw this.#refusal(err, rules)
+    }
+    this.#decodedFrom.set(decoded, value)
+    return decoded
+  }
+
+  /**
+   * Verify `value` against the rules. `decoded`: what `decode` gave for this very value, when the
+   * caller has it, so that it is not decoded twice (anything else is ignored and the value decoded).
+   */
+  async verify (value: string, rules: AssertionRules, decoded?: DecodedAssertion): Promise<DecodedAssertion> {
+    const now = this.#now()
+    try {
+      if (decoded === undefined || this.#decodedFrom.get(decoded) !== value) decoded = decodeAssertion(value)
       checkAssertion(decoded, {
         issuer: rules.issuer,
         subject: rules.subject,
@@ -82,7 +93,7 @@ export class AssertionVerifier {
         skewSeconds: this.#skew,
         maxLifetimeSeconds: this.#maxLifetime
       })
-      await compactVerify(value, rules.keys, { algorithms: [...ASSERTION_ALGORITHMS] })
+      await compactVerify(value, rules.keys, VERIFY_OPTIONS)
     } catch (err) {
       throw this.#refusal(err, rules)
     }

@@ -33,7 +33,7 @@ export interface TokenEndpointDeps {
    * which renews a dynamic client's expiry. Merely naming a client (an authorization request
    * anyone can send) does not.
    */
-  keepAlive: (client: ClientRecord) => Promise<void>
+  keepAlive: (client: ClientRecord) => Promise<unknown> | undefined
 }
 
 /**
@@ -73,7 +73,8 @@ export class TokenEndpoint {
       throw new OAuthError('unauthorized_client', `This client is not registered for ${params.grant_type}`)
     }
     const tokens = await handler(client, params)
-    await this.#keepAlive(client)
+    const renewing = this.#keepAlive(client)
+    if (renewing !== undefined) await renewing
     return tokens
   }
 }

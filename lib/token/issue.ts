@@ -80,7 +80,7 @@ export function buildAccessToken (ttl: Pick<ResolvedConfig['ttl'], 'accessToken'
       access_token: value,
       token_type: 'Bearer',
       expires_in: secondsUntil(expiresAt, now),
-      scope: scopes.join(' ')
+      scope: scopes.length === 1 ? scopes[0] as string : scopes.join(' ')
     }
   }
 }

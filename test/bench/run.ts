@@ -612,13 +612,25 @@ async function machineBench (): Promise<void> {
       const plugin: Target = { name: `plugin ${g.name}`, server: ours, method: 'POST', path: '/oauth/token', expect: 200, authorization, ...request }
       return g.oidc ? [plugin, { ...plugin, name: `oidc ${g.name}`, server: oidc, path: '/token' }] : [plugin]
     })
-    const r = await alternate(withTwins(targets))
+    // Floors, in the plugin's process: the same client credentials request to a route that parses
+    // the form and does nothing, and the jwt-bearer request to one that only checks the ID-JAG's
+    // signature with jose. No token server can answer faster than the first, and no jwt-bearer grant
+    // that verifies with jose faster than the second.
+    const floors: Target[] = MACHINE_GRANTS.map(g => 'body' in g
+      ? { name: 'bare form', server: ours, method: 'POST', path: '/bare-form', expect: 200, authorization, form: g.body }
+      : { name: 'bare verify', server: ours, method: 'POST', path: '/bare-verify', expect: 200, authorization, pool: { grant: 'id-jag', sign: idp.sign, body: g.assertion } })
+    // The floors run the same code in both checkouts: no baseline twins.
+    const r = await alternate([...withTwins(targets), ...floors])
     abVersus('machine', targets, r)
     const reference = r.get(MACHINE_REFERENCE)
     rows.push({ scenario: 'machine: oidc-provider, client credentials', ...(reference ? { m: reference } : {}), ratio: 1, reference: 'itself' })
     for (const g of MACHINE_GRANTS) {
       versus(`machine: plugin, ${g.name}`, r.get(`plugin ${g.name}`), reference, 'oidc-provider client credentials', 3)
     }
+    versus('machine: floor, the form route, nothing done', r.get('bare form'), reference, 'oidc-provider client credentials')
+    versus('machine: floor, the form route + one ES256 check (jose)', r.get('bare verify'), reference, 'oidc-provider client credentials')
+    versus('machine: plugin, client credentials', r.get('plugin client credentials'), r.get('bare form'), 'the form route')
+    versus('machine: plugin, jwt-bearer', r.get('plugin jwt-bearer'), r.get('bare verify'), 'the form route + ES256 check')
   } finally {
     for (const s of started) await s.stop()
     await idp.close()

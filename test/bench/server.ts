@@ -8,6 +8,7 @@ import { writeFile } from 'node:fs/promises'
 import { Session } from 'node:inspector/promises'
 import Fastify, { type FastifyInstance, type onRequestHookHandler } from 'fastify'
 import formbody from '@fastify/formbody'
+import { compactVerify, createLocalJWKSet, type JSONWebKeySet } from 'jose'
 import { mcpOAuth, type McpOAuthOptions } from '../../lib/index.js'
 import { JWT_BEARER_GRANT } from '../../lib/oauth/jwt.js'
 import { generateId, generateToken, hashToken } from '../../lib/oauth/tokens.js'
@@ -101,7 +102,10 @@ function hookCost (hook: onRequestHookHandler, accessToken: string): number {
   return rounds[3] as number
 }
 
-/** The plugin's token endpoint, plus `/bare-form`: a route that parses the same form body and does nothing. */
+/**
+ * The plugin's token endpoint, plus `/bare-form`: a route that parses the same form body and does nothing
+ * (and, in the machine part, `/bare-verify`: the same with one ID-JAG signature checked by jose).
+ */
 async function tokenServer (s: Extract<ServerSpec, { kind: 'token' }>): Promise<Bench> {
   const app = Fastify({ logger: false })
   await app.register(mcpOAuth, {
@@ -120,6 +124,16 @@ async function tokenServer (s: Extract<ServerSpec, { kind: 'token' }>): Promise<
   await app.register(async (scope) => {
     await scope.register(formbody)
     scope.post('/bare-form', async (request) => ({ ok: typeof (request.body as Record<string, unknown>).grant_type === 'string' }))
+    if (s.idp !== undefined) {
+      // The floor of any jwt-bearer grant that checks the ID-JAG's signature with jose: the same form
+      // route, plus that one verification (the IdP's key set fetched once, as the plugin caches it),
+      // and nothing else: no claims, no client, no replay check, no token.
+      const keys = createLocalJWKSet(await (await fetch(s.idp.jwksUri)).json() as JSONWebKeySet)
+      scope.post('/bare-verify', async (request) => {
+        await compactVerify(String((request.body as Record<string, unknown>).assertion), keys, { algorithms: ['ES256'] })
+        return { ok: true }
+      })
+    }
   })
   const port = await listen(app)
   const { grants, storage } = app.mcpOAuth

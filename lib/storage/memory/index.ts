@@ -72,12 +72,13 @@ export class MemoryStore implements Store {
     access: { hash: string, token: AccessTokenRecord },
     refresh?: { hash: string, token: RefreshTokenRecord }
   ): Promise<void> {
-    this.#putGrant(grant)
-    this.#putAccess(access.hash, access.token)
-    if (refresh !== undefined) this.#putRefresh(refresh.hash, refresh.token)
+    const entry = this.#putGrant(grant)
+    // A token naming another grant than the one saved is looked up (and refused when there is none).
+    this.#putAccess(access.hash, access.token, access.token.grantId === grant.grantId ? entry : undefined)
+    if (refresh !== undefined) this.#putRefresh(refresh.hash, refresh.token, refresh.token.grantId === grant.grantId ? entry : undefined)
   }
 
-  #putGrant (grant: GrantRecord): void {
+  #putGrant (grant: GrantRecord): GrantEntry {
     if (!this.#codes.mayWriteGrant(grant.grantId, grant.createdAt)) {
       throw new GrantRevokedError('saveGrant: the grant was revoked by a replayed authorization code')
     }
@@ -90,6 +91,7 @@ export class MemoryStore implements Store {
     }
     this.#grants.set(grant.grantId, entry)
     this.#expiring.grants.add(grant.grantId, entry.expiresAt)
+    return entry
   }
 
   async getGrant (grantId: string, now: number): Promise<GrantRecord | null> {
@@ -108,8 +110,8 @@ export class MemoryStore implements Store {
     this.#putAccess(hash, token)
   }
 
-  #putAccess (hash: string, token: AccessTokenRecord): void {
-    const entry = this.#grants.get(token.grantId)
+  /** `entry`: the token's grant when the caller holds it (saved in the same call). */
+  #putAccess (hash: string, token: AccessTokenRecord, entry = this.#grants.get(token.grantId)): void {
     if (!entry) throw new errors.STORE_NO_GRANT('saveAccessToken')
     const sharesGrant = token.clientId === entry.clientId && token.userId === entry.userId &&
       token.email === entry.email && token.resource === entry.resource && token.subjectType === entry.subjectType
@@ -144,8 +146,7 @@ export class MemoryStore implements Store {
     this.#putRefresh(hash, token)
   }
 
-  #putRefresh (hash: string, token: RefreshTokenRecord): void {
-    const entry = this.#grants.get(token.grantId)
+  #putRefresh (hash: string, token: RefreshTokenRecord, entry = this.#grants.get(token.grantId)): void {
     if (!entry) throw new errors.STORE_NO_GRANT('saveRefreshToken')
     this.#refresh.set(hash, this.#refreshEntry(entry, token))
     this.#expiring.refresh.add(hash, token.expiresAt)

@@ -157,7 +157,8 @@ export class JwtBearerGrant {
     const { verifier, issuers } = this.#d
     const rules = { label: LABEL, error: 'invalid_grant' } as const
     // Unverified: only to choose the key source; verify() checks every claim again.
-    const trusted = issuers.find(verifier.decode(assertion, rules).claims.iss)
+    const unverified = verifier.decode(assertion, rules)
+    const trusted = issuers.find(unverified.claims.iss)
     if (trusted === undefined) throw refused('its issuer ("iss") is not a trusted identity provider')
     let decision: { resource: ResolvedResource, scopes: string[] } | undefined
     const { claims } = await verifier.verify(assertion, {
@@ -166,7 +167,7 @@ export class JwtBearerGrant {
       audience: this.#audience,
       typ: ID_JAG_TYP,
       accept: decoded => { decision = this.#decide(client, decoded, { scope, resource }) }
-    })
+    }, unverified)
     /* c8 ignore next */
     if (decision === undefined) throw new Error('the verifier skipped the ID-JAG checks')
     // The upstream IdP's subjects are the user ids its logins give; another IdP's live in its own namespace.
