@@ -8,7 +8,8 @@
  *   token   the plugin's token endpoint (refresh rotation, code exchange) against oidc-provider
  *           doing the same grants, and against a bare route that parses the same form body.
  *   machine the grants without a user (client credentials, jwt-bearer with ID-JAGs) against
- *           oidc-provider's client credentials.
+ *           oidc-provider's client credentials, and two floors in the plugin's process: a route
+ *           that parses the same form, and the same with one ES256 check of the ID-JAG by jose.
  *   memory  heap per live grant at 100,000 grants; heap and event-loop delay around the sweep.
  *
  * Servers run in forked processes; autocannon runs here. Every measurement is repeated
