@@ -1,5 +1,5 @@
 import t from 'tap'
-import { generateToken, hashToken, looksLike, safeEqual, TOKEN_PREFIX, generateId } from '../lib/oauth/tokens.js'
+import { generateToken, hashToken, looksLike, matchesHash, safeEqual, TOKEN_PREFIX, generateId } from '../lib/oauth/tokens.js'
 
 t.test('tokens: prefix, 256 random bits, base64url, unique', async t => {
   const seen = new Set<string>()
@@ -26,6 +26,16 @@ t.test('hash: SHA-256 base64url, deterministic, never the token', async t => {
   t.match(hashToken(token), /^[A-Za-z0-9_-]{43}$/)
   t.not(hashToken(token), token)
   t.equal(hashToken('abc'), 'ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0')
+})
+
+t.test('matchesHash: a secret against the stored form of a secret (hashToken)', async t => {
+  const secret = generateToken('clientSecret')
+  t.ok(matchesHash(secret, hashToken(secret)))
+  t.notOk(matchesHash(secret + 'x', hashToken(secret)), 'another secret')
+  t.notOk(matchesHash('', hashToken(secret)), 'an empty secret')
+  t.notOk(matchesHash(secret, hashToken(secret).slice(0, -2)), 'a stored hash of another length (damaged) never matches')
+  t.notOk(matchesHash(secret, ''), 'nor an empty one')
+  t.notOk(matchesHash(secret, hashToken(secret).toUpperCase()), 'the hash is compared as bytes, not case-folded')
 })
 
 t.test('safeEqual', async t => {
