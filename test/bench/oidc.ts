@@ -3,7 +3,8 @@
  * loopback, configured to do what the plugin does at its token endpoint: a public client with
  * PKCE S256, one resource (RFC 8707) with opaque access tokens, refresh tokens rotated on every
  * use, no ID token (the scope has no `openid`); and a confidential machine client with the
- * client_credentials grant (client_secret_basic). Credentials are minted straight through its models
+ * client_credentials grant (client_secret_basic), in the machine part a second one that authenticates
+ * with private_key_jwt (ES256; its assertions' jti spent through the same adapter). Credentials are minted straight through its models
  * (Grant, RefreshToken, AuthorizationCode), as its own token endpoint would have saved them.
  *
  * Storage: a Map-backed adapter with the shape of oidc-provider's own memory adapter. Its built-in
@@ -114,7 +115,8 @@ export interface OidcBench {
   close (): Promise<void>
 }
 
-export async function startOidcBench (): Promise<OidcBench> {
+/** `machineKey`: the public key of a second machine client, which authenticates with private_key_jwt. */
+export async function startOidcBench (machineKey?: Record<string, unknown>): Promise<OidcBench> {
   // A non-literal specifier: the package ships no type declarations, so it is typed by hand above.
   const specifier: string = 'oidc-provider'
   const { info, warn } = console
@@ -151,7 +153,19 @@ export async function startOidcBench (): Promise<OidcBench> {
         scope: TOKEN_BENCH.scope,
         // Only because this provider signs with ES256 alone: it never issues this client an ID token.
         id_token_signed_response_alg: 'ES256'
-      }],
+      }, ...(machineKey !== undefined
+        ? [{
+            client_id: TOKEN_BENCH.machineJwt.clientId,
+            token_endpoint_auth_method: 'private_key_jwt',
+            token_endpoint_auth_signing_alg: 'ES256',
+            jwks: { keys: [machineKey] },
+            grant_types: ['client_credentials'],
+            response_types: [],
+            redirect_uris: [],
+            scope: TOKEN_BENCH.scope,
+            id_token_signed_response_alg: 'ES256'
+          }]
+        : [])],
       jwks: { keys: [key] },
       cookies: { keys: [randomBytes(32).toString('base64url')] },
       scopes: [TOKEN_BENCH.scope],

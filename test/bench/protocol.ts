@@ -19,8 +19,14 @@ export type ServerSpec =
     kind: 'token'
     /** The machine part's IdP (the runner): trusted for ID-JAGs, and the machine client may use jwt-bearer. */
     idp?: { issuer: string, jwksUri: string }
+    /** The machine part: the public key of the private_key_jwt machine client (TOKEN_BENCH.machineJwt). */
+    machineKey?: Record<string, unknown>
   }
-  | { kind: 'oidc' }
+  | {
+    kind: 'oidc'
+    /** The same private_key_jwt machine client at oidc-provider. */
+    machineKey?: Record<string, unknown>
+  }
 
 export interface Ready {
   type: 'ready'
@@ -64,5 +70,7 @@ export const TOKEN_BENCH = {
   /** One PKCE verifier for every code: the server still hashes it on every exchange. */
   codeVerifier: 'bench-verifier-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJ',
   /** The confidential client of the machine grants (client_secret_basic), the same on both servers. */
-  machine: { clientId: 'bench-machine', secret: 'bench-machine-secret-0123456789abcdef' }
+  machine: { clientId: 'bench-machine', secret: 'bench-machine-secret-0123456789abcdef' },
+  /** A confidential client that authenticates with private_key_jwt (ES256), the same on both servers. */
+  machineJwt: { clientId: 'bench-machine-jwt' }
 } as const

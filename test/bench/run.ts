@@ -99,9 +99,10 @@ interface Target {
   expect: number
   /**
    * Single-use credentials minted by the server, (`fake`) token-shaped strings nobody checks, or
-   * (`id-jag`) ID-JAGs signed in this process by the benchmark's IdP.
+   * (`signed`) JWTs signed in this process by the benchmark's IdP: ID-JAGs, or the private_key_jwt
+   * machine client's assertions.
    */
-  pool?: { body: (item: string) => string } & ({ grant: 'refresh' | 'code' | 'fake' } | { grant: 'id-jag', sign: (n: number) => Promise<string[]> })
+  pool?: { body: (item: string) => string } & ({ grant: 'refresh' | 'code' | 'fake' } | { grant: 'signed', sign: (n: number) => Promise<string[]> })
   /** BENCH_BASELINE: the target of this checkout that this baseline target mirrors. */
   of?: string
 }
@@ -148,7 +149,7 @@ async function measureOnce (target: Target, seconds: number, profileFile?: strin
     const n = Math.ceil((lastRate.get(target.name) ?? 5000) * seconds * 1.4) + 1000
     items = pool.grant === 'fake'
       ? Array.from({ length: n }, () => 'mcprt_' + randomBytes(32).toString('base64url'))
-      : pool.grant === 'id-jag' ? await pool.sign(n) : await target.server.mint(pool.grant, n)
+      : pool.grant === 'signed' ? await pool.sign(n) : await target.server.mint(pool.grant, n)
   }
   if (profileFile !== undefined) await target.server.profileStart()
   const cpuBefore = await target.server.cpuMicros()
@@ -596,12 +597,12 @@ async function machineBench (): Promise<void> {
   const started: BenchServer[] = []
   const idp = await startIdp()
   try {
-    const spec: ServerSpec = { kind: 'token', idp: { issuer: idp.issuer, jwksUri: idp.jwksUri } }
+    const spec: ServerSpec = { kind: 'token', idp: { issuer: idp.issuer, jwksUri: idp.jwksUri }, machineKey: idp.machineKey }
     const ours = await BenchServer.start(spec)
     if (!(ours instanceof BenchServer)) throw new Error(`token server: ${ours.unsupported}`)
     started.push(ours)
     await startTwin(ours, spec, started)
-    const oidc = await BenchServer.start({ kind: 'oidc' })
+    const oidc = await BenchServer.start({ kind: 'oidc', machineKey: idp.machineKey })
     if (!(oidc instanceof BenchServer)) throw new Error(`oidc-provider: ${oidc.unsupported}`)
     started.push(oidc)
     const { clientId, secret } = TOKEN_BENCH.machine
@@ -609,7 +610,7 @@ async function machineBench (): Promise<void> {
     const targets: Target[] = MACHINE_GRANTS.flatMap(g => {
       const request = 'body' in g
         ? { form: g.body }
-        : { pool: { grant: 'id-jag' as const, sign: idp.sign, body: g.assertion } }
+        : { pool: { grant: 'signed' as const, sign: idp.sign, body: g.assertion } }
       const plugin: Target = { name: `plugin ${g.name}`, server: ours, method: 'POST', path: '/oauth/token', expect: 200, authorization, ...request }
       return g.oidc ? [plugin, { ...plugin, name: `oidc ${g.name}`, server: oidc, path: '/token' }] : [plugin]
     })
@@ -619,9 +620,32 @@ async function machineBench (): Promise<void> {
     // that verifies with jose faster than the second.
     const floors: Target[] = MACHINE_GRANTS.map(g => 'body' in g
       ? { name: 'bare form', server: ours, method: 'POST', path: '/bare-form', expect: 200, authorization, form: g.body }
-      : { name: 'bare verify', server: ours, method: 'POST', path: '/bare-verify', expect: 200, authorization, pool: { grant: 'id-jag', sign: idp.sign, body: g.assertion } })
-    // The floors run the same code in both checkouts: no baseline twins.
-    const r = await alternate([...withTwins(targets), ...floors])
+      : { name: 'bare verify', server: ours, method: 'POST', path: '/bare-verify', expect: 200, authorization, pool: { grant: 'signed', sign: idp.sign, body: g.assertion } })
+    // Like for like: client credentials with a private_key_jwt client on both servers. Each request
+    // carries a fresh client assertion (its jti is spent), so both servers check one ES256 signature,
+    // as the jwt-bearer grant does.
+    const assertionBody = (assertion: string): string => `${(MACHINE_GRANTS[0] as { body: string }).body}` +
+      `&client_assertion_type=${encodeURIComponent('urn:ietf:params:oauth:client-assertion-type:jwt-bearer')}&client_assertion=${assertion}`
+    const keyed: Target[] = [
+      {
+        name: 'plugin client credentials, private_key_jwt',
+        server: ours,
+        method: 'POST',
+        path: '/oauth/token',
+        expect: 200,
+        pool: { grant: 'signed', sign: n => idp.signClientAssertions(n, `${TOKEN_BENCH.issuer}/oauth/token`), body: assertionBody }
+      },
+      {
+        name: 'oidc client credentials, private_key_jwt',
+        server: oidc,
+        method: 'POST',
+        path: '/token',
+        expect: 200,
+        pool: { grant: 'signed', sign: n => idp.signClientAssertions(n, `http://127.0.0.1:${oidc.port}/token`), body: assertionBody }
+      }
+    ]
+    // The floors and the keyed pair run the same code in both checkouts (or none of it): no baseline twins.
+    const r = await alternate([...withTwins(targets), ...floors, ...keyed])
     abVersus('machine', targets, r)
     const reference = r.get(MACHINE_REFERENCE)
     rows.push({ scenario: 'machine: oidc-provider, client credentials', ...(reference ? { m: reference } : {}), ratio: 1, reference: 'itself' })
@@ -632,6 +656,10 @@ async function machineBench (): Promise<void> {
     versus('machine: floor, the form route + one ES256 check (jose)', r.get('bare verify'), reference, 'oidc-provider client credentials')
     versus('machine: plugin, client credentials', r.get('plugin client credentials'), r.get('bare form'), 'the form route')
     versus('machine: plugin, jwt-bearer', r.get('plugin jwt-bearer'), r.get('bare verify'), 'the form route + ES256 check')
+    const keyedReference = r.get('oidc client credentials, private_key_jwt')
+    versus('machine: oidc-provider, client credentials, private_key_jwt', keyedReference, reference, 'oidc-provider client credentials')
+    versus('machine: plugin, client credentials, private_key_jwt', r.get('plugin client credentials, private_key_jwt'), keyedReference, 'the same at oidc-provider')
+    versus('machine: plugin, jwt-bearer', r.get('plugin jwt-bearer'), keyedReference, 'oidc-provider cc, private_key_jwt')
   } finally {
     for (const s of started) await s.stop()
     await idp.close()

@@ -117,7 +117,15 @@ async function tokenServer (s: Extract<ServerSpec, { kind: 'token' }>): Promise<
         client_id: TOKEN_BENCH.machine.clientId,
         client_secret: TOKEN_BENCH.machine.secret,
         grant_types: s.idp === undefined ? ['client_credentials'] : ['client_credentials', JWT_BEARER_GRANT]
-      }
+      },
+      ...(s.machineKey !== undefined
+        ? [{
+            client_id: TOKEN_BENCH.machineJwt.clientId,
+            token_endpoint_auth_method: 'private_key_jwt' as const,
+            jwks: { keys: [s.machineKey] },
+            grant_types: ['client_credentials' as const]
+          }]
+        : [])
     ],
     ...(s.idp !== undefined ? { enterprise: { trustedIssuers: [{ issuer: s.idp.issuer, jwks_uri: s.idp.jwksUri }] } } : {})
   })
@@ -195,7 +203,7 @@ async function main (): Promise<void> {
     } else if (spec.kind === 'token') {
       bench = await tokenServer(spec)
     } else {
-      bench = await startOidcBench()
+      bench = await startOidcBench(spec.machineKey)
     }
   } catch (err) {
     send({ type: 'ready', port: 0, unsupported: err instanceof Error ? err.message : String(err) })
