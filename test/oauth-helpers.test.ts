@@ -49,6 +49,10 @@ test('scopes: requests, defaults, malformed and unknown scopes', async (t) => {
   t.same(decideScopes(' mcp:tools ', supported, []), { ok: true, scopes: ['mcp:tools'] }, 'surrounding spaces are separators')
   t.same(decideScopes('mcp:nope', supported, ['mcp:tools']), { ok: false, description: 'Unsupported scope: mcp:nope' })
   t.same(decideScopes('mcp:"x" mcp:nope', supported, []), { ok: false, description: 'The scope parameter is malformed' }, 'malformed before unknown')
+  const repeated = Array.from({ length: 40 }, (_, i) => i % 2 === 0 ? 'mcp:tools' : 'mcp:admin').join(' ')
+  t.same(decideScopes(repeated, supported, []), { ok: true, scopes: ['mcp:tools', 'mcp:admin'] }, 'a long request: each once, order kept')
+  t.same(decideScopes(`${repeated} mcp:"x"`, supported, []), { ok: false, description: 'The scope parameter is malformed' })
+  t.same(decideScopes('', supported, ['mcp:tools']), { ok: true, scopes: ['mcp:tools'] }, 'empty is absent')
   const defaults = ['mcp:tools']
   const kept = decideScopes(undefined, supported, defaults)
   t.ok(kept.ok && kept.scopes !== defaults, 'the defaults are copied, never shared')
