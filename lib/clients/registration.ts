@@ -2,7 +2,7 @@ import { OAuthError } from '../errors.js'
 import type { ResolvedConfig } from '../options/index.js'
 import type { Auditor } from '../security/audit.js'
 import type { ClientAuthMethod, ClientRecord, Store } from '../storage/contract.js'
-import { generateId, generateToken, hashToken, looksLike, safeEqual } from '../oauth/tokens.js'
+import { generateId, generateToken, hashToken, looksLike, matchesHash, safeEqual } from '../oauth/tokens.js'
 import { validateClientMetadata, type MetadataRules } from './metadata.js'
 
 export interface RegistrationDeps {
@@ -137,7 +137,7 @@ export class RegistrationService {
       if (b[f] !== undefined) throw new OAuthError('invalid_request', `${f} must not be sent in an update`)
     }
     if (b.client_secret !== undefined) {
-      if (typeof b.client_secret !== 'string' || client.clientSecretHash === undefined || !safeEqual(hashToken(b.client_secret), client.clientSecretHash)) {
+      if (typeof b.client_secret !== 'string' || client.clientSecretHash === undefined || !matchesHash(b.client_secret, client.clientSecretHash)) {
         throw new OAuthError('invalid_request', 'client_secret does not match')
       }
     }
@@ -211,7 +211,7 @@ export class RegistrationService {
     if (m === null || !looksLike('registrationToken', m[1] as string)) throw deny
     const client = clientId.length > 255 ? null : await this.#d.store.getClient(clientId, this.#d.now())
     if (client === null || client.source !== 'dcr' || client.registrationTokenHash === undefined ||
-      !safeEqual(hashToken(m[1] as string), client.registrationTokenHash)) throw deny
+      !matchesHash(m[1] as string, client.registrationTokenHash)) throw deny
     return client
   }
 

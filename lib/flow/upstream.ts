@@ -5,7 +5,7 @@ import type { Provider, UpstreamTokens, UpstreamUser } from '../providers/types.
 import type { Auditor } from '../security/audit.js'
 import type { KeyRing } from '../security/keyring.js'
 import type { CodeRecord, FlowRecord, Store } from '../storage/contract.js'
-import { generateId, generateToken, hashToken, looksLike, safeEqual } from '../oauth/tokens.js'
+import { generateId, generateToken, hashToken, looksLike, matchesHash } from '../oauth/tokens.js'
 import { loginUpstream } from '../token/upstream.js'
 import { clientRedirect, redirectableError, type ValidatedAuthorization } from './request.js'
 
@@ -86,7 +86,7 @@ export class UpstreamLogin {
     }
     const flow = await this.#d.store.takeFlow(hashToken(state), this.#d.now())
     if (flow === null) throw new OAuthError('invalid_grant', 'This sign-in has expired or was already used. Start again from the application.')
-    if (browserSecret === undefined || !safeEqual(hashToken(browserSecret), flow.browserBinding)) {
+    if (browserSecret === undefined || !matchesHash(browserSecret, flow.browserBinding)) {
       this.#d.auditor.emit('browser_mismatch', { clientId: flow.clientId })
       throw new OAuthError('access_denied', 'This sign-in was started in another browser. Start again from the application in this browser.')
     }

@@ -577,11 +577,14 @@ async function tokenBench (): Promise<void> {
  * are reusable) or built around a fresh ID-JAG (single use: a pool signed before each run).
  * `oidc`: oidc-provider does this grant too (it has no ID-JAG grant).
  */
+/** The client credentials request's body, on both servers (the client authenticates in a header or with an assertion). */
+const CLIENT_CREDENTIALS_BODY = `grant_type=client_credentials&scope=${encodeURIComponent(TOKEN_BENCH.scope)}&resource=${encodeURIComponent(TOKEN_BENCH.resource)}`
+
 const MACHINE_GRANTS: ReadonlyArray<{ name: string, oidc: boolean } & ({ body: string } | { assertion: (idJag: string) => string })> = [
   {
     name: 'client credentials',
     oidc: true,
-    body: `grant_type=client_credentials&scope=${encodeURIComponent(TOKEN_BENCH.scope)}&resource=${encodeURIComponent(TOKEN_BENCH.resource)}`
+    body: CLIENT_CREDENTIALS_BODY
   },
   {
     // What the MCP SDK's exchangeJwtAuthGrant sends: the ID-JAG names the resource and the scope.
@@ -624,7 +627,7 @@ async function machineBench (): Promise<void> {
     // Like for like: client credentials with a private_key_jwt client on both servers. Each request
     // carries a fresh client assertion (its jti is spent), so both servers check one ES256 signature,
     // as the jwt-bearer grant does.
-    const assertionBody = (assertion: string): string => `${(MACHINE_GRANTS[0] as { body: string }).body}` +
+    const assertionBody = (assertion: string): string => CLIENT_CREDENTIALS_BODY +
       `&client_assertion_type=${encodeURIComponent('urn:ietf:params:oauth:client-assertion-type:jwt-bearer')}&client_assertion=${assertion}`
     const keyed: Target[] = [
       {
